@@ -1,0 +1,24 @@
+// Schemas of every mqnet_fast op, declared once. Backends register implementations per dispatch
+// key in their own files (csrc/cpu/*.cpp, kernels/*.cu); fake kernels live in mqnet_fast/_fake.py.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(mqnet_fast, m) {
+  // Farthest-first traversal. x: (N, d) float32/float64; labeled: (L,) int64 initial centers;
+  // excluded: (N,) bool, rows never picked. Returns picks (budget,) int64, covering radius at each
+  // pick (budget,) and the final nearest-center distance of every row (N,), both in x's dtype.
+  m.def("kcenter_greedy(Tensor x, Tensor labeled, int budget, Tensor excluded) -> (Tensor, Tensor, Tensor)");
+  // Best key per query. metric: "cosine" (max similarity) or "l2" (min distance).
+  // queries: (N, d), keys: (M, d), same float dtype. Returns values (N,) and indices (N,) int64.
+  m.def("nearest(Tensor queries, Tensor keys, str metric) -> (Tensor, Tensor)");
+  // BADGE k-means++ seeding over implicit gradient embeddings. probs: (N, C), feats: (N, d), same
+  // float dtype; uniforms: (k - 1,) float64 draws in [0, 1), one per D^2-sampled pick.
+  m.def("badge_kmeanspp(Tensor probs, Tensor feats, int k, Tensor uniforms) -> Tensor");
+  // Non-negative MLP score: standardize, then relu(W) layers with sigmoid between, last layer
+  // has one output. z: (N, k); weights[i]: (out_i, in_i) as torch.nn.Linear stores them.
+  m.def("nonneg_mlp_score(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? mean, Tensor? std) -> Tensor");
+}
+
+// An importable Python module, so that `import mqnet_fast._C` loads the registrations above.
+static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,28 @@
+"""Fake (meta) kernels: output shapes and dtypes of each op, so that the ops trace under torch.compile."""
+import torch
+
+from mqnet_fast._library import has_compiled
+
+
+def _register():
+    @torch.library.register_fake("mqnet_fast::kcenter_greedy")
+    def _(x, labeled, budget, excluded):
+        n = x.shape[0]
+        return (x.new_empty((budget,), dtype=torch.long), x.new_empty((budget,)), x.new_empty((n,)))
+
+    @torch.library.register_fake("mqnet_fast::nearest")
+    def _(queries, keys, metric):
+        n = queries.shape[0]
+        return queries.new_empty((n,)), queries.new_empty((n,), dtype=torch.long)
+
+    @torch.library.register_fake("mqnet_fast::badge_kmeanspp")
+    def _(probs, feats, k, uniforms):
+        return probs.new_empty((k,), dtype=torch.long)
+
+    @torch.library.register_fake("mqnet_fast::nonneg_mlp_score")
+    def _(z, weights, biases, mean, std):
+        return z.new_empty((z.shape[0],))
+
+
+if has_compiled():
+    _register()

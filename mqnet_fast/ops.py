@@ -1,0 +1,226 @@
+"""The public ops: one function per hot path, each dispatching to a backend.
+
+backend: "auto" (the compiled kernel for CPU tensors when it is built, else the PyTorch reference),
+"torch" (the reference in mqnet_fast.reference, any device), "cpp" (the compiled CPU kernel).
+"cuda" and "triton" are reserved for the GPU kernels, which are not built yet.
+Half-precision inputs (bfloat16, float16) are computed in float32.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+
+from mqnet_fast import _checks as checks
+from mqnet_fast import _fake  # noqa: F401  (fake kernels for torch.compile)
+from mqnet_fast import reference
+from mqnet_fast._library import has_compiled, require_compiled
+
+BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
+
+
+def _resolve_backend(op: str, backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "cpp" if device.type == "cpu" and has_compiled() else "torch"
+    if backend == "cpp":
+        require_compiled(op)
+        if device.type != "cpu":
+            raise ValueError(f"{op}: backend 'cpp' runs on CPU tensors, got tensors on {device}")
+    if backend in ("cuda", "triton"):
+        raise NotImplementedError(f"{op}: backend {backend!r} is not built yet; use backend='torch' "
+                                  "(or 'auto') for CUDA tensors")
+    return backend
+
+
+class KCenterResult(NamedTuple):
+    indices: torch.Tensor   #: (budget,) int64, the picks in pick order
+    radii: torch.Tensor     #: (budget,) covering radius just before each pick (its distance to the centers)
+    min_dist: torch.Tensor  #: (N,) final distance of every row to its nearest center
+
+
+def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
+                   backend: str = "auto") -> KCenterResult:
+    """k-center greedy (CORESET's farthest-first traversal) in Euclidean distance.
+
+    Args:
+        x: (N, d) float embeddings (float32/float64; half precision is computed in float32).
+        labeled: (L,) int indices of the rows already labeled (initial centers); may be empty or None.
+        budget: number of rows to pick, at most the rows neither labeled nor excluded.
+        exclude: rows never picked, as indices or an (N,) bool mask (their distances are still tracked).
+
+    Math: picks one at a time the eligible row i maximizing min_{c in centers} |x_i - x_c|, which then
+    becomes a center; ties go to the lowest index (so with all remaining radii 0, as with duplicate
+    rows, the lowest remaining row; with no center at all, the lowest eligible row, radius inf).
+
+    Returns: KCenterResult(indices (budget,) int64, radii (budget,), min_dist (N,)), radii and min_dist
+    in the compute dtype.
+
+    The compiled kernel uses O(N) memory beyond x and skips, by the triangle inequality, the rows a
+    new center cannot improve (exact; see csrc/cpu/kcenter_greedy.cpp).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [5.0], [2.0]])
+        >>> kcenter_greedy(x, [0], 2).indices
+        tensor([2, 3])
+    """
+    x = checks.matrix("x", x)
+    device = checks.same_device(x=x, labeled=labeled, exclude=exclude)
+    n = x.shape[0]
+    labeled = checks.indices("labeled", labeled, n, device)
+    excluded = checks.row_mask("exclude", exclude, n, device)
+    blocked = excluded.clone()
+    blocked[labeled] = True
+    available = n - int(blocked.sum())
+    budget = checks.count("budget", budget, high=available,
+                          what=f"the {available} rows that are neither labeled nor excluded")
+    x = x.to(checks.compute_dtype(x))
+    if _resolve_backend("kcenter_greedy", backend, device) == "torch":
+        return KCenterResult(*reference.kcenter_greedy(x, labeled, budget, excluded))
+    return KCenterResult(*torch.ops.mqnet_fast.kcenter_greedy(x, labeled, budget, excluded))
+
+
+METRICS = ("cosine", "l2")
+
+
+def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine",
+            backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-set similarity: the best key for every query (purity scores, CSI/CCAL-style).
+
+    Args:
+        queries: (N, d) float; keys: (M, d) float, M >= 1 (same dtype after promotion to float32/64).
+        metric: "cosine": values[i] = max_j cos(q_i, k_j) (norms clamped at 1e-12);
+                "l2": values[i] = min_j |q_i - k_j| (computed as |q|^2 + |k|^2 - 2 q.k, clamped at 0).
+
+    Returns: (values (N,) in the compute dtype, indices (N,) int64), ties to the lowest key index.
+    The compiled kernel reduces GEMM tiles in cache and never forms the (N, M) matrix.
+
+    Example:
+        >>> q = torch.tensor([[1.0, 0.0], [0.0, 2.0]]); k = torch.tensor([[0.0, 1.0], [3.0, 0.1]])
+        >>> nearest(q, k)[1]
+        tensor([1, 0])
+    """
+    queries = checks.matrix("queries", queries)
+    keys = checks.matrix("keys", keys, cols=queries.shape[1])
+    device = checks.same_device(queries=queries, keys=keys)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
+    queries, keys = queries.to(dtype), keys.to(dtype)
+    if _resolve_backend("nearest", backend, device) == "torch":
+        return reference.nearest(queries, keys, metric)
+    return torch.ops.mqnet_fast.nearest(queries, keys, metric)
+
+
+def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
+                   generator: torch.Generator | None = None, backend: str = "auto") -> torch.Tensor:
+    """BADGE's k-means++ seeding over the implicit gradient embeddings g_i = (onehot(argmax p_i) - p_i) outer h_i.
+
+    Args:
+        probs: (N, C) softmax probabilities; feats: (N, d) penultimate features (same rows).
+        k: number of picks, 0 <= k <= N.
+        generator: a CPU torch.Generator (None: the global RNG). k - 1 float64 uniforms are drawn from
+            it up front, one per D^2-sampled pick, so a seed gives the same picks on every backend.
+
+    Math: g is never formed; |g_i - g_j|^2 = |a_i|^2 |h_i|^2 + |a_j|^2 |h_j|^2 - 2 (a_i.a_j)(h_i.h_j),
+    a = onehot - p. First pick: the largest |g| (lowest index on ties). Then each pick draws u and takes
+    the first row whose float64 cumulative D^2 (in index order) exceeds u * sum D^2, where D^2 is the
+    squared distance to the nearest pick (if every D^2 is 0: the lowest unpicked row).
+    Memory O(N (C + d)).
+
+    Returns: (k,) int64 picks in pick order, distinct.
+
+    Example:
+        >>> p = torch.softmax(torch.randn(100, 10), 1); h = torch.randn(100, 32)
+        >>> badge_kmeanspp(p, h, 5, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([5])
+    """
+    probs = checks.matrix("probs", probs)
+    feats = checks.matrix("feats", feats, rows=probs.shape[0])
+    device = checks.same_device(probs=probs, feats=feats)
+    k = checks.count("k", k, high=probs.shape[0], what=f"the {probs.shape[0]} rows of probs")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
+    uniforms = torch.rand(max(k - 1, 0), generator=generator, dtype=torch.float64).to(device)
+    dtype = torch.promote_types(checks.compute_dtype(probs), checks.compute_dtype(feats))
+    probs, feats = probs.to(dtype), feats.to(dtype)
+    if _resolve_backend("badge_kmeanspp", backend, device) == "torch":
+        return reference.badge_kmeanspp(probs, feats, k, uniforms)
+    return torch.ops.mqnet_fast.badge_kmeanspp(probs, feats, k, uniforms)
+
+
+def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], *,
+                     mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                     backend: str = "auto") -> torch.Tensor:
+    """MQ-Net's meta-model Phi on a whole pool: a non-negative MLP, fused.
+
+    Args:
+        z: (N, k) meta-inputs (k = 2 for MQ-Net: purity, informativeness).
+        weights: per layer (out, in), as torch.nn.Linear stores them; used as relu(W) (the skyline
+            parametrization: every score is non-decreasing in every input). The last layer has out = 1.
+        biases: per layer (out,).
+        mean, std: optional (k,) per-column standardization, applied as (z - mean) / std; std > 0.
+
+    Math: h_0 = (z - mean) / std; h_l = sigmoid(relu(W_l) h_{l-1} + b_l) for hidden layers; the score
+    is relu(W_L) h_{L-1} + b_L. Agrees with mqnet_fast.reference.nonneg_mlp_score to float tolerance.
+
+    Returns: (N,) scores in z's compute dtype.
+
+    Example:
+        >>> phi = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Sigmoid(), torch.nn.Linear(64, 1))
+        >>> w = [phi[0].weight, phi[2].weight]; b = [phi[0].bias, phi[2].bias]
+        >>> nonneg_mlp_score(torch.rand(1000, 2), w, b).shape
+        torch.Size([1000])
+    """
+    z = checks.matrix("z", z)
+    weights, biases = list(weights), list(biases)
+    if not weights:
+        raise ValueError("weights must hold at least one layer")
+    if len(weights) != len(biases):
+        raise ValueError(f"weights and biases must have the same length, got {len(weights)} and {len(biases)}")
+    width = z.shape[1]
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        checks.matrix(f"weights[{i}]", w, cols=width)
+        if b.dim() != 1 or b.shape[0] != w.shape[0]:
+            raise ValueError(f"biases[{i}] must have shape ({w.shape[0]},), got {tuple(b.shape)}")
+        checks.finite(f"biases[{i}]", b)
+        width = w.shape[0]
+    if width != 1:
+        raise ValueError(f"the last layer must have one output, got weights[-1] of shape {tuple(weights[-1].shape)}")
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together")
+    dtype = checks.compute_dtype(z)
+    if mean is not None:
+        for name, t in (("mean", mean), ("std", std)):
+            if t.shape != (z.shape[1],):
+                raise ValueError(f"{name} must have shape ({z.shape[1]},), got {tuple(t.shape)}")
+            checks.finite(name, t)
+        if bool((std <= 0).any()):
+            raise ValueError(f"std must be > 0, got {std.tolist()}")
+        mean, std = mean.to(dtype), std.to(dtype)
+    device = checks.same_device(z=z, mean=mean, std=std, **{f"weights[{i}]": w for i, w in enumerate(weights)})
+    z = z.to(dtype)
+    weights = [w.detach().to(dtype) for w in weights]
+    biases = [b.detach().to(dtype) for b in biases]
+    if _resolve_backend("nonneg_mlp_score", backend, device) == "torch":
+        with torch.no_grad():
+            return reference.nonneg_mlp_score(z, weights, biases, mean, std)
+    return torch.ops.mqnet_fast.nonneg_mlp_score(z, weights, biases, mean, std)
+
+
+def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:
+    """Indices of the b largest scores, highest first, ties to the lowest index (deterministic,
+    unlike a bare torch.topk). scores: (N,) float. Returns (b,) int64."""
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor, got {getattr(scores, 'shape', type(scores))}")
+    checks.finite("scores", scores)
+    b = checks.count("b", b, high=scores.shape[0], what=f"the {scores.shape[0]} scores")
+    if b == 0:
+        return torch.empty(0, dtype=torch.long, device=scores.device)
+    threshold = torch.topk(scores, b).values[-1]
+    above = torch.nonzero(scores > threshold).squeeze(1)
+    at = torch.nonzero(scores == threshold).squeeze(1)[: b - above.numel()]
+    chosen = torch.sort(torch.cat([above, at])).values
+    # A stable sort of index-ordered rows by descending score keeps tied rows in index order.
+    return chosen[torch.sort(scores[chosen], descending=True, stable=True).indices]
