@@ -65,8 +65,8 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
         >>> kcenter_greedy(x, [0], 2).indices
         tensor([2, 3])
     """
-    x = checks.matrix("x", x)
     device = checks.same_device(x=x, labeled=labeled, exclude=exclude)
+    x = checks.matrix("x", x)
     n = x.shape[0]
     labeled = checks.indices("labeled", labeled, n, device)
     excluded = checks.row_mask("exclude", exclude, n, device)
@@ -101,9 +101,9 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
         >>> nearest(q, k)[1]
         tensor([1, 0])
     """
+    device = checks.same_device(queries=queries, keys=keys)
     queries = checks.matrix("queries", queries)
     keys = checks.matrix("keys", keys, cols=queries.shape[1])
-    device = checks.same_device(queries=queries, keys=keys)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
@@ -136,10 +136,12 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
         >>> badge_kmeanspp(p, h, 5, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([5])
     """
+    device = checks.same_device(probs=probs, feats=feats)
     probs = checks.matrix("probs", probs)
     feats = checks.matrix("feats", feats, rows=probs.shape[0])
-    device = checks.same_device(probs=probs, feats=feats)
     k = checks.count("k", k, high=probs.shape[0], what=f"the {probs.shape[0]} rows of probs")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if generator is not None and generator.device.type != "cpu":
         raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
     uniforms = torch.rand(max(k - 1, 0), generator=generator, dtype=torch.float64).to(device)
@@ -173,8 +175,10 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
         >>> nonneg_mlp_score(torch.rand(1000, 2), w, b).shape
         torch.Size([1000])
     """
-    z = checks.matrix("z", z)
     weights, biases = list(weights), list(biases)
+    device = checks.same_device(z=z, mean=mean, std=std, **{f"weights[{i}]": w for i, w in enumerate(weights)},
+                                **{f"biases[{i}]": b for i, b in enumerate(biases)})
+    z = checks.matrix("z", z)
     if not weights:
         raise ValueError("weights must hold at least one layer")
     if len(weights) != len(biases):
@@ -199,7 +203,6 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
         if bool((std <= 0).any()):
             raise ValueError(f"std must be > 0, got {std.tolist()}")
         mean, std = mean.to(dtype), std.to(dtype)
-    device = checks.same_device(z=z, mean=mean, std=std, **{f"weights[{i}]": w for i, w in enumerate(weights)})
     z = z.to(dtype)
     weights = [w.detach().to(dtype) for w in weights]
     biases = [b.detach().to(dtype) for b in biases]

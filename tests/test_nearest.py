@@ -1,0 +1,119 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mqnet_fast import ops, reference
+from testing import CPU_BACKENDS, FLOAT_DTYPES, NEAR_TIE, assert_close, assert_equal_indices, needs_cpp
+
+
+def _check_against_float64(queries, keys, metric, values, indices, dtype):
+    """Values close to the float64 definition; a differing index only where the float64 best and the
+    picked key are within a float near-tie."""
+    want_values, want_indices = reference.nearest(queries.double(), keys.double(), metric)
+    assert_close(values, want_values, dtype, what=f"{metric} values")
+    q, k = queries.double(), keys.double()
+    if metric == "cosine":
+        score = lambda i, j: (F.normalize(q[i], dim=0) @ F.normalize(k[j], dim=0)).item()  # noqa: E731
+    else:
+        score = lambda i, j: -((q[i] - k[j]) ** 2).sum().sqrt().item()  # noqa: E731
+    for i in torch.nonzero(indices != want_indices).flatten().tolist():
+        best, got = score(i, int(want_indices[i])), score(i, int(indices[i]))
+        assert got >= best - NEAR_TIE[dtype] * max(1.0, abs(best)), (
+            f"query {i}: key {int(indices[i])} ({got}) is not a near-tie of key {int(want_indices[i])} ({best})")
+
+
+SHAPES = [(1, 1, 1), (5, 3, 1), (123, 7, 1151), (1151, 129, 123), (257, 64, 513), (600, 16, 1100)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("n,d,m", SHAPES)
+def test_matches_reference(backend, dtype, metric, n, d, m):
+    g = torch.Generator().manual_seed(n + 7 * m + d)
+    queries = torch.randn(n, d, generator=g, dtype=dtype)
+    keys = torch.randn(m, d, generator=g, dtype=dtype)
+    values, indices = ops.nearest(queries, keys, metric=metric, backend=backend)
+    assert values.dtype == dtype and indices.dtype == torch.long
+    _check_against_float64(queries, keys, metric, values, indices, dtype)
+    if dtype == torch.float64:
+        assert_equal_indices(indices, reference.nearest(queries, keys, metric)[1], "indices")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ties_go_to_lowest_key(backend, metric):
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(-2, 3, (30, 4), generator=g).float()
+    keys = torch.cat([keys, keys, keys])  # every key three times: exact ties
+    queries = torch.randint(-2, 3, (200, 4), generator=g).float()
+    queries[0] = keys[5]
+    values, indices = ops.nearest(queries, keys, metric=metric, backend=backend)
+    want_values, want_indices = reference.nearest(queries.double(), keys.double(), metric)
+    assert torch.all(indices < 30) or metric == "cosine"  # cosine ties also come from scaled keys
+    assert_close(values, want_values, torch.float32, what="values")
+    if metric == "l2":  # integer data: exact distances, so the lowest tied index is unambiguous
+        assert_equal_indices(indices, want_indices, "indices")
+        assert values[0] == 0 and indices[0] == 5
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_zero_vectors_and_large_magnitudes(backend):
+    g = torch.Generator().manual_seed(1)
+    queries = torch.randn(50, 8, generator=g, dtype=torch.float64) * 1e6
+    queries[3] = 0
+    keys = torch.randn(70, 8, generator=g, dtype=torch.float64) * 1e-3
+    keys[10] = 0
+    values, indices = ops.nearest(queries, keys, metric="cosine", backend=backend)
+    want = reference.nearest(queries, keys, "cosine")
+    assert values[3] == 0
+    assert_close(values, want[0], what="cosine values")
+    assert_equal_indices(indices, want[1], "cosine indices")
+    values, indices = ops.nearest(queries, keys, metric="l2", backend=backend)
+    _check_against_float64(queries, keys, "l2", values, indices, torch.float64)
+
+
+@needs_cpp
+def test_noncontiguous_and_bf16():
+    g = torch.Generator().manual_seed(2)
+    queries = torch.randn(40, 300, generator=g).T  # (300, 40), not contiguous
+    keys = torch.randn(99, 80, generator=g)[:, ::2]  # (99, 40), strided
+    assert not queries.is_contiguous() and not keys.is_contiguous()
+    for metric in ("cosine", "l2"):
+        got = ops.nearest(queries, keys, metric=metric, backend="cpp")
+        want = ops.nearest(queries.contiguous(), keys.contiguous(), metric=metric, backend="cpp")
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+    got = ops.nearest(queries.bfloat16(), keys.bfloat16(), backend="cpp")
+    assert got[0].dtype == torch.float32
+    _check_against_float64(queries.bfloat16().float(), keys.bfloat16().float(), "cosine", *got, torch.float32)
+
+
+@needs_cpp
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_opcheck(metric):
+    torch.library.opcheck(torch.ops.mqnet_fast.nearest.default, (torch.randn(33, 5), torch.randn(17, 5), metric))
+
+
+@needs_cpp
+def test_torch_compile():
+    fn = torch.compile(lambda q, k: torch.ops.mqnet_fast.nearest(q * 2, k, "l2")[0] + 1, fullgraph=True)
+    q, k = torch.randn(64, 8), torch.randn(32, 8)
+    assert_close(fn(q, k), ops.nearest(q * 2, k, metric="l2")[0] + 1, what="compiled")
+
+
+BAD = [
+    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 2)), ValueError, "keys must have 3 columns"),
+    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(0, 3)), ValueError, "keys is empty"),
+    (lambda: ops.nearest(torch.randn(4), torch.randn(5, 4)), ValueError, "queries must be 2-D"),
+    (lambda: ops.nearest(torch.randn(4, 3), torch.full((5, 3), float("inf"))), ValueError, "keys holds 15 NaN or Inf"),
+    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3), metric="dot"), ValueError, "metric must be one of"),
+    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3), backend="cuda"), NotImplementedError, "not built yet"),
+    (lambda: ops.nearest(torch.ones(4, 3, dtype=torch.long), torch.randn(5, 3)), TypeError, "queries must be a floating"),
+    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3, device="meta")), ValueError, "one device"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

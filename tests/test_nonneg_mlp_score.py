@@ -1,0 +1,139 @@
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from mqnet_fast import ops, reference
+from testing import CPU_BACKENDS, FLOAT_DTYPES, assert_close, assert_equal_indices, needs_cpp
+
+
+def _mlp(widths, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(o, i, generator=g, dtype=dtype) for i, o in zip(widths[:-1], widths[1:])]
+    biases = [torch.randn(o, generator=g, dtype=dtype) for o in widths[1:]]
+    return weights, biases
+
+
+WIDTHS = [(2, 1), (2, 64, 1), (1, 7, 1), (5, 3, 9, 1), (2, 130, 1)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1151])
+@pytest.mark.parametrize("widths", WIDTHS)
+@pytest.mark.parametrize("standardize", [False, True])
+def test_matches_reference(backend, dtype, n, widths, standardize):
+    weights, biases = _mlp(widths, dtype, seed=n + len(widths))
+    g = torch.Generator().manual_seed(n)
+    z = torch.randn(n, widths[0], generator=g, dtype=dtype) * 4 + 1
+    mean = std = None
+    if standardize:
+        mean, std = z.mean(0), z.std(0, unbiased=False) + 0.5
+    got = ops.nonneg_mlp_score(z, weights, biases, mean=mean, std=std, backend=backend)
+    want = reference.nonneg_mlp_score(z.double(), [w.double() for w in weights], [b.double() for b in biases],
+                                      None if mean is None else mean.double(), None if std is None else std.double())
+    assert got.dtype == dtype and got.shape == (n,)
+    scale = 1 + sum(w.clamp_min(0).sum().item() for w in weights[-1:]) + biases[-1].abs().item()
+    assert_close(got, want, dtype, atol=TOL_ATOL[dtype] * scale, what="scores")
+
+
+TOL_ATOL = {torch.float32: 2e-6, torch.float64: 1e-13}
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_saturation_and_large_inputs(backend):
+    weights, biases = _mlp((2, 64, 1), torch.float32, seed=1)
+    z = torch.tensor([[1e4, -1e4], [-1e4, 1e4], [80.0, -80.0], [0.0, 0.0], [-200.0, -200.0], [200.0, 200.0]])
+    got = ops.nonneg_mlp_score(z, weights, biases, backend=backend)
+    want = reference.nonneg_mlp_score(z.double(), [w.double() for w in weights], [b.double() for b in biases])
+    assert_close(got, want, torch.float32, atol=1e-5, what="saturated scores")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_agrees_with_autograd_module(backend):
+    """The fused op and an nn.Module trained with the same parametrization give the same scores."""
+    torch.manual_seed(0)
+    phi = torch.nn.Sequential(torch.nn.Linear(2, 64), torch.nn.Sigmoid(), torch.nn.Linear(64, 1))
+    opt = torch.optim.SGD(phi.parameters(), lr=0.1)
+    z = torch.rand(256, 2)
+    target = z[:, 0] + 2 * z[:, 1]
+    for _ in range(20):
+        weights, biases = [phi[0].weight, phi[2].weight], [phi[0].bias, phi[2].bias]
+        loss = ((reference.nonneg_mlp_score(z, weights, biases) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    weights, biases = [phi[0].weight, phi[2].weight], [phi[0].bias, phi[2].bias]
+    with torch.no_grad():
+        module = reference.nonneg_mlp_score(z, weights, biases)
+    assert_close(ops.nonneg_mlp_score(z, weights, biases, backend=backend), module, torch.float32, what="fused vs module")
+
+
+@needs_cpp
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_skyline_property(seed):
+    """z_i >= z_j componentwise => Phi(z_i) >= Phi(z_j), for any weights (negative ones included)."""
+    weights, biases = _mlp((2, 16, 8, 1), torch.float64, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(500, 2, generator=g, dtype=torch.float64) * 3
+    high = low + torch.rand(500, 2, generator=g, dtype=torch.float64) * torch.randint(0, 2, (500, 2), generator=g)
+    s_low = ops.nonneg_mlp_score(low, weights, biases, backend="cpp")
+    s_high = ops.nonneg_mlp_score(high, weights, biases, backend="cpp")
+    assert torch.all(s_high >= s_low - 1e-12), f"monotonicity broken by {(s_low - s_high).max().item()}"
+
+
+@needs_cpp
+def test_noncontiguous_and_bf16():
+    weights, biases = _mlp((2, 64, 1), torch.float32, seed=2)
+    z = torch.randn(2, 777).T
+    assert not z.is_contiguous()
+    assert torch.equal(ops.nonneg_mlp_score(z, weights, biases, backend="cpp"),
+                       ops.nonneg_mlp_score(z.contiguous(), weights, biases, backend="cpp"))
+    got = ops.nonneg_mlp_score(z.bfloat16(), [w.bfloat16() for w in weights], biases, backend="cpp")
+    want = ops.nonneg_mlp_score(z.bfloat16().float(), [w.bfloat16().float() for w in weights], biases, backend="torch")
+    assert got.dtype == torch.float32
+    assert_close(got, want, torch.float32, atol=1e-5, what="bf16 inputs")
+
+
+@needs_cpp
+def test_opcheck():
+    weights, biases = _mlp((2, 64, 1), torch.float32, seed=3)
+    torch.library.opcheck(torch.ops.mqnet_fast.nonneg_mlp_score.default,
+                          (torch.randn(70, 2), weights, biases, torch.zeros(2), torch.ones(2)))
+    torch.library.opcheck(torch.ops.mqnet_fast.nonneg_mlp_score.default,
+                          (torch.randn(70, 2), weights, biases, None, None))
+
+
+def test_top_b_ties_and_order():
+    scores = torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0, -1.0, 2.0])
+    assert ops.top_b(scores, 2).tolist() == [1, 2]
+    assert ops.top_b(scores, 4).tolist() == [1, 2, 4, 3]
+    assert ops.top_b(scores, 0).tolist() == []
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (1151,), generator=g).float()
+    want = sorted(range(1151), key=lambda i: (-scores[i].item(), i))
+    assert_equal_indices(ops.top_b(scores, 1151), torch.tensor(want), "full order")
+    assert_equal_indices(ops.top_b(scores, 100), torch.tensor(want[:100]), "top 100")
+
+
+W, B = _mlp((2, 4, 1), torch.float32, seed=0)
+BAD = [
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 3), W, B), ValueError, r"weights\[0\] must have 3 columns"),
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 2), W[:1], B[:1]), ValueError, "last layer must have one output"),
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 2), W, B[:1]), ValueError, "same length"),
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 2), [], []), ValueError, "at least one layer"),
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 2), W, B, mean=torch.zeros(2)), ValueError, "given together"),
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 2), W, B, mean=torch.zeros(2), std=torch.tensor([1.0, 0.0])),
+     ValueError, "std must be > 0"),
+    (lambda: ops.nonneg_mlp_score(torch.randn(5, 2), W, B, mean=torch.zeros(3), std=torch.ones(3)),
+     ValueError, r"mean must have shape \(2,\)"),
+    (lambda: ops.nonneg_mlp_score(torch.tensor([[float("inf"), 0.0]]), W, B), ValueError, "z holds 1 NaN or Inf"),
+    (lambda: ops.top_b(torch.randn(5), 6), ValueError, r"b \(6\) exceeds the 5 scores"),
+    (lambda: ops.top_b(torch.randn(5, 1), 1), ValueError, "scores must be a 1-D tensor"),
+]
+
+
+@pytest.mark.parametrize("call,exc,match", BAD)
+def test_bad_input(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -1,0 +1,51 @@
+"""Shared test helpers: devices, dtypes, per-dtype tolerances, and comparisons that say where they fail."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mqnet_fast._library import has_compiled
+
+CPU_BACKENDS = ["torch", "cpp"] if has_compiled() else ["torch"]
+FLOAT_DTYPES = [torch.float32, torch.float64]
+# (rtol, atol) for values computed in a different summation order than the reference.
+TOLERANCES = {torch.float32: (2e-5, 2e-6), torch.float64: (1e-12, 1e-13)}
+# Relative gap under which two candidates count as tied in float32 (rounding of a d-term sum).
+NEAR_TIE = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+needs_cpp = pytest.mark.skipif(not has_compiled(), reason="mqnet_fast._C is not built")
+cuda = pytest.mark.cuda
+
+
+def devices() -> list[str]:
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype=None, *, rtol=None, atol=None, what="") -> None:
+    """allclose with per-dtype tolerances; on failure names the worst entries."""
+    dtype = dtype or expected.dtype
+    rt, at = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    rtol = rt if rtol is None else rtol
+    atol = at if atol is None else atol
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    both_inf = torch.isinf(actual) & torch.isinf(expected) & (actual.sign() == expected.sign())
+    err = torch.where(both_inf, torch.zeros_like(actual), (actual - expected).abs())
+    bound = atol + rtol * expected.abs().nan_to_num(posinf=0.0)
+    bad = torch.nonzero(err > bound).flatten()
+    if bad.numel():
+        worst = bad[err.flatten()[bad].argsort(descending=True)[:5]]
+        lines = [f"  [{int(i)}] got {actual.flatten()[i].item():.9g}, expected {expected.flatten()[i].item():.9g}"
+                 for i in worst]
+        raise AssertionError(f"{what}: {bad.numel()} of {expected.numel()} entries differ beyond "
+                             f"rtol={rtol}, atol={atol}; worst:\n" + "\n".join(lines))
+
+
+def assert_equal_indices(actual: torch.Tensor, expected: torch.Tensor, what="") -> None:
+    actual, expected = actual.cpu(), expected.cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff = torch.nonzero(actual != expected).flatten()
+    if diff.numel():
+        i = int(diff[0])
+        raise AssertionError(f"{what}: {diff.numel()} positions differ, first at {i}: got "
+                             f"{actual[max(0, i - 2): i + 3].tolist()}, expected {expected[max(0, i - 2): i + 3].tolist()}")
