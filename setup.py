@@ -37,8 +37,10 @@ def _extension():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # no GPU is needed to pick this
     march = os.environ.get("MQNET_FAST_CPU_ARCH", "native")
     # No FMA contraction: kernels must round like the PyTorch references (explicit std::fma where
-    # fusing is wanted); see csrc/cpu/badge_kmeanspp.cpp.
-    cxx = ["-O3", "-fopenmp", f"-march={march}", "-ffp-contract=off"]
+    # fusing is wanted); see csrc/cpu/badge_kmeanspp.cpp. -fno-trapping-math changes no result and
+    # lets float -> int conversions vectorize (the exp in nonneg_mlp_score.cpp).
+    cxx = ["-O3", "-fopenmp", f"-march={march}", "-ffp-contract=off", "-fno-trapping-math",
+           "-mprefer-vector-width=512"]
     backends = ["cpu"]
     macros = []
     kwargs = dict(name="mqnet_fast._C", include_dirs=[os.path.join(ROOT, "csrc")],

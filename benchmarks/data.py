@@ -1,0 +1,27 @@
+"""Synthetic benchmark data: isotropic Gaussian (no structure, the worst case for pruning) and a
+clustered low-intrinsic-dimension mixture standing in for penultimate CNN features (10 classes,
+16-dim latent mixture mapped linearly into d dims, then ReLU as after a ResNet's last block)."""
+import torch
+
+
+def gaussian(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def clustered(n: int, d: int, classes: int = 10, latent: int = 16, seed: int = 0):
+    """(features (n, d) float32 >= 0, labels (n,))."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, latent, generator=g) * 2
+    labels = torch.randint(0, classes, (n,), generator=g)
+    z = centers[labels] + 0.5 * torch.randn(n, latent, generator=g)
+    mix = torch.randn(latent, d, generator=g) / latent ** 0.5
+    feats = torch.relu(z @ mix + 0.05 * torch.randn(n, d, generator=g))
+    return feats, labels
+
+
+def classifier_probs(feats: torch.Tensor, labels: torch.Tensor, classes: int, seed: int = 0) -> torch.Tensor:
+    """Softmax outputs of a noisy linear classifier on feats: mostly confident, some not (BADGE input)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 4 * torch.nn.functional.one_hot(labels % classes, classes).float()
+    logits += 1.5 * torch.randn(len(labels), classes, generator=g)
+    return torch.softmax(logits, 1)

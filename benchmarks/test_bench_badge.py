@@ -1,0 +1,65 @@
+"""BADGE k-means++ seeding, N=50,000, d=512, C=10 and 100, k=1,000.
+
+Baseline: the published BADGE code's way, the N x (C*d) gradient embedding materialized, then one
+distance pass (torch.cdist against the newest center) per pick. At C=100 that matrix is 10 GB and a
+pick takes about a second, so the baseline runs BASELINE_PICKS picks: its time per pick and its
+materialization time are reported separately (benchmarks/report.py extrapolates to k picks)."""
+import pytest
+import torch
+
+from data import clustered, classifier_probs, gaussian
+from mqnet_fast import ops
+
+N, D, K, BASELINE_PICKS = 50_000, 512, 1_000, 10
+
+
+def _inputs(kind, classes):
+    if kind == "gaussian":
+        return torch.softmax(gaussian(N, classes, seed=1), 1), gaussian(N, D)
+    feats, labels = clustered(N, D)
+    return classifier_probs(feats, labels, classes), feats
+
+
+@pytest.fixture(scope="module", params=[(k, c) for c in (10, 100) for k in ("gaussian", "clustered")],
+                ids=lambda p: f"{p[0]}-C{p[1]}")
+def pool(request):
+    kind, classes = request.param
+    return kind, classes, *_inputs(kind, classes)
+
+
+def materialize(probs, feats):
+    a = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).float() - probs
+    return (a[:, :, None] * feats[:, None, :]).flatten(1)
+
+
+def materialized_picks(emb, picks, generator):
+    """D^2 sampling over the materialized embedding, `picks` picks after the first; one distance pass
+    (a matrix-vector product with precomputed norms, no N x C*d temporary) per pick."""
+    norms = torch.cat([(e * e).sum(1) for e in emb.split(2048)])
+    c = int(norms.argmax())
+    d2 = torch.full((len(emb),), float("inf"))
+    for _ in range(picks):
+        d2 = torch.minimum(d2, (norms + norms[c] - 2 * torch.mv(emb, emb[c])).clamp_min(0))
+        c = int(torch.multinomial(d2 / d2.sum(), 1, generator=generator))
+
+
+def test_badge_cpp(benchmark, pool):
+    kind, classes, probs, feats = pool
+    benchmark.group = f"badge {kind} C={classes}"
+    benchmark.pedantic(lambda: ops.badge_kmeanspp(probs, feats, K, generator=torch.Generator().manual_seed(0),
+                                                  backend="cpp"), rounds=2)
+
+
+def test_badge_materialize_baseline(benchmark, pool):
+    kind, classes, probs, feats = pool
+    benchmark.group = f"badge {kind} C={classes}"
+    benchmark.pedantic(materialize, args=(probs, feats), rounds=1)
+
+
+def test_badge_picks_baseline(benchmark, pool):
+    kind, classes, probs, feats = pool
+    benchmark.group = f"badge {kind} C={classes}"
+    benchmark.extra_info["picks"] = BASELINE_PICKS
+    emb = materialize(probs, feats)
+    benchmark.pedantic(materialized_picks, args=(emb, BASELINE_PICKS, torch.Generator().manual_seed(0)), rounds=1)
+    del emb

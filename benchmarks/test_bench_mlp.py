@@ -1,0 +1,28 @@
+"""Fused non-negative MLP scoring, N=1,000,000, 2 -> 64 -> 1 with standardization.
+
+Baseline: eager PyTorch (mqnet_fast.reference.nonneg_mlp_score: standardize, linear, sigmoid, linear)."""
+import torch
+
+from mqnet_fast import ops
+
+N, HIDDEN = 1_000_000, 64
+
+
+def _model():
+    g = torch.Generator().manual_seed(0)
+    z = torch.rand(N, 2, generator=g)
+    weights = [torch.randn(HIDDEN, 2, generator=g), torch.randn(1, HIDDEN, generator=g)]
+    biases = [torch.randn(HIDDEN, generator=g), torch.randn(1, generator=g)]
+    return z, weights, biases, dict(mean=z.mean(0), std=z.std(0))
+
+
+def test_mlp_cpp(benchmark):
+    z, w, b, kw = _model()
+    benchmark.group = "mlp"
+    benchmark.pedantic(ops.nonneg_mlp_score, args=(z, w, b), kwargs={**kw, "backend": "cpp"}, rounds=10)
+
+
+def test_mlp_eager_torch(benchmark):
+    z, w, b, kw = _model()
+    benchmark.group = "mlp"
+    benchmark.pedantic(ops.nonneg_mlp_score, args=(z, w, b), kwargs={**kw, "backend": "torch"}, rounds=5)
