@@ -11,8 +11,14 @@ import sys
 import torch
 
 
-def main(path):
-    data = json.load(open(path))
+MLP_FLOP_PER_ROW = 2 * (2 * 64 + 64) + 64 * (16 + 4)  # see benchmarks/test_bench_mlp.py
+
+
+def main(*paths):
+    """Reads one or more JSON files; a later file's entries replace an earlier one's."""
+    data = json.load(open(paths[0]))
+    by_name = {b["fullname"]: b for p in paths for b in json.load(open(p))["benchmarks"]}
+    data["benchmarks"] = list(by_name.values())
     t = {b["fullname"].split("::")[-1]: b["stats"]["min"] for b in data["benchmarks"]}
     extra = {b["fullname"].split("::")[-1]: b.get("extra_info", {}) for b in data["benchmarks"]}
     rows = []
@@ -42,8 +48,11 @@ def main(path):
                      f"{ours / mm:.2f}x a bare matmul ({mm * 1e3:.0f} ms); per-query loop {loop:.0f} s "
                      f"(extrapolated): **{loop / ours:.0f}x**"))
     ours, eager = t["test_mlp_cpp"], t["test_mlp_eager_torch"]
+    rate = extra["test_mlp_sgemm_rate"]["flop"] / t["test_mlp_sgemm_rate"]
+    floor = MLP_FLOP_PER_ROW * 1_000_000 / rate
     rows.append(("non-negative MLP, N=1M, hidden 64", f"{ours * 1e3:.1f} ms",
-                 f"eager PyTorch {eager * 1e3:.0f} ms: **{eager / ours:.1f}x**"))
+                 f"eager PyTorch {eager * 1e3:.0f} ms: **{eager / ours:.1f}x**; {ours / floor:.2f}x the compute "
+                 f"floor ({floor * 1e3:.1f} ms = {MLP_FLOP_PER_ROW} flop/row at the SGEMM rate {rate / 1e9:.0f} GFLOP/s)"))
     print(f"Machine: {data['machine_info'].get('cpu', {}).get('brand_raw', platform.processor())}, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, best of the rounds.\n")
     print("| op | mqnet-fast (cpp) | against baselines in the same run |")
@@ -53,4 +62,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

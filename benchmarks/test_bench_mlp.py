@@ -26,3 +26,17 @@ def test_mlp_eager_torch(benchmark):
     z, w, b, kw = _model()
     benchmark.group = "mlp"
     benchmark.pedantic(ops.nonneg_mlp_score, args=(z, w, b), kwargs={**kw, "backend": "torch"}, rounds=5)
+
+
+SGEMM = 2048
+
+
+def test_mlp_sgemm_rate(benchmark):
+    """The machine's float32 GEMM rate, for the compute floor: per row the MLP does 2*(2*64 + 64) = 384
+    flops in its layers plus 64 sigmoids, each an exp (range reduction and a degree-6 polynomial:
+    8 FMAs = 16 flops) and a reciprocal (~4 flops): 1,664 flops a row, 1.66 GFLOP for N = 1M."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(SGEMM, SGEMM, generator=g), torch.randn(SGEMM, SGEMM, generator=g)
+    benchmark.group = "mlp"
+    benchmark.extra_info["flop"] = 2 * SGEMM ** 3
+    benchmark.pedantic(torch.mm, args=(a, b), rounds=5, warmup_rounds=1)
