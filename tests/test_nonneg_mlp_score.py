@@ -13,6 +13,7 @@ def _mlp(widths, dtype, seed):
     return weights, biases
 
 
+TOL_ATOL = {torch.float32: 2e-6, torch.float64: 1e-13}  # times the output layer's scale
 WIDTHS = [(2, 1), (2, 64, 1), (1, 7, 1), (5, 3, 9, 1), (2, 130, 1)]
 
 
@@ -34,9 +35,6 @@ def test_matches_reference(backend, dtype, n, widths, standardize):
     assert got.dtype == dtype and got.shape == (n,)
     scale = 1 + sum(w.clamp_min(0).sum().item() for w in weights[-1:]) + biases[-1].abs().item()
     assert_close(got, want, dtype, atol=TOL_ATOL[dtype] * scale, what="scores")
-
-
-TOL_ATOL = {torch.float32: 2e-6, torch.float64: 1e-13}
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

@@ -5,7 +5,6 @@
 #include "cpu/common.h"
 
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 namespace mqnet_fast {

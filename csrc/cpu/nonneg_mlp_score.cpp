@@ -4,7 +4,6 @@
 #include "cpu/common.h"
 
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 namespace mqnet_fast {
@@ -109,12 +108,12 @@ at::Tensor nonneg_mlp_score_kernel(const at::Tensor& z_in, at::TensorList weight
             for (int64_t r = 0; r < kBlock; ++r) acc[r] = std::fma(w1, src1[r], std::fma(w0, src0[r], bias[j]));
           } else {
             for (int64_t r = 0; r < kBlock; ++r) acc[r] = bias[j];
-          }
-          for (int64_t c = 0; c < width && width != 2; ++c) {
-            const T wjc = w[j * width + c];
-            const T* src = cur.data() + c * kBlock;
+            for (int64_t c = 0; c < width; ++c) {
+              const T wjc = w[j * width + c];
+              const T* src = cur.data() + c * kBlock;
 #pragma omp simd
-            for (int64_t r = 0; r < kBlock; ++r) acc[r] = std::fma(wjc, src[r], acc[r]);
+              for (int64_t r = 0; r < kBlock; ++r) acc[r] = std::fma(wjc, src[r], acc[r]);
+            }
           }
           if (into_score) {
             const T out_w = w_last[j];
