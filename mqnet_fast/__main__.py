@@ -1,0 +1,5 @@
+import sys
+
+from mqnet_fast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,249 @@
+"""Datasets as uint8 image arrays with integer labels, and the open-set split of the MQ-Net paper.
+
+Every dataset is held as `ImageArrays`: train/test images (N, H, W, C) uint8 and labels (N,) int64,
+read once and cached, so training never decodes an image and labels never come from image files.
+
+Names accepted by `load_dataset`:
+- ``digits``: scikit-learn's `load_digits` (1,797 8x8 grey images, shipped inside scikit-learn, no
+  download), split into train/test by a fixed seeded stratified split (1/3 test).
+- ``cifar10`` / ``cifar100``: torchvision's format under ``data_root`` (downloaded only when
+  ``download=True``).
+- ``imagefolder:<path>``: a tree ``<path>/[<top>/]train/<class>/*`` and ``.../test/<class>/*``, either a
+  directory or a ``.tar``/``.tar.gz``/``.tgz`` archive read in place. Class index = sorted class-folder
+  order (torchvision's ImageFolder order); all images must have the same size.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mqnet_fast.io import atomic_save_npz
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
+
+
+class DataError(ValueError):
+    """A dataset name, root or tree that cannot be used; the message says what is wrong."""
+
+
+@dataclass
+class ImageArrays:
+    name: str
+    classes: list[str]
+    train_images: np.ndarray  # (N, H, W, C) uint8
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    flip: bool = True  # horizontal flips are a valid augmentation (not for digits)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MQNET_FAST_CACHE", Path.home() / ".cache" / "mqnet-fast"))
+
+
+def load_dataset(name: str, data_root: str | None = None, *, download: bool = False,
+                 cache_dir: str | Path | None = None) -> ImageArrays:
+    """Load a dataset by name (see the module docstring)."""
+    if name == "digits":
+        return load_digits()
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data_root, download=download)
+    if name.startswith("imagefolder:"):
+        path = name[len("imagefolder:"):]
+        if not path:
+            raise DataError("dataset 'imagefolder:' needs a path, e.g. imagefolder:../shared/data/cifar10-jpeg.tar.gz")
+        return load_imagefolder(path, cache_dir=cache_dir)
+    raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def load_digits(test_fraction: float = 1 / 3, seed: int = 0) -> ImageArrays:
+    """scikit-learn's digits as 8x8x1 uint8 images (0..16 scaled to 0..255), stratified split."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int64)
+    rng = np.random.RandomState(seed)
+    test = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        test[rng.permutation(members)[: int(round(len(members) * test_fraction))]] = True
+    return ImageArrays("digits", [str(c) for c in bunch.target_names], images[~test], labels[~test],
+                       images[test], labels[test], flip=False)
+
+
+def load_cifar(name: str, data_root: str | None, *, download: bool = False) -> ImageArrays:
+    import torchvision
+
+    if data_root is None:
+        raise DataError(f"dataset {name!r} needs --data-root (the folder torchvision's {name.upper()} "
+                        "files are in, or where to download them with --download)")
+    if not download and not Path(data_root).is_dir():
+        raise DataError(f"data root {data_root!r} does not exist (pass --download to fetch {name} there)")
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        train = cls(data_root, train=True, download=download)
+        test = cls(data_root, train=False, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"{name} not found or corrupted under {data_root!r} ({err}); "
+                        "pass --download to fetch it") from err
+    return ImageArrays(name, list(train.classes), np.asarray(train.data), np.asarray(train.targets, np.int64),
+                       np.asarray(test.data), np.asarray(test.targets, np.int64))
+
+
+def load_imagefolder(path: str | Path, *, cache_dir: str | Path | None = None) -> ImageArrays:
+    """An ImageFolder tree with train/ and test/ splits, from a directory or an archive, decoded once
+    and cached as one uint8 array per split (keyed by the path, its size and modification time)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"imagefolder path {str(path)!r} does not exist")
+    stat = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache / f"imagefolder-{key}.npz"
+    if cached.exists():
+        with np.load(cached) as f:
+            return ImageArrays(f"imagefolder:{path}", list(f["classes"]), f["train_images"], f["train_labels"],
+                               f["test_images"], f["test_labels"])
+    files = _archive_images(path) if path.is_file() else _directory_images(path)
+    splits = _split_tree(files, str(path))
+    classes = splits["train"][0]
+    if splits["test"][0] != classes:
+        raise DataError(f"imagefolder {str(path)!r}: train classes {classes} differ from test classes "
+                        f"{splits['test'][0]}")
+    arrays = {}
+    for split, (_, items) in splits.items():
+        images = [_decode(read(), f"{path}:{name}") for name, _, read in items]
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise DataError(f"imagefolder {str(path)!r}: {split} images have different sizes {sorted(shapes)[:4]}; "
+                            "resize them to one size first")
+        arrays[f"{split}_images"] = np.stack(images)
+        arrays[f"{split}_labels"] = np.array([classes.index(c) for _, c, _ in items], np.int64)
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataError(f"imagefolder {str(path)!r}: train and test image sizes differ")
+    atomic_save_npz(cached, classes=np.array(classes), **arrays)
+    return ImageArrays(f"imagefolder:{path}", classes, arrays["train_images"], arrays["train_labels"],
+                       arrays["test_images"], arrays["test_labels"])
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image = image.convert("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+    except Exception as err:  # PIL raises several types for broken files
+        raise DataError(f"cannot decode image {where}: {err}") from err
+    array = np.asarray(image, dtype=np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _directory_images(root: Path):
+    for dirpath, _, names in os.walk(root):
+        for name in sorted(names):
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                full = Path(dirpath) / name
+                yield full.relative_to(root).as_posix(), full.read_bytes
+
+
+def _archive_images(archive: Path):
+    try:
+        tar = tarfile.open(archive)
+    except tarfile.TarError as err:
+        raise DataError(f"imagefolder {str(archive)!r} is neither a directory nor a readable tar archive: {err}") from err
+    with tar:
+        for member in tar:
+            if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                data = tar.extractfile(member).read()
+                yield member.name, (lambda data=data: data)
+
+
+def _split_tree(files, where: str) -> dict:
+    """Group (relative name, reader) pairs into {split: (classes, [(name, class, reader)])}; the tree is
+    [<top>/]<split>/<class>/<file>."""
+    found = {"train": [], "test": []}
+    for name, read in files:
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[-3] in found:
+            found[parts[-3]].append((name, parts[-2], read))
+    for split, items in found.items():
+        if not items:
+            raise DataError(f"imagefolder {where!r} has no images under {split}/<class>/ "
+                            "(expected [<top>/]train/<class>/* and [<top>/]test/<class>/*)")
+    out = {}
+    for split, items in found.items():
+        items.sort(key=lambda item: item[0])
+        out[split] = (sorted({c for _, c, _ in items}), items)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Open-set split
+
+@dataclass
+class OpenSetSplit:
+    """Which classes are IN, the pool (global train indices: all IN examples plus the OOD ones), and
+    the initial labeled set (one budget drawn from the pool, so it carries OOD at about rate tau)."""
+    in_classes: list[int]
+    pool: np.ndarray            # (P,) int64 global train indices, sorted
+    is_in: np.ndarray           # (N_train,) bool: the example's class is IN
+    initial_labeled: np.ndarray  # (b,) int64 global train indices
+    num_in_pool: int
+    num_ood_pool: int
+    notes: list[str] = field(default_factory=list)
+
+
+def num_ood_for(num_in: int, tau: float) -> int:
+    """round(|IN| * tau / (1 - tau)): the OOD count that gives the pool noise ratio tau."""
+    return int(round(num_in * tau / (1.0 - tau)))
+
+
+def make_open_set(labels: np.ndarray, num_classes: int, num_in_classes: int, tau: float, budget: int,
+                  seed: int) -> OpenSetSplit:
+    """The paper's split-dataset setup. IN classes are drawn with `seed`; the pool holds all IN
+    examples plus round(|IN| tau / (1 - tau)) OOD examples drawn at random. Where the OOD classes hold
+    too few examples for that (tau = 0.6 with a 4:6 split needs every OOD example), IN examples are
+    subsampled instead so the pool's noise ratio is still tau (recorded in `notes`)."""
+    if not 0 < num_in_classes < num_classes:
+        raise ValueError(f"num_in_classes must be in 1..{num_classes - 1}, got {num_in_classes}")
+    if not 0.0 <= tau < 1.0:
+        raise ValueError(f"noise ratio tau must be in [0, 1), got {tau}")
+    rng = np.random.RandomState(seed)
+    in_classes = sorted(rng.permutation(num_classes)[:num_in_classes].tolist())
+    is_in = np.isin(labels, in_classes)
+    in_idx, ood_idx = np.flatnonzero(is_in), np.flatnonzero(~is_in)
+    notes = []
+    num_ood = num_ood_for(len(in_idx), tau)
+    if num_ood > len(ood_idx):
+        keep = int(math.floor(len(ood_idx) * (1.0 - tau) / tau))
+        while num_ood_for(keep, tau) > len(ood_idx):
+            keep -= 1
+        notes.append(f"OOD classes hold {len(ood_idx)} examples, fewer than the {num_ood} that tau={tau} needs "
+                     f"with all {len(in_idx)} IN examples: the pool keeps {keep} IN examples instead")
+        in_idx = np.sort(rng.permutation(in_idx)[:keep])
+        num_ood = num_ood_for(keep, tau)
+    ood_pick = np.sort(rng.permutation(ood_idx)[:num_ood])
+    pool = np.sort(np.concatenate([in_idx, ood_pick])).astype(np.int64)
+    if budget <= 0:
+        raise ValueError(f"budget must be positive, got {budget}")
+    if budget > len(pool):
+        raise ValueError(f"budget ({budget}) exceeds the pool ({len(pool)} examples)")
+    initial = np.sort(rng.choice(pool, size=budget, replace=False)).astype(np.int64)
+    return OpenSetSplit(in_classes, pool, is_in, initial, len(in_idx), num_ood, notes)

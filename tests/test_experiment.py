@@ -1,0 +1,127 @@
+"""The AL loop end to end (tiny settings), resuming, bad configuration, CLI and report."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mqnet_fast.cli import main
+from mqnet_fast.data import load_digits
+from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, check_selection
+from mqnet_fast.strategies import STRATEGIES
+
+TIMING = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+def tiny(**kw):
+    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, meta_epochs=2,
+                meta_min_steps_per_epoch=5, progress=False)
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_end_to_end_every_strategy(tmp_path, digits):
+    experiment = Experiment(tiny(), tmp_path / "run", data=digits)
+    records = experiment.run()
+    assert len(records) == len(STRATEGIES) * 3
+    split = experiment.splits[0]
+    for name in STRATEGIES:
+        run = tmp_path / "run" / name / "seed0"
+        queries = json.loads((run / "queries.json").read_text())
+        assert len(queries) == 2 and all(len(q) == 12 for q in queries)
+        flat = np.array(queries[0] + queries[1])
+        assert len(np.unique(flat)) == 24 and np.isin(flat, split.pool).all()
+        assert not np.isin(flat, split.initial_labeled).any()
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert [m["round"] for m in metrics] == [0, 1, 2]
+        for m, q in zip(metrics, queries):
+            assert m["query_in"] == split.is_in[q].sum() and m["query_in"] + m["query_ood"] == 12
+        assert metrics[2]["labeled_in"] + metrics[2]["labeled_ood"] == 12 * 3
+        assert 0.0 <= metrics[2]["test_accuracy"] <= 1.0
+    mq = json.loads((tmp_path / "run" / "mqnet" / "seed0" / "metrics.json").read_text())
+    assert mq[0]["meta_steps"] == 2 * 5 and "meta_rank_accuracy" in mq[0]
+    # round 0 is shared: every strategy saw the same first model
+    accs = {r["test_accuracy"] for r in records if r["round"] == 0}
+    assert len(accs) == 1
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "run" / "results.csv")
+    assert len(frame) == len(STRATEGIES) * 3 and set(frame.strategy) == set(STRATEGIES)
+
+
+def test_resume_after_interrupt_gives_the_same_results(tmp_path, digits):
+    config = tiny(strategies=["mqnet", "badge"], rounds=3)
+    whole = Experiment(config, tmp_path / "whole", data=digits).run()
+    Experiment(config, tmp_path / "cut", data=digits).run(stop_after_rounds=2)
+    partial = json.loads((tmp_path / "cut" / "mqnet" / "seed0" / "metrics.json").read_text())
+    assert len(partial) == 2
+    resumed = Experiment(config, tmp_path / "cut", data=digits).run()  # a new process would do the same
+    assert _strip(resumed) == _strip(whole)
+    for name in ("mqnet", "badge"):
+        a = json.loads((tmp_path / "whole" / name / "seed0" / "queries.json").read_text())
+        b = json.loads((tmp_path / "cut" / name / "seed0" / "queries.json").read_text())
+        assert a == b
+    phi_a = torch.load(tmp_path / "whole" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=False)["strategy"]
+    phi_b = torch.load(tmp_path / "cut" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=False)["strategy"]
+    assert all(torch.equal(phi_a["model"][k], phi_b["model"][k]) for k in phi_a["model"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(strategies=["nope"]), "unknown strategy 'nope'"),
+    (dict(noise=1.2), "noise ratio must be in"),
+    (dict(split="4-6"), "split must look like IN:OOD"),
+    (dict(split="0:6"), "both parts must be positive"),
+    (dict(budget=0), "budget must be an integer >= 1"),
+    (dict(budget=400), "more than the pool holds"),
+    (dict(informativeness="bald"), "informativeness must be one of"),
+    (dict(seeds=[1, 1]), "seeds must be distinct"),
+])
+def test_bad_configuration_fails_at_start(tmp_path, digits, change, message):
+    with pytest.raises(ConfigError, match=message):
+        Experiment(tiny(**change), tmp_path / "run", data=digits)
+
+
+def test_run_dir_of_another_experiment_is_refused(tmp_path, digits):
+    Experiment(tiny(strategies=["random"], rounds=0), tmp_path / "run", data=digits).run()
+    with pytest.raises(ConfigError, match="holds a different experiment \\(noise: 0.6 there, 0.4 now\\)"):
+        Experiment(tiny(strategies=["random"], rounds=0, noise=0.4), tmp_path / "run", data=digits)
+
+
+def test_check_selection_catches_broken_strategies():
+    candidates = np.array([2, 5, 7, 9])
+    np.testing.assert_array_equal(check_selection(np.array([9, 2]), candidates, 2, "s"), [3, 0])
+    with pytest.raises(RuntimeError, match="repeated"):
+        check_selection(np.array([5, 5]), candidates, 2, "s")
+    with pytest.raises(RuntimeError, match="labeled or not in the pool"):
+        check_selection(np.array([5, 6]), candidates, 2, "s")
+    with pytest.raises(RuntimeError, match="expected \\(3,\\)"):
+        check_selection(np.array([5, 7]), candidates, 3, "s")
+
+
+def test_cli_run_and_report(tmp_path, capsys):
+    run_dir = tmp_path / "cli"
+    args = ["run", "--strategies", "mqnet,random", "--rounds", "1", "--budget", "10", "--iterations", "2",
+            "--meta-epochs", "1", "--meta-min-steps", "3", "--quiet", "--run-dir", str(run_dir), "--report"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| mqnet |" in out and "| random |" in out and "report.png" in out
+    assert (run_dir / "report.png").stat().st_size > 1000
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "report.csv")
+    assert set(table.strategy) == {"mqnet", "random"} and (table.last_round == 1).all()
+    assert main(args) == 0  # everything done: resumes to nothing and reports again
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").exists()
+    assert main(["run", "--strategies", "bogus", "--run-dir", str(tmp_path / "x")]) == 2
+    assert "unknown strategy 'bogus'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "empty-nothing")]) == 2
