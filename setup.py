@@ -28,6 +28,18 @@ def _sources():
     return cpp, cu
 
 
+def _cuda_library_dirs():
+    """The folder holding libcudart.so. torch derives it from CUDA_HOME, which it may infer from an
+    nvcc wrapper script (here /usr/local/bin/nvcc -> /usr/local/cuda-13.0), so look around."""
+    home = cpp_extension.CUDA_HOME
+    candidates = [os.path.join(home, sub) for sub in ("lib64", "lib", "targets/x86_64-linux/lib")]
+    candidates += sorted(glob.glob("/usr/local/cuda*/lib64")) + sorted(glob.glob("/usr/local/cuda*/lib"))
+    for folder in candidates:
+        if os.path.exists(os.path.join(folder, "libcudart.so")):
+            return [folder]
+    return []
+
+
 def _extension():
     cpp, cu = _sources()
     with_cuda = cpp_extension.CUDA_HOME is not None and not _flag("MQNET_FAST_FORCE_CPU")
@@ -49,8 +61,8 @@ def _extension():
         backends.append("cuda")
         macros.append(("MQNET_FAST_WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension(
-            sources=cpp + cu, define_macros=macros,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            sources=cpp + cu, define_macros=macros, library_dirs=_cuda_library_dirs(),
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "--fmad=false"]},
             **kwargs)
     else:
         ext = cpp_extension.CppExtension(sources=cpp, define_macros=macros,

@@ -8,7 +8,9 @@ def _register():
     @torch.library.register_fake("mqnet_fast::kcenter_greedy")
     def _(x, labeled, budget, excluded):
         n = x.shape[0]
-        return (x.new_empty((budget,), dtype=torch.long), x.new_empty((budget,)), x.new_empty((n,)))
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # half x: float32 distances
+        return (x.new_empty((budget,), dtype=torch.long), x.new_empty((budget,), dtype=dtype),
+                x.new_empty((n,), dtype=dtype))
 
     @torch.library.register_fake("mqnet_fast::nearest")
     def _(queries, keys, metric):

@@ -8,7 +8,10 @@ from mqnet_fast._library import LOAD_ERROR, build_info, compiled_backends
 def available_backends() -> dict[str, bool]:
     compiled = compiled_backends()
     gpu = torch.cuda.is_available()
-    return {"torch": True, "cpp": "cpu" in compiled, "cuda": "cuda" in compiled and gpu, "triton": False}
+    from mqnet_fast import _triton
+
+    triton_here = _triton.unavailable_reason(torch.device("cuda" if gpu else "cpu")) is None
+    return {"torch": True, "cpp": "cpu" in compiled, "cuda": "cuda" in compiled and gpu, "triton": triton_here}
 
 
 def main() -> None:
@@ -21,6 +24,9 @@ def main() -> None:
         print(f"extension load error: {LOAD_ERROR}")
     for name, ok in available_backends().items():
         print(f"  backend {name:7s} {'available' if ok else 'not available'}")
+    if not torch.cuda.is_available():
+        print("  (triton runs on CPU tensors only under TRITON_INTERPRET=1, as the tests do; "
+              "cuda needs a visible GPU)")
 
 
 if __name__ == "__main__":

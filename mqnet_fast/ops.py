@@ -1,9 +1,12 @@
 """The public ops: one function per hot path, each dispatching to a backend.
 
 backend: "auto" (the compiled kernel for CPU tensors when it is built, else the PyTorch reference),
-"torch" (the reference in mqnet_fast.reference, any device), "cpp" (the compiled CPU kernel).
-"cuda" and "triton" are reserved for the GPU kernels, which are not built yet.
-Half-precision inputs (bfloat16, float16) are computed in float32.
+"torch" (the reference in mqnet_fast.reference, any device), "cpp" (the compiled CPU kernel),
+"triton" (the Triton kernels in mqnet_fast.kernels: CUDA tensors, or CPU tensors under
+TRITON_INTERPRET=1). On CUDA tensors "auto" takes the Triton kernel (the CUDA-source kernels, "cuda",
+are not built yet), except for float64 input, which only the reference computes on a GPU.
+Half-precision inputs (bfloat16, float16) are computed in float32; the Triton kernels read them in
+half precision (half the bytes) and accumulate in float32.
 """
 from __future__ import annotations
 
@@ -12,26 +15,55 @@ from typing import NamedTuple, Sequence
 import torch
 
 from mqnet_fast import _checks as checks
+from mqnet_fast import _triton
 from mqnet_fast import _fake  # noqa: F401  (fake kernels for torch.compile)
 from mqnet_fast import reference
-from mqnet_fast._library import has_compiled, require_compiled
+from mqnet_fast._library import compiled_backends, has_compiled, require_compiled
 
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
+# Ops with a CUDA-source kernel (kernels/cuda/*.cu). "auto" on CUDA tensors takes Triton for every op
+# until GPU measurements recorded in the repo say otherwise (none have been taken yet).
+CUDA_OPS = ("kcenter_greedy", "nonneg_mlp_score")
 
 
-def _resolve_backend(op: str, backend: str, device: torch.device) -> str:
+def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs `op` on `device`; `dtype` is the input's dtype (the Triton kernels of
+    nearest, badge_kmeanspp and nonneg_mlp_score compute in float32 and refuse float64)."""
     if backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    triton_refuses_dtype = dtype == torch.float64 and op != "kcenter_greedy"
     if backend == "auto":
-        return "cpp" if device.type == "cpu" and has_compiled() else "torch"
+        if device.type == "cpu":
+            return "cpp" if has_compiled() else "torch"
+        if device.type == "cuda" and not triton_refuses_dtype and _triton.unavailable_reason(device) is None:
+            return "triton"
+        return "torch"
     if backend == "cpp":
         require_compiled(op)
         if device.type != "cpu":
             raise ValueError(f"{op}: backend 'cpp' runs on CPU tensors, got tensors on {device}")
-    if backend in ("cuda", "triton"):
-        raise NotImplementedError(f"{op}: backend {backend!r} is not built yet; use backend='torch' "
-                                  "(or 'auto') for CUDA tensors")
+    if backend == "triton":
+        reason = _triton.unavailable_reason(device)
+        if reason is not None:
+            raise ValueError(f"{op}: backend 'triton' cannot run here: {reason}")
+        if triton_refuses_dtype:
+            raise ValueError(f"{op}: backend 'triton' computes in float32 (half-precision storage allowed), "
+                             "got float64 input; use backend='torch' for float64")
+    if backend == "cuda":
+        if op not in CUDA_OPS:
+            raise NotImplementedError(f"{op}: backend 'cuda' (CUDA-source kernel) is not written yet for this op; "
+                                      "use backend='triton' (or 'auto') for CUDA tensors")
+        if "cuda" not in compiled_backends():
+            raise ValueError(f"{op}: backend 'cuda' needs mqnet_fast._C built with CUDA (found backends "
+                             f"{compiled_backends()}); rebuild where CUDA_HOME is set, without MQNET_FAST_FORCE_CPU")
+        if device.type != "cuda":
+            raise ValueError(f"{op}: backend 'cuda' runs on CUDA tensors, got tensors on {device}")
     return backend
+
+
+def _storage_dtype(t: torch.Tensor) -> torch.dtype:
+    """What the Triton kernels read: half precision as given, everything else in the compute dtype."""
+    return t.dtype if t.dtype in (torch.bfloat16, torch.float16) else checks.compute_dtype(t)
 
 
 class KCenterResult(NamedTuple):
@@ -75,8 +107,14 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
     available = n - int(blocked.sum())
     budget = checks.count("budget", budget, high=available,
                           what=f"the {available} rows that are neither labeled nor excluded")
+    chosen = _resolve_backend("kcenter_greedy", backend, device, checks.compute_dtype(x))
+    if chosen == "triton":
+        return KCenterResult(*_triton.kernel_module("kcenter_greedy").kcenter_greedy(
+            x.to(_storage_dtype(x)), labeled, budget, excluded))
+    if chosen == "cuda":
+        return KCenterResult(*torch.ops.mqnet_fast.kcenter_greedy(x.to(_storage_dtype(x)), labeled, budget, excluded))
     x = x.to(checks.compute_dtype(x))
-    if _resolve_backend("kcenter_greedy", backend, device) == "torch":
+    if chosen == "torch":
         return KCenterResult(*reference.kcenter_greedy(x, labeled, budget, excluded))
     return KCenterResult(*torch.ops.mqnet_fast.kcenter_greedy(x, labeled, budget, excluded))
 
@@ -107,8 +145,12 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
+    chosen = _resolve_backend("nearest", backend, device, dtype)
+    if chosen == "triton":
+        storage = torch.promote_types(_storage_dtype(queries), _storage_dtype(keys))
+        return _triton.kernel_module("nearest").nearest(queries.to(storage), keys.to(storage), metric == "l2")
     queries, keys = queries.to(dtype), keys.to(dtype)
-    if _resolve_backend("nearest", backend, device) == "torch":
+    if chosen == "torch":
         return reference.nearest(queries, keys, metric)
     return torch.ops.mqnet_fast.nearest(queries, keys, metric)
 
@@ -146,8 +188,12 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
         raise ValueError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
     uniforms = torch.rand(max(k - 1, 0), generator=generator, dtype=torch.float64).to(device)
     dtype = torch.promote_types(checks.compute_dtype(probs), checks.compute_dtype(feats))
+    chosen = _resolve_backend("badge_kmeanspp", backend, device, dtype)
+    if chosen == "triton":
+        return _triton.kernel_module("badge_kmeanspp").badge_kmeanspp(
+            probs.float(), feats.to(_storage_dtype(feats)), k, uniforms)
     probs, feats = probs.to(dtype), feats.to(dtype)
-    if _resolve_backend("badge_kmeanspp", backend, device) == "torch":
+    if chosen == "torch":
         return reference.badge_kmeanspp(probs, feats, k, uniforms)
     return torch.ops.mqnet_fast.badge_kmeanspp(probs, feats, k, uniforms)
 
@@ -206,7 +252,18 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
     z = z.to(dtype)
     weights = [w.detach().to(dtype) for w in weights]
     biases = [b.detach().to(dtype) for b in biases]
-    if _resolve_backend("nonneg_mlp_score", backend, device) == "torch":
+    chosen = _resolve_backend("nonneg_mlp_score", backend, device, dtype)
+    if chosen == "triton":
+        if len(weights) != 2:
+            raise ValueError(f"nonneg_mlp_score: backend 'triton' takes one hidden layer (2 weight matrices, "
+                             f"MQ-Net's shape), got {len(weights)}; use backend='torch'")
+        standardize = mean is not None
+        if not standardize:
+            mean = std = torch.zeros(z.shape[1], dtype=dtype, device=device)
+        return _triton.kernel_module("nonneg_mlp_score").nonneg_mlp_score(
+            z.contiguous(), weights[0].contiguous(), biases[0].contiguous(), weights[1].contiguous(),
+            biases[1].contiguous(), mean.contiguous(), std.contiguous(), standardize)
+    if chosen == "torch":
         with torch.no_grad():
             return reference.nonneg_mlp_score(z, weights, biases, mean, std)
     return torch.ops.mqnet_fast.nonneg_mlp_score(z, weights, biases, mean, std)

@@ -6,6 +6,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/testing.py
 
+# Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter; the switch is
+# read when a kernel is decorated, so it must be set before anything imports mqnet_fast.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

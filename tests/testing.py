@@ -1,6 +1,8 @@
 """Shared test helpers: devices, dtypes, per-dtype tolerances, and comparisons that say where they fail."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,6 +17,17 @@ NEAR_TIE = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 needs_cpp = pytest.mark.skipif(not has_compiled(), reason="mqnet_fast._C is not built")
 cuda = pytest.mark.cuda
+
+
+def triton_device() -> str | None:
+    """Where the Triton kernels run in this session: "cuda", "cpu" (interpreter) or None."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
 
 
 def devices() -> list[str]:

@@ -1,0 +1,172 @@
+"""GPU benchmark of the four ops at the sizes of issue 4, each against the best plain-PyTorch
+formulation measured in the same run on the same GPU. Writes JSON and a markdown table.
+
+    python benchmarks/gpu_bench.py --out DIR [--quick]
+
+Baselines (plain PyTorch, no Python loop over rows):
+- k-center: per pick one matmul-free pass: d2 = |x|^2 - 2 x c + |c|^2 via torch.mv, a running minimum
+  and torch.argmax (one read of x per pick, like the kernel), timed on 50 picks and scaled.
+- nearest: chunked torch.matmul of the normalized rows (bf16 tensor cores) + max, 8192 queries per chunk.
+- BADGE: the same update with two torch.mv passes and torch.cumsum/searchsorted sampling, on 50 picks, scaled.
+- MLP: eager torch (two linear layers with clamped weights, sigmoid).
+The kernel is mqnet-fast's Triton backend (the CUDA-source backend is not built yet).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from mqnet_fast import ops
+
+# Peak figures used for the "fraction of peak" columns (dense, no sparsity), by device-name substring.
+PEAKS = {"H100": {"hbm_gbs": 3350.0, "bf16_tflops": 989.0}, "H200": {"hbm_gbs": 4800.0, "bf16_tflops": 989.0}}
+
+
+def cuda_time(fn, repeat=3) -> float:
+    """Best wall time in seconds of fn() over `repeat` runs, measured with CUDA events."""
+    best = float("inf")
+    for _ in range(repeat):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, start.elapsed_time(end) / 1000.0)
+    return best
+
+
+def kcenter_baseline(x, labeled, picks):
+    sq = (x.float() ** 2).sum(1)
+    min_d2 = torch.full_like(sq, float("inf"))
+    for j in labeled.tolist():
+        min_d2 = torch.minimum(min_d2, sq - 2 * torch.mv(x, x[j]).float() + sq[j])
+    eligible = torch.ones_like(sq, dtype=torch.bool)
+    eligible[labeled] = False
+    for _ in range(picks):
+        c = torch.argmax(torch.where(eligible, min_d2, float("-inf")))
+        eligible[c] = False
+        min_d2 = torch.minimum(min_d2, sq - 2 * torch.mv(x, x[c]).float() + sq[c])
+    return min_d2
+
+
+def nearest_baseline(q, k, chunk=8192):
+    kn = torch.nn.functional.normalize(k.float(), dim=1).to(k.dtype)
+    values = []
+    for start in range(0, q.shape[0], chunk):
+        qn = torch.nn.functional.normalize(q[start:start + chunk].float(), dim=1).to(q.dtype)
+        values.append((qn @ kn.T).max(1).values)
+    return torch.cat(values)
+
+
+def badge_baseline(probs, feats, picks):
+    a = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).float() - probs
+    g = (a * a).sum(1) * (feats.float() ** 2).sum(1)
+    d2 = torch.full_like(g, float("inf"))
+    c = torch.argmax(g)
+    u = torch.rand(picks, dtype=torch.float64, device=probs.device)
+    for step in range(picks):
+        dist = (g + g[c] - 2 * torch.mv(a, a[c]) * torch.mv(feats, feats[c]).float()).clamp_min(0)
+        d2 = torch.minimum(d2, dist)
+        d2[c] = 0
+        cum = torch.cumsum(d2.double(), 0)
+        c = torch.searchsorted(cum, u[step] * cum[-1]).clamp_max(len(g) - 1)
+    return d2
+
+
+def mlp_baseline(z, w, b, mean, std):
+    h = torch.sigmoid(torch.nn.functional.linear((z - mean) / std, w[0].clamp_min(0), b[0]))
+    return torch.nn.functional.linear(h, w[1].clamp_min(0), b[1]).squeeze(1)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    scale = 10 if args.quick else 1
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    rows = []
+
+    def record(op, size, kernel_s, baseline_s, **extra):
+        rows.append(dict(op=op, size=size, kernel_s=kernel_s, baseline_s=baseline_s,
+                         speedup=baseline_s / kernel_s, **extra))
+        print(json.dumps(rows[-1]), flush=True)
+
+    # k-center: N=1M, d=512, bf16, 1000 labeled, 1000 picks
+    n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
+    x = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
+    labeled = torch.randperm(n, device=dev, generator=g)[:n_lab]
+    ops.kcenter_greedy(x[:5000], labeled[:10] % 5000, 10, backend="triton")  # compile
+    t_init = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1, backend="triton"), repeat=2)
+    t_all = cuda_time(lambda: ops.kcenter_greedy(x, labeled, picks, backend="triton"), repeat=2)
+    per_pick = (t_all - t_init) / (picks - 1)
+    base_picks = min(50, picks)
+    t_base = cuda_time(lambda: kcenter_baseline(x, labeled, base_picks), repeat=1)
+    t_base_lab = cuda_time(lambda: kcenter_baseline(x, labeled, 0), repeat=1)
+    base_per_pick = (t_base - t_base_lab) / base_picks
+    bytes_per_pick = n * d * 2
+    record("kcenter_greedy", f"N={n} d={d} bf16 L={n_lab} b={picks}", t_all,
+           t_base_lab + base_per_pick * picks, per_pick_s=per_pick, baseline_per_pick_s=base_per_pick,
+           hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
+
+    # nearest: N=1M x M=50k x d=128, bf16
+    n, m, d = 1_000_000 // scale, 50_000 // scale, 128
+    q = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
+    k = torch.randn(m, d, device=dev, generator=g).to(torch.bfloat16)
+    ops.nearest(q[:1000], k[:1000], backend="triton")
+    t_kernel = cuda_time(lambda: ops.nearest(q, k, backend="triton"))
+    t_base = cuda_time(lambda: nearest_baseline(q, k))
+    flops = 2.0 * n * m * d
+    record("nearest", f"N={n} M={m} d={d} bf16 cosine", t_kernel, t_base,
+           tflops=flops / t_kernel / 1e12,
+           tensor_core_fraction=(flops / t_kernel / 1e12 / peak["bf16_tflops"]) if peak else None)
+
+    # BADGE: N=1M, C=100, d=512, k=1000 (features in bf16)
+    n, c, d, kk = 1_000_000 // scale, 100, 512, 1000 // scale
+    probs = torch.softmax(torch.randn(n, c, device=dev, generator=g) * 3, 1)
+    feats = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
+    ops.badge_kmeanspp(probs[:2000], feats[:2000], 5, backend="triton")
+    t_kernel = cuda_time(lambda: ops.badge_kmeanspp(probs, feats, kk, generator=torch.Generator().manual_seed(0),
+                                                    backend="triton"), repeat=2)
+    base_picks = min(50, kk)
+    t_base = cuda_time(lambda: badge_baseline(probs, feats, base_picks), repeat=1) * kk / base_picks
+    record("badge_kmeanspp", f"N={n} C={c} d={d} k={kk} (feats bf16)", t_kernel, t_base)
+
+    # MLP: N=1M, 2 -> 64 -> 1
+    n = 1_000_000
+    z = torch.randn(n, 2, device=dev, generator=g)
+    w = [torch.randn(64, 2, device=dev, generator=g), torch.randn(1, 64, device=dev, generator=g)]
+    b = [torch.randn(64, device=dev, generator=g), torch.randn(1, device=dev, generator=g)]
+    mean, std = z.mean(0), z.std(0)
+    ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend="triton")
+    t_kernel = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend="triton"), repeat=10)
+    t_base = cuda_time(lambda: mlp_baseline(z, w, b, mean, std), repeat=10)
+    record("nonneg_mlp_score", f"N={n} hidden=64", t_kernel, t_base)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(device=name, torch=torch.__version__, quick=args.quick, date=time.strftime("%Y-%m-%d"))
+    (out / "gpu-bench.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    lines = [f"GPU: {name}, torch {torch.__version__}", "",
+             "| op | size | mqnet-fast (triton) | plain PyTorch | speedup | notes |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        notes = ", ".join(f"{k} {v:.3g}" for k, v in r.items()
+                          if k not in ("op", "size", "kernel_s", "baseline_s", "speedup") and v is not None)
+        lines.append(f"| {r['op']} | {r['size']} | {r['kernel_s'] * 1e3:.1f} ms | {r['baseline_s'] * 1e3:.1f} ms | "
+                     f"{r['speedup']:.1f}x | {notes} |")
+    (out / "gpu-bench.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

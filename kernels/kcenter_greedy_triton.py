@@ -1,0 +1,111 @@
+"""Triton: k-center greedy (farthest-first traversal) with no host synchronization per pick.
+
+State on the device: min_d2 (N,) the squared distance of each row to its nearest center, and
+eligible (N,) int8. Each pick is two launches:
+  1. `_update_argmax_kernel` over the whole pool (one program per BLOCK_N rows): reads the newest
+     center's index from device memory, lowers min_d2 with the exact difference-form distance
+     sum_j (x_ij - c_j)^2 (accumulated in float32, or float64 for float64 input; bf16/fp16 rows are
+     widened on load), and writes each block's best eligible (value, index);
+  2. `_pick_kernel` (one program) reduces the block results, writes the pick, its radius, and marks
+     the row ineligible.
+So the Python loop only enqueues kernels; the next update reads the pick the previous kernel wrote.
+Ties go to the lowest index (tl.argmax keeps the first maximum; blocks are reduced in index order
+and a later block wins only when strictly larger), as in the reference.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import custom_op
+
+
+@triton.jit
+def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val_ptr, block_idx_ptr,
+                          n, dim, stride_x, HAS_CENTER: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < n
+    min_d2 = tl.load(min_d2_ptr + rows, mask=row_mask, other=0.0)
+    if HAS_CENTER:
+        center = tl.load(center_ptr)
+        dims = tl.arange(0, BLOCK_D)
+        acc = tl.zeros((BLOCK_N,), ACC)
+        for start in range(0, dim, BLOCK_D):
+            d_mask = (start + dims) < dim
+            c = tl.load(x_ptr + center * stride_x + start + dims, mask=d_mask, other=0.0).to(ACC)
+            xb = tl.load(x_ptr + rows[:, None] * stride_x + (start + dims)[None, :],
+                         mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+            diff = xb - c[None, :]
+            acc += tl.sum(diff * diff, axis=1)
+        min_d2 = tl.minimum(min_d2, acc)
+        tl.store(min_d2_ptr + rows, min_d2, mask=row_mask)
+    eligible = tl.load(eligible_ptr + rows, mask=row_mask, other=0) != 0
+    candidate = tl.where(eligible & row_mask, min_d2, float("-inf"))
+    tl.store(block_val_ptr + pid, tl.max(candidate, axis=0))
+    tl.store(block_idx_ptr + pid, pid * BLOCK_N + tl.argmax(candidate, axis=0).to(tl.int64))
+
+
+@triton.jit
+def _pick_kernel(block_val_ptr, block_idx_ptr, n_blocks, eligible_ptr, picks_ptr, radii_ptr, step,
+                 BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    best = tl.load(block_val_ptr + offsets, mask=offsets < n_blocks, other=float("-inf"))
+    best_val = tl.max(best, axis=0)
+    best_idx = tl.load(block_idx_ptr + tl.argmax(best, axis=0))
+    for start in range(BLOCK, n_blocks, BLOCK):
+        vals = tl.load(block_val_ptr + start + offsets, mask=start + offsets < n_blocks, other=float("-inf"))
+        chunk_val = tl.max(vals, axis=0)
+        chunk_idx = tl.load(block_idx_ptr + start + tl.argmax(vals, axis=0))
+        better = chunk_val > best_val
+        best_idx = tl.where(better, chunk_idx, best_idx)
+        best_val = tl.where(better, chunk_val, best_val)
+    tl.store(picks_ptr + step, best_idx)
+    tl.store(radii_ptr + step, tl.sqrt(best_val))
+    tl.store(eligible_ptr + best_idx, tl.zeros((), tl.int8))
+
+
+@custom_op("mqnet_fast_triton::kcenter_greedy", mutates_args=())
+def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int,
+                   excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (N, d) float32/float64/bfloat16/float16; labeled (L,) int64; excluded (N,) bool.
+    Returns (picks (budget,) int64, radii (budget,), min_dist (N,)) in float32 (float64 for
+    float64 x). The caller has checked that `budget` eligible rows exist."""
+    n, dim = x.shape
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
+    x = x.contiguous()
+    min_d2 = torch.full((n,), float("inf"), dtype=acc_dtype, device=x.device)
+    eligible = (~excluded).to(torch.int8)
+    eligible[labeled] = 0
+    block_n = 64
+    block_d = min(128, triton.next_power_of_2(max(dim, 1)))
+    n_blocks = triton.cdiv(n, block_n)
+    block_val = torch.empty(n_blocks, dtype=acc_dtype, device=x.device)
+    block_idx = torch.empty(n_blocks, dtype=torch.int64, device=x.device)
+    picks = torch.empty(budget, dtype=torch.int64, device=x.device)
+    radii = torch.empty(budget, dtype=acc_dtype, device=x.device)
+
+    def update(center: torch.Tensor | None):
+        _update_argmax_kernel[(n_blocks,)](
+            x, center if center is not None else picks, min_d2, eligible, block_val, block_idx, n, dim, x.stride(0),
+            HAS_CENTER=center is not None, ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
+
+    labeled = labeled.contiguous()
+    for j in range(labeled.shape[0]):
+        update(labeled[j:j + 1])
+    if labeled.shape[0] == 0:
+        update(None)
+    reduce_block = min(1024, triton.next_power_of_2(n_blocks))
+    for step in range(budget):
+        _pick_kernel[(1,)](block_val, block_idx, n_blocks, eligible, picks, radii, step, BLOCK=reduce_block)
+        update(picks[step:step + 1])
+    return picks, radii, min_d2.sqrt()
+
+
+@kcenter_greedy.register_fake
+def _(x, labeled, budget, excluded):
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.new_empty(budget, dtype=torch.int64), x.new_empty(budget, dtype=dtype),
+            x.new_empty(x.shape[0], dtype=dtype))

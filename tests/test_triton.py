@@ -1,0 +1,140 @@
+"""Triton kernels against the references (marker `triton`). Without a GPU they run on CPU tensors
+under TRITON_INTERPRET=1, which conftest.py sets before anything imports triton; with a GPU they run
+on it. Half-precision inputs are compared with the reference run on the same rounded values."""
+import pytest
+import torch
+
+from mqnet_fast import ops, reference
+from testing import NEAR_TIE, assert_close, assert_equal_indices, triton_device
+from test_badge_kmeanspp import _inputs as badge_inputs, _verify_near_ties
+from test_kcenter_greedy import _verify_greedy
+from test_nearest import _check_against_float64
+
+pytestmark = pytest.mark.triton
+DEVICE = triton_device()
+if DEVICE is None:
+    pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+HALF_TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+@pytest.mark.parametrize("n, d, n_labeled, budget", [(1, 1, 0, 1), (5, 2, 1, 4), (123, 7, 5, 40),
+                                                     (301, 129, 0, 60), (1151, 19, 30, 25)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kcenter_matches_reference(n, d, n_labeled, budget, dtype):
+    g = torch.Generator().manual_seed(n + d)
+    x = torch.randn(n, d, generator=g, dtype=dtype)
+    labeled = torch.randperm(n, generator=g)[:n_labeled]
+    excluded = torch.zeros(n, dtype=torch.bool)
+    if n > 10:
+        excluded[torch.randperm(n, generator=g)[:3]] = True
+    budget = min(budget, n - int((excluded | torch.zeros(n, dtype=torch.bool).index_fill(0, labeled, True)).sum()))
+    result = ops.kcenter_greedy(x.to(DEVICE), labeled.to(DEVICE), budget, exclude=excluded.to(DEVICE),
+                                backend="triton")
+    result = type(result)(*(t.cpu() for t in result))
+    expected = reference.kcenter_greedy(x, labeled, budget, excluded)
+    if dtype == torch.float64:
+        assert_equal_indices(result.indices, expected[0])
+    _verify_greedy(x, labeled, excluded, result, dtype)
+
+
+def test_kcenter_ties_duplicates_and_half_storage():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (200, 5), generator=g).float()  # many exact ties and duplicate rows
+    labeled = torch.tensor([7])
+    result = ops.kcenter_greedy(x.to(DEVICE), labeled.to(DEVICE), 150, backend="triton")
+    expected = reference.kcenter_greedy(x, labeled, 150, torch.zeros(200, dtype=torch.bool))
+    assert_equal_indices(result.indices.cpu(), expected[0])  # integer data: exact in float32
+    for half in (torch.bfloat16, torch.float16):
+        xh = torch.randn(333, 40, generator=g).to(half)
+        got = ops.kcenter_greedy(xh.to(DEVICE), labeled.to(DEVICE), 50, backend="triton")
+        _verify_greedy(xh.float(), labeled, torch.zeros(333, dtype=torch.bool),
+                       type(got)(*(t.cpu() for t in got)), torch.float32)
+
+
+@pytest.mark.parametrize("n, d, m", [(1, 1, 1), (5, 3, 1), (123, 7, 151), (300, 129, 65), (70, 16, 300)])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_nearest_matches_reference(n, d, m, metric):
+    g = torch.Generator().manual_seed(n * m + d)
+    queries, keys = torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+    values, indices = ops.nearest(queries.to(DEVICE), keys.to(DEVICE), metric=metric, backend="triton")
+    ref_values, _ = reference.nearest(queries, keys, metric)
+    assert_close(values.cpu(), ref_values, torch.float32, atol=1e-5 * max(1.0, ref_values.abs().max().item()))
+    _check_against_float64(queries, keys, metric, values.cpu(), indices.cpu(), torch.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_nearest_ties_and_half_storage(metric):
+    keys = torch.tensor([[1.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 1.0]]).repeat(20, 1)  # ties across tiles
+    queries = torch.tensor([[3.0, 0.0], [0.0, 5.0], [1.0, 0.0]])
+    values, indices = ops.nearest(queries.to(DEVICE), keys.to(DEVICE), metric=metric, backend="triton")
+    ref_values, ref_indices = reference.nearest(queries, keys, metric)
+    assert_equal_indices(indices.cpu(), ref_indices)
+    g = torch.Generator().manual_seed(1)
+    # Triton's interpreter computes tl.dot on bfloat16 wrongly (numpy has no bfloat16): bf16 dots
+    # are checked on a GPU only; fp16 exercises the same half-precision path here.
+    for half in (torch.bfloat16, torch.float16) if DEVICE == "cuda" else (torch.float16,):
+        q, k = torch.randn(90, 48, generator=g).to(half), torch.randn(130, 48, generator=g).to(half)
+        values, indices = ops.nearest(q.to(DEVICE), k.to(DEVICE), metric=metric, backend="triton")
+        ref_values, _ = reference.nearest(q.float(), k.float(), metric)
+        assert_close(values.cpu(), ref_values, rtol=HALF_TOL[half], atol=HALF_TOL[half])
+
+
+@pytest.mark.parametrize("n, c, d, k", [(1, 2, 1, 1), (9, 3, 4, 9), (123, 10, 33, 40), (700, 100, 65, 30)])
+def test_badge_matches_reference(n, c, d, k):
+    probs, feats = badge_inputs(n, c, d, torch.float32, seed=n + c)
+    picks = ops.badge_kmeanspp(probs.to(DEVICE), feats.to(DEVICE), k, generator=torch.Generator().manual_seed(3),
+                               backend="triton").cpu()
+    expected = ops.badge_kmeanspp(probs, feats, k, generator=torch.Generator().manual_seed(3), backend="torch")
+    assert len(set(picks.tolist())) == k
+    _verify_near_ties(probs, feats, picks, expected, 3, torch.float32)
+
+
+def test_badge_duplicates_and_half_storage():
+    probs, feats = badge_inputs(40, 4, 8, torch.float32, seed=0)
+    probs, feats = probs.repeat(3, 1), feats.repeat(3, 1)  # every row three times: D^2 hits 0 for all
+    picks = ops.badge_kmeanspp(probs.to(DEVICE), feats.to(DEVICE), 100, generator=torch.Generator().manual_seed(0),
+                               backend="triton").cpu()
+    expected = ops.badge_kmeanspp(probs, feats, 100, generator=torch.Generator().manual_seed(0), backend="torch")
+    assert len(set(picks.tolist())) == 100
+    _verify_near_ties(probs, feats, picks, expected, 0, torch.float32)
+    probs, feats = badge_inputs(200, 10, 32, torch.float32, seed=5)
+    half = feats.to(torch.bfloat16)
+    picks = ops.badge_kmeanspp(probs.to(DEVICE), half.to(DEVICE), 20, generator=torch.Generator().manual_seed(1),
+                               backend="triton").cpu()
+    expected = ops.badge_kmeanspp(probs, half.float(), 20, generator=torch.Generator().manual_seed(1), backend="torch")
+    _verify_near_ties(probs, half.float(), picks, expected, 1, torch.float32)
+
+
+@pytest.mark.parametrize("n", [1, 123, 1151])
+@pytest.mark.parametrize("hidden", [1, 64, 130])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_mlp_matches_reference(n, hidden, standardize):
+    g = torch.Generator().manual_seed(n + hidden)
+    z = torch.randn(n, 2, generator=g) * 3
+    weights = [torch.randn(hidden, 2, generator=g), torch.randn(1, hidden, generator=g)]
+    biases = [torch.randn(hidden, generator=g), torch.randn(1, generator=g)]
+    mean, std = (z.mean(0), (z.std(0) if n > 1 else torch.ones(2)).clamp_min(0.1)) if standardize else (None, None)
+    expected = reference.nonneg_mlp_score(z, weights, biases, mean, std)
+    to = (lambda t: None if t is None else t.to(DEVICE))
+    got = ops.nonneg_mlp_score(z.to(DEVICE), [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases],
+                               mean=to(mean), std=to(std), backend="triton").cpu()
+    scale = weights[1].clamp_min(0).sum().item() + 1
+    assert_close(got, expected, torch.float32, atol=2e-6 * scale)
+
+
+def test_triton_refusals():
+    x = torch.randn(10, 3, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="got float64 input; use backend='torch'"):
+        ops.nearest(x, x, backend="triton")
+    w = [torch.rand(4, 2, device=DEVICE), torch.rand(3, 4, device=DEVICE), torch.rand(1, 3, device=DEVICE)]
+    b = [torch.rand(4, device=DEVICE), torch.rand(3, device=DEVICE), torch.rand(1, device=DEVICE)]
+    with pytest.raises(ValueError, match="one hidden layer"):
+        ops.nonneg_mlp_score(torch.rand(5, 2, device=DEVICE), w, b, backend="triton")
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="checks the CPU message only")
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        ops.nearest(torch.randn(3, 2), torch.randn(2, 2), backend="triton")
