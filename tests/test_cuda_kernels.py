@@ -1,0 +1,50 @@
+"""CUDA-source kernels (kernels/cuda/*.cu) against the references; skipped where no GPU is visible
+(conftest.py) or _C was built without CUDA."""
+import pytest
+import torch
+
+from mqnet_fast import compiled_backends, ops, reference
+from testing import assert_close, assert_equal_indices
+from test_kcenter_greedy import _verify_greedy
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif("cuda" not in compiled_backends(), reason="mqnet_fast._C built without CUDA")]
+
+
+@pytest.mark.parametrize("n, d, n_labeled, budget", [(1, 1, 0, 1), (5, 2, 1, 4), (123, 7, 5, 40),
+                                                     (1151, 129, 30, 100), (20000, 64, 10, 200)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kcenter(n, d, n_labeled, budget, dtype):
+    g = torch.Generator().manual_seed(n + d)
+    x = torch.randn(n, d, generator=g).to(dtype)
+    labeled = torch.randperm(n, generator=g)[:n_labeled]
+    budget = min(budget, n - n_labeled)
+    got = ops.kcenter_greedy(x.cuda(), labeled.cuda(), budget, backend="cuda")
+    got = type(got)(*(t.cpu() for t in got))
+    ref_x = x.float() if dtype == torch.bfloat16 else x
+    if dtype == torch.float64:
+        expected = reference.kcenter_greedy(ref_x, labeled, budget, torch.zeros(n, dtype=torch.bool))
+        assert_equal_indices(got.indices, expected[0])
+    _verify_greedy(ref_x, labeled, torch.zeros(n, dtype=torch.bool), got,
+                   torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+@pytest.mark.parametrize("n", [1, 123, 100_003])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mlp(n, dtype):
+    g = torch.Generator().manual_seed(n)
+    z = torch.randn(n, 2, generator=g, dtype=dtype)
+    w = [torch.randn(64, 2, generator=g, dtype=dtype), torch.randn(1, 64, generator=g, dtype=dtype)]
+    b = [torch.randn(64, generator=g, dtype=dtype), torch.randn(1, generator=g, dtype=dtype)]
+    mean, std = torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype) * 1.5
+    expected = reference.nonneg_mlp_score(z, w, b, mean, std)
+    got = ops.nonneg_mlp_score(z.cuda(), [t.cuda() for t in w], [t.cuda() for t in b], mean=mean.cuda(),
+                               std=std.cuda(), backend="cuda").cpu()
+    assert_close(got, expected, dtype, atol=(2e-5 if dtype == torch.float32 else 1e-12) * w[1].clamp_min(0).sum().item())
+
+
+def test_auto_on_cuda_tensors_matches_reference():
+    x = torch.randn(500, 16)
+    got = ops.kcenter_greedy(x.cuda().double(), [0], 20).indices.cpu()
+    assert_equal_indices(got, reference.kcenter_greedy(x.double(), torch.tensor([0]), 20,
+                                                       torch.zeros(500, dtype=torch.bool))[0])
