@@ -23,7 +23,7 @@ from mqnet_fast._library import compiled_backends, has_compiled, require_compile
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
 # Ops with a CUDA-source kernel (kernels/cuda/*.cu). "auto" on CUDA tensors takes Triton for every op
 # until GPU measurements recorded in the repo say otherwise (none have been taken yet).
-CUDA_OPS = ("kcenter_greedy", "nonneg_mlp_score")
+CUDA_OPS = ("kcenter_greedy", "nonneg_mlp_score", "badge_kmeanspp")
 
 
 def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
@@ -58,6 +58,9 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
                              f"{compiled_backends()}); rebuild where CUDA_HOME is set, without MQNET_FAST_FORCE_CPU")
         if device.type != "cuda":
             raise ValueError(f"{op}: backend 'cuda' runs on CUDA tensors, got tensors on {device}")
+        if op == "badge_kmeanspp" and dtype == torch.float64:
+            raise ValueError(f"{op}: backend 'cuda' computes in float32 (half-precision feats allowed), "
+                             "got float64 input; use backend='torch' for float64")
     return backend
 
 
@@ -192,6 +195,8 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
     if chosen == "triton":
         return _triton.kernel_module("badge_kmeanspp").badge_kmeanspp(
             probs.float(), feats.to(_storage_dtype(feats)), k, uniforms)
+    if chosen == "cuda":
+        return torch.ops.mqnet_fast.badge_kmeanspp(probs.float(), feats.to(_storage_dtype(feats)), k, uniforms)
     probs, feats = probs.to(dtype), feats.to(dtype)
     if chosen == "torch":
         return reference.badge_kmeanspp(probs, feats, k, uniforms)

@@ -48,3 +48,17 @@ def test_auto_on_cuda_tensors_matches_reference():
     got = ops.kcenter_greedy(x.cuda().double(), [0], 20).indices.cpu()
     assert_equal_indices(got, reference.kcenter_greedy(x.double(), torch.tensor([0]), 20,
                                                        torch.zeros(500, dtype=torch.bool))[0])
+
+
+@pytest.mark.parametrize("n, c, d, k", [(1, 2, 1, 1), (123, 10, 33, 40), (5000, 100, 130, 200)])
+@pytest.mark.parametrize("feats_dtype", [torch.float32, torch.bfloat16])
+def test_badge(n, c, d, k, feats_dtype):
+    from test_badge_kmeanspp import _inputs, _verify_near_ties
+
+    probs, feats = _inputs(n, c, d, torch.float32, seed=n + c)
+    feats = feats.to(feats_dtype)
+    picks = ops.badge_kmeanspp(probs.cuda(), feats.cuda(), k, generator=torch.Generator().manual_seed(2),
+                               backend="cuda").cpu()
+    expected = ops.badge_kmeanspp(probs, feats.float(), k, generator=torch.Generator().manual_seed(2), backend="torch")
+    assert len(set(picks.tolist())) == k
+    _verify_near_ties(probs, feats.float(), picks, expected, 2, torch.float32)
