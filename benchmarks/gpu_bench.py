@@ -9,7 +9,8 @@ Baselines (plain PyTorch, no Python loop over rows):
 - nearest: chunked torch.matmul of the normalized rows (bf16 tensor cores) + max, 8192 queries per chunk.
 - BADGE: the same update with two torch.mv passes and torch.cumsum/searchsorted sampling, on 50 picks, scaled.
 - MLP: eager torch (two linear layers with clamped weights, sigmoid).
-The kernel is mqnet-fast's Triton backend (the CUDA-source backend is not built yet).
+Each op is timed with the Triton backend and, where _C was built with CUDA, the CUDA-source backend;
+the faster one per op is what "auto" should pick (record it in mqnet_fast/ops.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from mqnet_fast import ops
+from mqnet_fast import compiled_backends, ops
+
+BACKENDS = ["triton"] + (["cuda"] if "cuda" in compiled_backends() else [])
 
 # Peak figures used for the "fraction of peak" columns (dense, no sparsity), by device-name substring.
 PEAKS = {"H100": {"hbm_gbs": 3350.0, "bf16_tflops": 989.0}, "H200": {"hbm_gbs": 4800.0, "bf16_tflops": 989.0}}
@@ -75,7 +78,7 @@ def badge_baseline(probs, feats, picks):
         d2 = torch.minimum(d2, dist)
         d2[c] = 0
         cum = torch.cumsum(d2.double(), 0)
-        c = torch.searchsorted(cum, u[step] * cum[-1]).clamp_max(len(g) - 1)
+        c = torch.searchsorted(cum, (u[step] * cum[-1]).view(1))[0].clamp_max(len(g) - 1)
     return d2
 
 
@@ -97,8 +100,8 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     rows = []
 
-    def record(op, size, kernel_s, baseline_s, **extra):
-        rows.append(dict(op=op, size=size, kernel_s=kernel_s, baseline_s=baseline_s,
+    def record(op, size, kernel_s, baseline_s, backend="triton", **extra):
+        rows.append(dict(op=op, backend=backend, size=size, kernel_s=kernel_s, baseline_s=baseline_s,
                          speedup=baseline_s / kernel_s, **extra))
         print(json.dumps(rows[-1]), flush=True)
 
@@ -106,41 +109,44 @@ def main():
     n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
     x = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
     labeled = torch.randperm(n, device=dev, generator=g)[:n_lab]
-    ops.kcenter_greedy(x[:5000], labeled[:10] % 5000, 10, backend="triton")  # compile
-    t_init = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1, backend="triton"), repeat=2)
-    t_all = cuda_time(lambda: ops.kcenter_greedy(x, labeled, picks, backend="triton"), repeat=2)
-    per_pick = (t_all - t_init) / (picks - 1)
     base_picks = min(50, picks)
     t_base = cuda_time(lambda: kcenter_baseline(x, labeled, base_picks), repeat=1)
     t_base_lab = cuda_time(lambda: kcenter_baseline(x, labeled, 0), repeat=1)
     base_per_pick = (t_base - t_base_lab) / base_picks
     bytes_per_pick = n * d * 2
-    record("kcenter_greedy", f"N={n} d={d} bf16 L={n_lab} b={picks}", t_all,
-           t_base_lab + base_per_pick * picks, per_pick_s=per_pick, baseline_per_pick_s=base_per_pick,
-           hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
+    for backend in BACKENDS:
+        ops.kcenter_greedy(x[:5000], labeled[:10] % 5000, 10, backend=backend)  # compile / warm up
+        t_init = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1, backend=backend), repeat=2)
+        t_all = cuda_time(lambda: ops.kcenter_greedy(x, labeled, picks, backend=backend), repeat=2)
+        per_pick = (t_all - t_init) / (picks - 1)
+        record("kcenter_greedy", f"N={n} d={d} bf16 L={n_lab} b={picks}", t_all,
+               t_base_lab + base_per_pick * picks, backend, per_pick_s=per_pick, baseline_per_pick_s=base_per_pick,
+               hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
 
     # nearest: N=1M x M=50k x d=128, bf16
     n, m, d = 1_000_000 // scale, 50_000 // scale, 128
     q = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
     k = torch.randn(m, d, device=dev, generator=g).to(torch.bfloat16)
-    ops.nearest(q[:1000], k[:1000], backend="triton")
-    t_kernel = cuda_time(lambda: ops.nearest(q, k, backend="triton"))
     t_base = cuda_time(lambda: nearest_baseline(q, k))
     flops = 2.0 * n * m * d
-    record("nearest", f"N={n} M={m} d={d} bf16 cosine", t_kernel, t_base,
-           tflops=flops / t_kernel / 1e12,
-           tensor_core_fraction=(flops / t_kernel / 1e12 / peak["bf16_tflops"]) if peak else None)
+    for backend in BACKENDS:
+        ops.nearest(q[:1000], k[:1000], backend=backend)
+        t_kernel = cuda_time(lambda: ops.nearest(q, k, backend=backend))
+        record("nearest", f"N={n} M={m} d={d} bf16 cosine", t_kernel, t_base, backend,
+               tflops=flops / t_kernel / 1e12,
+               tensor_core_fraction=(flops / t_kernel / 1e12 / peak["bf16_tflops"]) if peak else None)
 
     # BADGE: N=1M, C=100, d=512, k=1000 (features in bf16)
     n, c, d, kk = 1_000_000 // scale, 100, 512, 1000 // scale
     probs = torch.softmax(torch.randn(n, c, device=dev, generator=g) * 3, 1)
     feats = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
-    ops.badge_kmeanspp(probs[:2000], feats[:2000], 5, backend="triton")
-    t_kernel = cuda_time(lambda: ops.badge_kmeanspp(probs, feats, kk, generator=torch.Generator().manual_seed(0),
-                                                    backend="triton"), repeat=2)
     base_picks = min(50, kk)
     t_base = cuda_time(lambda: badge_baseline(probs, feats, base_picks), repeat=1) * kk / base_picks
-    record("badge_kmeanspp", f"N={n} C={c} d={d} k={kk} (feats bf16)", t_kernel, t_base)
+    for backend in BACKENDS:
+        ops.badge_kmeanspp(probs[:2000], feats[:2000], 5, backend=backend)
+        t_kernel = cuda_time(lambda: ops.badge_kmeanspp(probs, feats, kk, generator=torch.Generator().manual_seed(0),
+                                                        backend=backend), repeat=2)
+        record("badge_kmeanspp", f"N={n} C={c} d={d} k={kk} (feats bf16)", t_kernel, t_base, backend)
 
     # MLP: N=1M, 2 -> 64 -> 1
     n = 1_000_000
@@ -148,21 +154,22 @@ def main():
     w = [torch.randn(64, 2, device=dev, generator=g), torch.randn(1, 64, device=dev, generator=g)]
     b = [torch.randn(64, device=dev, generator=g), torch.randn(1, device=dev, generator=g)]
     mean, std = z.mean(0), z.std(0)
-    ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend="triton")
-    t_kernel = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend="triton"), repeat=10)
     t_base = cuda_time(lambda: mlp_baseline(z, w, b, mean, std), repeat=10)
-    record("nonneg_mlp_score", f"N={n} hidden=64", t_kernel, t_base)
+    for backend in BACKENDS:
+        ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend)
+        t_kernel = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend), repeat=10)
+        record("nonneg_mlp_score", f"N={n} hidden=64", t_kernel, t_base, backend)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = dict(device=name, torch=torch.__version__, quick=args.quick, date=time.strftime("%Y-%m-%d"))
     (out / "gpu-bench.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     lines = [f"GPU: {name}, torch {torch.__version__}", "",
-             "| op | size | mqnet-fast (triton) | plain PyTorch | speedup | notes |", "|---|---|---|---|---|---|"]
+             "| op | backend | size | mqnet-fast | plain PyTorch | speedup | notes |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         notes = ", ".join(f"{k} {v:.3g}" for k, v in r.items()
-                          if k not in ("op", "size", "kernel_s", "baseline_s", "speedup") and v is not None)
-        lines.append(f"| {r['op']} | {r['size']} | {r['kernel_s'] * 1e3:.1f} ms | {r['baseline_s'] * 1e3:.1f} ms | "
+                          if k not in ("op", "backend", "size", "kernel_s", "baseline_s", "speedup") and v is not None)
+        lines.append(f"| {r['op']} | {r['backend']} | {r['size']} | {r['kernel_s'] * 1e3:.1f} ms | {r['baseline_s'] * 1e3:.1f} ms | "
                      f"{r['speedup']:.1f}x | {notes} |")
     (out / "gpu-bench.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

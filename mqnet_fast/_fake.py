@@ -15,7 +15,8 @@ def _register():
     @torch.library.register_fake("mqnet_fast::nearest")
     def _(queries, keys, metric):
         n = queries.shape[0]
-        return queries.new_empty((n,)), queries.new_empty((n,), dtype=torch.long)
+        dtype = torch.float32 if queries.dtype in (torch.bfloat16, torch.float16) else queries.dtype
+        return queries.new_empty((n,), dtype=dtype), queries.new_empty((n,), dtype=torch.long)
 
     @torch.library.register_fake("mqnet_fast::badge_kmeanspp")
     def _(probs, feats, k, uniforms):

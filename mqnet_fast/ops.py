@@ -3,8 +3,9 @@
 backend: "auto" (the compiled kernel for CPU tensors when it is built, else the PyTorch reference),
 "torch" (the reference in mqnet_fast.reference, any device), "cpp" (the compiled CPU kernel),
 "triton" (the Triton kernels in mqnet_fast.kernels: CUDA tensors, or CPU tensors under
-TRITON_INTERPRET=1). On CUDA tensors "auto" takes the Triton kernel (the CUDA-source kernels, "cuda",
-are not built yet), except for float64 input, which only the reference computes on a GPU.
+TRITON_INTERPRET=1), "cuda" (the CUDA-source kernels in kernels/cuda, compiled into _C). On CUDA
+tensors "auto" takes the Triton kernel, except for float64 input to nearest, badge_kmeanspp and
+nonneg_mlp_score, which the reference computes.
 Half-precision inputs (bfloat16, float16) are computed in float32; the Triton kernels read them in
 half precision (half the bytes) and accumulate in float32.
 """
@@ -21,9 +22,8 @@ from mqnet_fast import reference
 from mqnet_fast._library import compiled_backends, has_compiled, require_compiled
 
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
-# Ops with a CUDA-source kernel (kernels/cuda/*.cu). "auto" on CUDA tensors takes Triton for every op
-# until GPU measurements recorded in the repo say otherwise (none have been taken yet).
-CUDA_OPS = ("kcenter_greedy", "nonneg_mlp_score", "badge_kmeanspp")
+# "auto" on CUDA tensors takes the Triton kernel for every op until GPU measurements recorded in the
+# repo say which of Triton and CUDA is faster per op and size (none have been taken yet).
 
 
 def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
@@ -50,16 +50,13 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
             raise ValueError(f"{op}: backend 'triton' computes in float32 (half-precision storage allowed), "
                              "got float64 input; use backend='torch' for float64")
     if backend == "cuda":
-        if op not in CUDA_OPS:
-            raise NotImplementedError(f"{op}: backend 'cuda' (CUDA-source kernel) is not written yet for this op; "
-                                      "use backend='triton' (or 'auto') for CUDA tensors")
         if "cuda" not in compiled_backends():
             raise ValueError(f"{op}: backend 'cuda' needs mqnet_fast._C built with CUDA (found backends "
                              f"{compiled_backends()}); rebuild where CUDA_HOME is set, without MQNET_FAST_FORCE_CPU")
         if device.type != "cuda":
             raise ValueError(f"{op}: backend 'cuda' runs on CUDA tensors, got tensors on {device}")
-        if op == "badge_kmeanspp" and dtype == torch.float64:
-            raise ValueError(f"{op}: backend 'cuda' computes in float32 (half-precision feats allowed), "
+        if op in ("badge_kmeanspp", "nearest") and dtype == torch.float64:
+            raise ValueError(f"{op}: backend 'cuda' computes in float32 (half-precision storage allowed), "
                              "got float64 input; use backend='torch' for float64")
     return backend
 
@@ -152,6 +149,9 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
     if chosen == "triton":
         storage = torch.promote_types(_storage_dtype(queries), _storage_dtype(keys))
         return _triton.kernel_module("nearest").nearest(queries.to(storage), keys.to(storage), metric == "l2")
+    if chosen == "cuda":
+        storage = torch.promote_types(_storage_dtype(queries), _storage_dtype(keys))
+        return torch.ops.mqnet_fast.nearest(queries.to(storage), keys.to(storage), metric)
     queries, keys = queries.to(dtype), keys.to(dtype)
     if chosen == "torch":
         return reference.nearest(queries, keys, metric)

@@ -62,3 +62,19 @@ def test_badge(n, c, d, k, feats_dtype):
     expected = ops.badge_kmeanspp(probs, feats.float(), k, generator=torch.Generator().manual_seed(2), backend="torch")
     assert len(set(picks.tolist())) == k
     _verify_near_ties(probs, feats.float(), picks, expected, 2, torch.float32)
+
+
+@pytest.mark.parametrize("n, d, m", [(1, 1, 1), (123, 7, 151), (1151, 129, 65), (700, 16, 3000)])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nearest(n, d, m, metric, dtype):
+    from test_nearest import _check_against_float64
+
+    g = torch.Generator().manual_seed(n + m)
+    queries, keys = torch.randn(n, d, generator=g).to(dtype), torch.randn(m, d, generator=g).to(dtype)
+    values, indices = ops.nearest(queries.cuda(), keys.cuda(), metric=metric, backend="cuda")
+    ref_values, _ = reference.nearest(queries.float(), keys.float(), metric)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert_close(values.cpu(), ref_values, rtol=tol, atol=tol * max(1.0, ref_values.abs().max().item()))
+    if dtype == torch.float32:
+        _check_against_float64(queries, keys, metric, values.cpu(), indices.cpu(), torch.float32)

@@ -107,7 +107,7 @@ BAD = [
     (lambda: ops.nearest(torch.randn(4), torch.randn(5, 4)), ValueError, "queries must be 2-D"),
     (lambda: ops.nearest(torch.randn(4, 3), torch.full((5, 3), float("inf"))), ValueError, "keys holds 15 NaN or Inf"),
     (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3), metric="dot"), ValueError, "metric must be one of"),
-    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3), backend="cuda"), NotImplementedError, "not written yet for this op"),
+    (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3), backend="cuda"), ValueError, "runs on CUDA tensors|needs mqnet_fast._C built with CUDA"),
     (lambda: ops.nonneg_mlp_score(torch.randn(4, 2), [torch.rand(1, 2)], [torch.rand(1)], backend="cuda"), ValueError, "runs on CUDA tensors|needs mqnet_fast._C built with CUDA"),
     (lambda: ops.nearest(torch.ones(4, 3, dtype=torch.long), torch.randn(5, 3)), TypeError, "queries must be a floating"),
     (lambda: ops.nearest(torch.randn(4, 3), torch.randn(5, 3, device="meta")), ValueError, "one device"),
