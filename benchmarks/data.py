@@ -25,3 +25,12 @@ def classifier_probs(feats: torch.Tensor, labels: torch.Tensor, classes: int, se
     logits = 4 * torch.nn.functional.one_hot(labels % classes, classes).float()
     logits += 1.5 * torch.randn(len(labels), classes, generator=g)
     return torch.softmax(logits, 1)
+
+
+def cifar_resnet18():
+    """Real embeddings: (feats (50000, 512), probs (50000, 10)) of a ResNet-18 trained briefly on the
+    shared CIFAR-10 images (benchmarks/cifar_features.py builds them), or None if not built."""
+    from cifar_features import load_features
+
+    loaded = load_features()
+    return None if loaded is None else (loaded[0], loaded[1])

@@ -22,7 +22,9 @@ def main(*paths):
     t = {b["fullname"].split("::")[-1]: b["stats"]["min"] for b in data["benchmarks"]}
     extra = {b["fullname"].split("::")[-1]: b.get("extra_info", {}) for b in data["benchmarks"]}
     rows = []
-    for kind in ("gaussian", "clustered"):
+    for kind in ("gaussian", "clustered", "cifar"):
+        if f"test_kcenter_cpp[{kind}]" not in t:
+            continue
         ours, init = t[f"test_kcenter_cpp[{kind}]"], t[f"test_kcenter_cpp_init_only[{kind}]"]
         info = extra[f"test_kcenter_cdist_baseline[{kind}]"]
         base = info["init_s"] + (t[f"test_kcenter_cdist_baseline[{kind}]"] - info["init_s"]) / info["picks"] * 1000
@@ -32,8 +34,10 @@ def main(*paths):
                      f"cdist baseline {base:.1f} s (extrapolated from {info['picks']} picks): **{base / ours:.0f}x**; "
                      f"per pick {per_pick / read:.2f}x one read of x ({read * 1e3:.2f} ms)"))
     for classes in (10, 100):
-        for kind in ("gaussian", "clustered"):
+        for kind in ("gaussian", "clustered", "cifar"):
             key = f"[{kind}-C{classes}]"
+            if f"test_badge_cpp{key}" not in t:
+                continue
             ours = t[f"test_badge_cpp{key}"]
             picks = extra[f"test_badge_picks_baseline{key}"]["picks"]
             per_pick = t[f"test_badge_picks_baseline{key}"] / picks

@@ -7,20 +7,28 @@ materialization time are reported separately (benchmarks/report.py extrapolates 
 import pytest
 import torch
 
-from data import clustered, classifier_probs, gaussian
+from data import cifar_resnet18, clustered, classifier_probs, gaussian
 from mqnet_fast import ops
 
 N, D, K, BASELINE_PICKS = 50_000, 512, 1_000, 10
 
 
 def _inputs(kind, classes):
+    if kind == "cifar":
+        feats, probs = cifar_resnet18()
+        return probs, feats
     if kind == "gaussian":
         return torch.softmax(gaussian(N, classes, seed=1), 1), gaussian(N, D)
     feats, labels = clustered(N, D)
     return classifier_probs(feats, labels, classes), feats
 
 
-@pytest.fixture(scope="module", params=[(k, c) for c in (10, 100) for k in ("gaussian", "clustered")],
+PARAMS = [(k, c) for c in (10, 100) for k in ("gaussian", "clustered")]
+if cifar_resnet18() is not None:  # real ResNet-18 softmax and features of CIFAR-10: 10 classes only
+    PARAMS.append(("cifar", 10))
+
+
+@pytest.fixture(scope="module", params=PARAMS,
                 ids=lambda p: f"{p[0]}-C{p[1]}")
 def pool(request):
     kind, classes = request.param

@@ -7,11 +7,13 @@ import time
 import pytest
 import torch
 
-from data import clustered, gaussian
+from data import cifar_resnet18, clustered, gaussian
 from mqnet_fast import ops
 
 N, D, LABELED, BUDGET, BASELINE_PICKS = 50_000, 512, 1_000, 1_000, 200
 DATA = {"gaussian": lambda: gaussian(N, D), "clustered": lambda: clustered(N, D)[0]}
+if cifar_resnet18() is not None:  # real ResNet-18 features of CIFAR-10 (benchmarks/cifar_features.py)
+    DATA["cifar"] = lambda: cifar_resnet18()[0]
 
 
 @pytest.fixture(scope="module", params=list(DATA))

@@ -138,3 +138,22 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         ops.nearest(torch.randn(3, 2), torch.randn(2, 2), backend="triton")
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile of Triton ops needs a GPU (not the interpreter)")
+def test_triton_ops_under_torch_compile():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1000, 2, generator=g).cuda()
+    w = [torch.randn(64, 2, generator=g).cuda(), torch.randn(1, 64, generator=g).cuda()]
+    b = [torch.randn(64, generator=g).cuda(), torch.randn(1, generator=g).cuda()]
+    q, k = torch.randn(300, 32, generator=g).cuda(), torch.randn(200, 32, generator=g).cuda()
+
+    def scores(z, q, k):
+        values, _ = ops.nearest(q, k, backend="triton")
+        return ops.nonneg_mlp_score(z, w, b, backend="triton"), values
+
+    compiled = torch.compile(scores)  # the input checks break the graph; the ops themselves compile
+    for got, expected in zip(compiled(z, q, k), scores(z, q, k)):
+        assert_close(got.cpu(), expected.cpu(), torch.float32)
+    picks = torch.compile(lambda x: ops.kcenter_greedy(x, [0], 10, backend="triton").indices)(q)
+    assert_equal_indices(picks.cpu(), ops.kcenter_greedy(q.cpu(), [0], 10, backend="torch").indices)
