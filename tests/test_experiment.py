@@ -125,3 +125,28 @@ def test_cli_run_and_report(tmp_path, capsys):
     assert main(["run", "--strategies", "bogus", "--run-dir", str(tmp_path / "x")]) == 2
     assert "unknown strategy 'bogus'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "empty-nothing")]) == 2
+
+
+def test_end_to_end_on_an_rgb_imagefolder(tmp_path):
+    """3-channel images, horizontal flips, a tar archive read in place and cached."""
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split, count in (("train", 15), ("test", 4)):
+        for cls in ("a", "b", "c", "d"):
+            folder = tmp_path / "tree" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.randint(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    with tarfile.open(tmp_path / "tree.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "tree", arcname="tree")
+    config = ExperimentConfig(dataset=f"imagefolder:{tmp_path / 'tree.tar.gz'}", split="2:2", noise=0.2,
+                              strategies=["mqnet", "coreset"], rounds=1, budget=4, iterations=2, meta_epochs=1,
+                              meta_min_steps_per_epoch=2, cache_dir=str(tmp_path / "cache"), progress=False)
+    experiment = Experiment(config, tmp_path / "run")
+    assert experiment.data.image_shape == (8, 8, 3) and experiment.data.flip
+    records = experiment.run()
+    assert [r["round"] for r in records] == [0, 1, 0, 1]
+    assert all(r["labeled_in"] + r["labeled_ood"] == 4 * (r["round"] + 1) for r in records)
