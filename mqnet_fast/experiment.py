@@ -12,6 +12,8 @@ Run directory layout (every file written atomically; pandas reads the JSON/CSV d
     RUN_DIR/<strategy>/seed<k>/checkpoint.pt   state to continue: labeled set, records, Phi
     RUN_DIR/<strategy>/seed<k>/metrics.json    one record per round (also metrics.csv)
     RUN_DIR/<strategy>/seed<k>/queries.json    the global train indices queried each round
+    RUN_DIR/<strategy>/seed<k>/config.json     the full configuration of the run
+    RUN_DIR/<strategy>/seed<k>/scores/round_RRR.npz   per-candidate scores of each query
 
 Each round depends only on the checkpoint before it and on seeds derived from (seed, round), so
 rerunning the same command after a crash or Ctrl-C resumes after the last completed round and gives
@@ -33,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast.data import DataError, ImageArrays, load_dataset, make_open_set
-from mqnet_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from mqnet_fast.io import atomic_save_npz, atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from mqnet_fast.mqnet import MetaTrainConfig
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.scores import INFORMATIVENESS
@@ -213,6 +215,9 @@ class Experiment:
                                  meta_config=MetaTrainConfig(epochs=cfg.meta_epochs,
                                                              min_steps_per_epoch=cfg.meta_min_steps_per_epoch),
                                  seed=derive_seed(seed, "meta-init"))
+        atomic_write_json(run_path / "config.json", {**dataclasses.asdict(cfg), "strategy": strategy_name,
+                                                     "seed": seed, "num_in_classes": self.num_in,
+                                                     "in_classes": split.in_classes, "split_notes": split.notes})
         if checkpoint_path.exists():
             state = torch.load(checkpoint_path, weights_only=False)
             strategy.load_state_dict(state["strategy"])
@@ -227,7 +232,8 @@ class Experiment:
         for r in rounds:
             if stop_after_rounds is not None and done_here >= stop_after_rounds:
                 break
-            record, query = self._round(strategy, strategy_name, seed, r, np.array(state["labeled"], np.int64))
+            record, query = self._round(strategy, strategy_name, seed, r, np.array(state["labeled"], np.int64),
+                                        run_path)
             state["records"].append(record)
             if query is not None:
                 state["queries"].append(query.tolist())
@@ -238,7 +244,8 @@ class Experiment:
             done_here += 1
         return state["records"]
 
-    def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled: np.ndarray):
+    def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled: np.ndarray,
+               run_path: Path):
         cfg, split, data = self.config, self.splits[seed], self.data
         timings = {}
         labels_in = self._in_label_map(seed)
@@ -276,6 +283,11 @@ class Experiment:
             timings["time_select"] = time.perf_counter() - tick
             query = selection.indices.cpu().numpy().astype(np.int64)
             positions = check_selection(query, candidates, cfg.budget, strategy_name)
+            columns = {k: v.cpu().numpy() for k, v in selection.columns.items()}
+            if selection.scores is not None:
+                columns["score"] = selection.scores.cpu().numpy()
+            atomic_save_npz(run_path / "scores" / f"round_{r:03d}.npz", candidates=candidates, query=query,
+                            is_in=split.is_in[candidates], **columns)
 
             # Masked cross-entropy of the current model on the now-labeled query: 0 for OOD examples.
             query_in = split.is_in[query]

@@ -36,6 +36,13 @@ class Selection:
     indices: torch.Tensor                     # (budget,) global indices, in pick/rank order
     scores: torch.Tensor | None = None        # (U,) one score per candidate (higher = preferred)
     extra: dict = field(default_factory=dict)  # per-strategy numbers for the round's record
+    columns: dict = field(default_factory=dict)  # more (U,) per-candidate values to save (e.g. P, I)
+
+
+def penultimate_embedding(state: PoolState) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedding MQ-Net's purity is measured in by default: the target model's penultimate
+    features of the candidates and of the labeled IN examples."""
+    return state.feats, state.labeled_in_feats
 
 
 class Strategy:
@@ -111,8 +118,11 @@ class MQNet(Strategy):
     name = "mqnet"
 
     def __init__(self, informativeness_kind: str = "conf", meta_config: MetaTrainConfig | None = None,
-                 seed: int = 0):
+                 seed: int = 0, purity_embedding=penultimate_embedding):
+        """purity_embedding(state) -> (candidate embeddings (U, e), labeled IN embeddings (L_in, e)):
+        where P(x) is measured (pluggable: e.g. a contrastive encoder's features)."""
         self.informativeness_kind = informativeness_kind
+        self.purity_embedding = purity_embedding
         self.meta_config = meta_config or MetaTrainConfig()
         self.model = MetaModel(seed=seed)
         self.trained = False
@@ -120,7 +130,7 @@ class MQNet(Strategy):
 
     def meta_inputs(self, state: PoolState) -> torch.Tensor:
         """Standardized z (U, 2) = <P, I> of the candidates."""
-        z = torch.stack([purity(state.feats, state.labeled_in_feats),
+        z = torch.stack([purity(*self.purity_embedding(state)),
                          informativeness(state.probs, self.informativeness_kind).float()], 1).cpu()
         mean, std = z.mean(0), z.std(0) if z.shape[0] > 1 else torch.ones(2)
         return (z - mean) / torch.where(std > 0, std, torch.ones_like(std))
@@ -128,7 +138,9 @@ class MQNet(Strategy):
     def select(self, state, budget):
         self._z = self.meta_inputs(state)
         scores = self.model.score(self._z) if self.trained else self._z.sum(1)
-        return _top(state, scores, budget)
+        selection = _top(state, scores, budget)
+        selection.columns = {"purity_std": self._z[:, 0], "informativeness_std": self._z[:, 1]}
+        return selection
 
     def observe(self, state, positions, losses, seed):
         z = self._z if self._z is not None else self.meta_inputs(state)

@@ -150,3 +150,30 @@ def test_end_to_end_on_an_rgb_imagefolder(tmp_path):
     records = experiment.run()
     assert [r["round"] for r in records] == [0, 1, 0, 1]
     assert all(r["labeled_in"] + r["labeled_ood"] == 4 * (r["round"] + 1) for r in records)
+
+
+def test_run_directory_holds_config_and_scores(tmp_path, digits):
+    Experiment(tiny(strategies=["mqnet", "random"], rounds=1), tmp_path / "run", data=digits).run()
+    run = tmp_path / "run" / "mqnet" / "seed0"
+    config = json.loads((run / "config.json").read_text())
+    assert config["strategy"] == "mqnet" and config["budget"] == 12 and len(config["in_classes"]) == 4
+    with np.load(run / "scores" / "round_000.npz") as f:
+        assert set(f.files) >= {"candidates", "query", "is_in", "score", "purity_std", "informativeness_std"}
+        assert f["score"].shape == f["candidates"].shape and np.isin(f["query"], f["candidates"]).all()
+        # round 0 ranks by P + I: the query is the top of that score
+        top = f["candidates"][np.argsort(-f["score"], kind="stable")[:12]]
+        assert set(top) == set(f["query"])
+    with np.load(tmp_path / "run" / "random" / "seed0" / "scores" / "round_000.npz") as f:
+        assert "score" not in f.files  # random has no per-example score
+
+
+def test_purity_embedding_is_pluggable():
+    from mqnet_fast.strategies import MQNet, PoolState
+
+    g = torch.Generator().manual_seed(0)
+    state = PoolState(0, torch.arange(50), torch.softmax(torch.randn(50, 3, generator=g), 1),
+                      torch.rand(50, 8, generator=g), torch.rand(6, 8, generator=g), torch.rand(3, 8, generator=g), g)
+    other = torch.rand(50, 4, generator=g), torch.rand(3, 4, generator=g)
+    default = MQNet().meta_inputs(state)
+    plugged = MQNet(purity_embedding=lambda s: other).meta_inputs(state)
+    assert torch.equal(default[:, 1], plugged[:, 1]) and not torch.equal(default[:, 0], plugged[:, 0])
