@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.data import DataError, ImageArrays, load_dataset, make_open_set
+from mqnet_fast.data import ImageArrays, load_dataset, make_open_set
 from mqnet_fast.io import atomic_save_npz, atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from mqnet_fast.mqnet import MetaTrainConfig
 from mqnet_fast.progress import progress_bar

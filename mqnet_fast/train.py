@@ -92,6 +92,20 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless batches of `batch_size` positions in 0..n-1, cut from consecutive random permutations
+    (a batch may span two permutations; with n < batch_size a batch repeats examples). A new
+    permutation is drawn as soon as the last one is used up, before the batch is handed out."""
+    pending = torch.randperm(n, generator=generator)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
+        batch, pending = pending[:batch_size], pending[batch_size:]
+        if len(pending) == 0:
+            pending = torch.randperm(n, generator=generator)
+        yield batch
+
+
 def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor, labels: torch.Tensor,
                 config: TrainConfig, seed: int, *, desc: str = "train", show_progress: bool = True) -> float:
     """SGD on the examples `index` (global rows of `images`) with class `labels` (same length), for
@@ -102,19 +116,11 @@ def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tenso
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     labels = labels.to(device)
-    n = len(index)
-    order, cursor = torch.randperm(n, generator=generator), 0
+    batches = _shuffled_batches(len(index), config.batch_size, generator)
     tail_losses = []
     model.train()
     for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
-        chosen = []
-        while sum(len(c) for c in chosen) < config.batch_size:
-            take = min(config.batch_size - sum(len(c) for c in chosen), n - cursor)
-            chosen.append(order[cursor:cursor + take])
-            cursor += take
-            if cursor == n:
-                order, cursor = torch.randperm(n, generator=generator), 0
-        rows = torch.cat(chosen)
+        rows = next(batches)
         for group in optimizer.param_groups:
             group["lr"] = config.lr_at(step)
         with _autocast(device):

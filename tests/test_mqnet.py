@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from mqnet_fast import ops, reference
+from mqnet_fast import reference
 from mqnet_fast.mqnet import MetaModel, MetaTrainConfig, ranking_accuracy, ranking_loss, train_meta_model
 from testing import assert_close
 
