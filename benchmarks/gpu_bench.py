@@ -159,6 +159,12 @@ def main():
         ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend)
         t_kernel = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend), repeat=10)
         record("nonneg_mlp_score", f"N={n} hidden=64", t_kernel, t_base, backend)
+    # the kernels alone, without the op's input checks (which synchronize with the host)
+    from mqnet_fast import _triton
+
+    mlp = _triton.kernel_module("nonneg_mlp_score").nonneg_mlp_score
+    t_raw = cuda_time(lambda: mlp(z, w[0], b[0], w[1], b[1], mean, std, True), repeat=10)
+    record("nonneg_mlp_score (kernel only)", f"N={n} hidden=64", t_raw, t_base, "triton")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

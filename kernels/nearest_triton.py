@@ -64,6 +64,22 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
     tl.store(indices_ptr + rows, best_idx, mask=row_mask)
 
 
+# Tile configuration per case; TUNED_CONFIG replaces it when set (benchmarks/gpu_tune_nearest.py).
+TUNED_CONFIG: dict | None = None
+
+
+def launch_config(queries: torch.Tensor) -> dict:
+    dim = queries.shape[1]
+    if TUNED_CONFIG is not None:
+        return dict(TUNED_CONFIG)
+    block_k = min(64, max(16, triton.next_power_of_2(dim)))
+    if queries.is_cuda:  # tensor-core tiles; float32 "ieee" dots run on CUDA cores, use smaller tiles
+        half = queries.dtype != torch.float32
+        return dict(BLOCK_M=128, BLOCK_N=128 if half else 64, BLOCK_K=block_k, num_warps=8 if half else 4,
+                    num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=block_k)  # the interpreter
+
+
 @triton_op("mqnet_fast_triton::nearest", mutates_args=())
 def nearest(queries: torch.Tensor, keys: torch.Tensor, l2: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """queries (N, d), keys (M, d), same dtype (float32, bfloat16 or float16), M >= 1. cosine: max
@@ -78,13 +94,8 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, l2: bool) -> tuple[torch.
     kk = (keys.float() ** 2).sum(1)
     values = torch.empty(n, dtype=torch.float32, device=queries.device)
     indices = torch.empty(n, dtype=torch.int64, device=queries.device)
-    block_k = min(64, max(16, triton.next_power_of_2(dim)))
-    if queries.is_cuda:  # tensor-core tiles; float32 "ieee" dots run on CUDA cores, use smaller tiles
-        half = queries.dtype != torch.float32
-        launch = dict(BLOCK_M=128, BLOCK_N=128 if half else 64, num_warps=8 if half else 4, num_stages=3)
-    else:  # the interpreter
-        launch = dict(BLOCK_M=64, BLOCK_N=64)
+    launch = launch_config(queries)
     wrap_triton(_nearest_kernel)[(triton.cdiv(n, launch["BLOCK_M"]),)](
         queries, keys, qq, kk, values, indices, n, keys.shape[0], dim, queries.stride(0), keys.stride(0),
-        L2=l2, IEEE=queries.dtype == torch.float32, BLOCK_K=block_k, **launch)
+        L2=l2, IEEE=queries.dtype == torch.float32, **launch)
     return values, indices

@@ -1,0 +1,53 @@
+"""Times the Triton nearest kernel over tile configurations at issue 4's size (N=1M, M=50k, d=128,
+bf16) on a GPU; the fastest goes into kernels/nearest_triton.py. Writes nearest-tune.json to --out."""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from gpu_bench import PEAKS, cuda_time
+from mqnet_fast import _triton, ops
+
+CONFIGS = [  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages
+    (128, 128, 64, 8, 3), (128, 128, 128, 8, 3), (128, 128, 128, 4, 3), (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3), (128, 256, 128, 8, 2), (256, 128, 128, 8, 2), (64, 256, 128, 4, 3),
+    (128, 128, 128, 8, 2), (256, 256, 64, 8, 2),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results/gpu"))
+    args = parser.parse_args()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    n, m, d = 1_000_000, 50_000, 128
+    q = torch.randn(n, d, device="cuda", generator=g).to(torch.bfloat16)
+    k = torch.randn(m, d, device="cuda", generator=g).to(torch.bfloat16)
+    module = _triton.kernel_module("nearest")
+    _, reference_indices = ops.nearest(q, k, backend="triton")
+    peak = next((v for key, v in PEAKS.items() if key in torch.cuda.get_device_name()), None)
+    rows = []
+    for bm, bn, bk, warps, stages in CONFIGS:
+        module.TUNED_CONFIG = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        try:
+            _, indices = ops.nearest(q, k, backend="triton")
+            t = cuda_time(lambda: ops.nearest(q, k, backend="triton"))
+        except Exception as err:  # a tile that does not fit (shared memory, registers)
+            rows.append(dict(config=[bm, bn, bk, warps, stages], error=type(err).__name__))
+            print(rows[-1], flush=True)
+            continue
+        tflops = 2.0 * n * m * d / t / 1e12
+        rows.append(dict(config=[bm, bn, bk, warps, stages], ms=t * 1e3, tflops=tflops,
+                         fraction=tflops / peak["bf16_tflops"] if peak else None,
+                         same_indices=bool(torch.equal(indices, reference_indices))))
+        print(rows[-1], flush=True)
+    module.TUNED_CONFIG = None
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "nearest-tune.json").write_text(json.dumps(dict(device=torch.cuda.get_device_name(),
+                                                                      rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
