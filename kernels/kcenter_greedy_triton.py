@@ -48,34 +48,6 @@ def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val
 
 
 @triton.jit
-def _init_kernel(x_ptr, centers_ptr, n_centers, min_d2_ptr, n, dim, stride_x, ACC: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Lowers min_d2 of BLOCK_N rows against BLOCK_C labeled centers at once (each x tile is read
-    once for all of them); same difference-form distance as the per-pick update."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < n
-    min_d2 = tl.load(min_d2_ptr + rows, mask=row_mask, other=0.0)
-    cs = tl.arange(0, BLOCK_C)
-    dims = tl.arange(0, BLOCK_D)
-    for c0 in range(0, n_centers, BLOCK_C):
-        c_mask = (c0 + cs) < n_centers
-        centers = tl.load(centers_ptr + c0 + cs, mask=c_mask, other=0)
-        acc = tl.zeros((BLOCK_N, BLOCK_C), ACC)
-        for start in range(0, dim, BLOCK_D):
-            d_mask = (start + dims) < dim
-            xb = tl.load(x_ptr + rows[:, None] * stride_x + (start + dims)[None, :],
-                         mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-            cb = tl.load(x_ptr + centers[:, None] * stride_x + (start + dims)[None, :],
-                         mask=c_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-            diff = xb[:, None, :] - cb[None, :, :]
-            acc += tl.sum(diff * diff, axis=2)
-        acc = tl.where(c_mask[None, :], acc, float("inf"))
-        min_d2 = tl.minimum(min_d2, tl.min(acc, axis=1))
-    tl.store(min_d2_ptr + rows, min_d2, mask=row_mask)
-
-
-@triton.jit
 def _pick_kernel(block_val_ptr, block_idx_ptr, n_blocks, eligible_ptr, picks_ptr, radii_ptr, step,
                  BLOCK: tl.constexpr):
     offsets = tl.arange(0, BLOCK)
@@ -120,12 +92,13 @@ def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int,
             x, center if center is not None else picks, min_d2, eligible, block_val, block_idx, n, dim, x.stride(0),
             HAS_CENTER=center is not None, ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
 
+    # One pass per labeled center: measured on an H200 (1M x 512 bf16, 1000 labeled), a kernel taking
+    # 8 centers per pass over x was slower (0.42 s against 0.25 s for the init).
     labeled = labeled.contiguous()
-    if labeled.shape[0] > 0:  # labeled centers, BLOCK_C per pass over x; then the first argmax
-        init_n, init_c, init_d = 32, 8, 32
-        _init_kernel[(triton.cdiv(n, init_n),)](x, labeled, labeled.shape[0], min_d2, n, dim, x.stride(0), ACC=acc,
-                                                BLOCK_N=init_n, BLOCK_C=init_c, BLOCK_D=init_d)
-    update(None)
+    for j in range(labeled.shape[0]):
+        update(labeled[j:j + 1])
+    if labeled.shape[0] == 0:
+        update(None)
     reduce_block = min(1024, triton.next_power_of_2(n_blocks))
     for step in range(budget):
         _pick_kernel[(1,)](block_val, block_idx, n_blocks, eligible, picks, radii, step, BLOCK=reduce_block)
