@@ -23,7 +23,7 @@ from mqnet_fast._library import compiled_backends, has_compiled, require_compile
 
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
 # "auto" on CUDA tensors takes the Triton kernel for every op: on an H200 it was faster than the CUDA
-# kernel for all four at issue 4's sizes (benchmarks/results/gpu/gpu-bench.md: k-center 0.52 vs 1.01 s,
+# kernel for all four at issue 4's sizes (benchmarks/results/gpu/gpu-bench.md: k-center 0.28 vs 1.01 s,
 # nearest 55 vs 424 ms, BADGE 0.41 vs 0.65 s, MLP 0.48 vs 0.50 ms). Smaller sizes were not measured.
 
 
