@@ -19,6 +19,7 @@ namespace mqnet_fast {
 namespace {
 
 constexpr int64_t kRowBlock = 8;
+constexpr int64_t kPickChunk = 512;      // rows per work item of a pick's pass: small, so threads get equal shares
 constexpr int64_t kPruneRetry = 16;      // picks between re-tries of pruning that did not pay        // rows whose distances to the new center are computed together
 constexpr int64_t kInitRows = 2048;     // rows of x per GEMM tile of the labeled init
 constexpr int64_t kInitCenters = 512;   // labeled centers per GEMM tile
@@ -144,7 +145,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_kernel(const at::T
   int64_t* picks = picks_t.data_ptr<int64_t>();
   T* radii = radii_t.data_ptr<T>();
 
-  const int64_t chunks = num_chunks(n);
+  const int64_t chunks = num_chunks(n, kPickChunk);
   std::vector<ArgBest<T>> chunk_best(chunks);
   std::vector<T> center_d2;  // squared distance from each center to the newest one
   bool pruning_pays = true;
@@ -159,7 +160,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_kernel(const at::T
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch) {
       ArgBest<T> best{-inf, n};
-      for (int64_t i = ch * kRowChunk; i < std::min(n, (ch + 1) * kRowChunk); ++i)
+      for (int64_t i = ch * kPickChunk; i < std::min(n, (ch + 1) * kPickChunk); ++i)
         if (eligible[i] && beats_max(min_d2[i], i, best)) best = {min_d2[i], i};
       chunk_best[ch] = best;
     }
@@ -189,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kcenter_greedy_kernel(const at::T
       for (int64_t ch = b; ch < e; ++ch) {
         ArgBest<T> local{-inf, n};
         int64_t skipped = 0;
-        const int64_t end = std::min(n, (ch + 1) * kRowChunk);
-        for (int64_t i0 = ch * kRowChunk; i0 < end; i0 += kRowBlock) {
+        const int64_t end = std::min(n, (ch + 1) * kPickChunk);
+        for (int64_t i0 = ch * kPickChunk; i0 < end; i0 += kRowBlock) {
           const int64_t rows = std::min(kRowBlock, end - i0);
           bool needed[kRowBlock];
           int64_t count = 0;
