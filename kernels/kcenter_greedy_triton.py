@@ -9,6 +9,8 @@ eligible (N,) int8. Each pick is two launches:
   2. `_pick_kernel` (one program) reduces the block results, writes the pick, its radius, and marks
      the row ineligible.
 So the Python loop only enqueues kernels; the next update reads the pick the previous kernel wrote.
+The labeled centers enter first (`_init_from_labeled`: the nearest-set kernel's GEMM picks each row's
+nearest labeled center, then the exact distance to it; float64 makes one update pass per center).
 Ties go to the lowest index (tl.argmax keeps the first maximum; blocks are reduced in index order
 and a later block wins only when strictly larger), as in the reference.
 """

@@ -81,7 +81,9 @@ class Uncertainty(Strategy):
 
     def __init__(self, kind: str):
         self.kind = kind
-        self.name = {"conf": "conf", "entropy": "entropy", "margin": "margin"}[kind]
+        if kind not in ("conf", "entropy", "margin"):
+            raise ValueError(f"uncertainty kind must be conf, entropy or margin, got {kind!r}")
+        self.name = kind
 
     def select(self, state, budget):
         return _top(state, informativeness(state.probs, self.kind), budget)
