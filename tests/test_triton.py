@@ -108,6 +108,54 @@ def test_badge_duplicates_and_half_storage():
     _verify_near_ties(probs, half.float(), picks, expected, 1, torch.float32)
 
 
+def test_badge_pruned_update_matches_full_update():
+    """The Cauchy-Schwarz skip leaves D^2 exactly where the full update would: run the update kernel
+    over fixed centers and compare with the unpruned float64 update, on data where most rows are
+    skipped and on rows whose features are parallel to the center's (the bound is tight there)."""
+    from mqnet_fast import _triton
+    from mqnet_fast.reference.badge_kmeanspp import gradient_embedding_sqdist
+
+    module = _triton.kernel_module("badge_kmeanspp")
+    probs, feats = badge_inputs(1500, 50, 40, torch.float32, seed=11)
+    directions = torch.randn(3, 40, generator=torch.Generator().manual_seed(2))
+    feats[:300] = directions[torch.arange(300) % 3] * torch.rand(300, 1, generator=torch.Generator().manual_seed(4))[:, :1]
+    a = torch.nn.functional.one_hot(probs.argmax(1), 50).float() - probs
+    h2 = (feats * feats).sum(1)
+    g, hnorm = (a * a).sum(1) * h2, h2.sqrt()
+    centers = torch.tensor([0, 1, 2, 700, 1499, 3, 301, 5, 6, 7])
+    launch = module.launch_config(torch.device(DEVICE))
+    n_blocks = -(-1500 // launch["BLOCK_N"])
+    d2 = torch.full((1500,), float("inf"), device=DEVICE)
+    block_sums = torch.empty(n_blocks, dtype=torch.float64, device=DEVICE)
+    expected = torch.full((1500,), float("inf"), dtype=torch.float64)
+    a64, h64 = a.double(), feats.double()
+    g64 = (a64 * a64).sum(1) * (h64 * h64).sum(1)
+    skipped = 0
+    for step, c in enumerate(centers.tolist()):
+        reach = 2 * (a @ a[c]).abs() * hnorm * hnorm[c]
+        skipped += int((g + g[c] - reach * 1.001 > expected.float()).sum())
+        module._update_kernel[(n_blocks,)](
+            a.to(DEVICE), feats.to(DEVICE), g.to(DEVICE), hnorm.to(DEVICE), d2, centers.to(DEVICE), block_sums, step,
+            1500, 50, 40, 50, 40, (2 * 40 + 50 + 32) * 2.0 ** -23,
+            BLOCK_N=launch["BLOCK_N"], BLOCK_C=64, BLOCK_D=16, num_warps=launch["num_warps"])
+        expected = torch.minimum(expected, gradient_embedding_sqdist(a64, h64, g64, c))
+        expected[c] = 0
+        assert_close(d2.cpu().double(), expected, rtol=1e-5, atol=1e-5 * float(g64.max()))
+        blocks = torch.nn.functional.pad(d2.cpu().double(), (0, n_blocks * launch["BLOCK_N"] - 1500))
+        assert_close(block_sums.cpu(), blocks.view(n_blocks, -1).sum(1), rtol=1e-12, atol=0)
+    assert skipped > 1500 * len(centers) // 2, f"the bound skipped only {skipped} row updates: not exercised"
+
+
+def test_badge_many_blocks_matches_compiled_kernel():
+    """More blocks than the sampler's chunk: same picks as the float32 C++ kernel (or near-ties)."""
+    probs, feats = badge_inputs(2000, 100, 24, torch.float32, seed=9)
+    picks = ops.badge_kmeanspp(probs.to(DEVICE), feats.to(DEVICE), 60, generator=torch.Generator().manual_seed(5),
+                               backend="triton").cpu()
+    expected = ops.badge_kmeanspp(probs, feats, 60, generator=torch.Generator().manual_seed(5), backend="torch")
+    assert len(set(picks.tolist())) == 60
+    _verify_near_ties(probs, feats, picks, expected, 5, torch.float32)
+
+
 @pytest.mark.parametrize("n", [1, 123, 1151])
 @pytest.mark.parametrize("hidden", [1, 64, 130])
 @pytest.mark.parametrize("standardize", [False, True])
