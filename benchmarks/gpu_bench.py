@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -91,6 +92,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    parser.add_argument("--nearest-tune", default=None,
+                        help="nearest-tune.json of benchmarks/gpu_tune_nearest.py: time nearest with its fastest tiles")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "needs a CUDA GPU"
     name = torch.cuda.get_device_name()
@@ -105,66 +108,90 @@ def main():
                          speedup=baseline_s / kernel_s, **extra))
         print(json.dumps(rows[-1]), flush=True)
 
-    # k-center: N=1M, d=512, bf16, 1000 labeled, 1000 picks
-    n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
-    x = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
-    labeled = torch.randperm(n, device=dev, generator=g)[:n_lab]
-    base_picks = min(50, picks)
-    t_base = cuda_time(lambda: kcenter_baseline(x, labeled, base_picks), repeat=1)
-    t_base_lab = cuda_time(lambda: kcenter_baseline(x, labeled, 0), repeat=1)
-    base_per_pick = (t_base - t_base_lab) / base_picks
-    bytes_per_pick = n * d * 2
-    for backend in BACKENDS:
-        ops.kcenter_greedy(x[:5000], labeled[:10] % 5000, 10, backend=backend)  # compile / warm up
-        t_init = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1, backend=backend), repeat=2)
-        t_all = cuda_time(lambda: ops.kcenter_greedy(x, labeled, picks, backend=backend), repeat=2)
-        per_pick = (t_all - t_init) / (picks - 1)
-        record("kcenter_greedy", f"N={n} d={d} bf16 L={n_lab} b={picks}", t_all,
-               t_base_lab + base_per_pick * picks, backend, per_pick_s=per_pick, baseline_per_pick_s=base_per_pick,
-               hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
+    def bench_kcenter():
+        # k-center: N=1M, d=512, bf16, 1000 labeled, 1000 picks
+        n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
+        x = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
+        labeled = torch.randperm(n, device=dev, generator=g)[:n_lab]
+        base_picks = min(50, picks)
+        t_base = cuda_time(lambda: kcenter_baseline(x, labeled, base_picks), repeat=1)
+        t_base_lab = cuda_time(lambda: kcenter_baseline(x, labeled, 0), repeat=1)
+        base_per_pick = (t_base - t_base_lab) / base_picks
+        bytes_per_pick = n * d * 2
+        for backend in BACKENDS:
+            ops.kcenter_greedy(x[:5000], labeled[:10] % 5000, 10, backend=backend)  # compile / warm up
+            t_init = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1, backend=backend), repeat=2)
+            t_all = cuda_time(lambda: ops.kcenter_greedy(x, labeled, picks, backend=backend), repeat=2)
+            per_pick = (t_all - t_init) / (picks - 1)
+            record("kcenter_greedy", f"N={n} d={d} bf16 L={n_lab} b={picks}", t_all,
+                   t_base_lab + base_per_pick * picks, backend, per_pick_s=per_pick, baseline_per_pick_s=base_per_pick,
+                   hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
 
-    # nearest: N=1M x M=50k x d=128, bf16
-    n, m, d = 1_000_000 // scale, 50_000 // scale, 128
-    q = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
-    k = torch.randn(m, d, device=dev, generator=g).to(torch.bfloat16)
-    t_base = cuda_time(lambda: nearest_baseline(q, k))
-    flops = 2.0 * n * m * d
-    for backend in BACKENDS:
-        ops.nearest(q[:1000], k[:1000], backend=backend)
-        t_kernel = cuda_time(lambda: ops.nearest(q, k, backend=backend))
-        record("nearest", f"N={n} M={m} d={d} bf16 cosine", t_kernel, t_base, backend,
-               tflops=flops / t_kernel / 1e12,
-               tensor_core_fraction=(flops / t_kernel / 1e12 / peak["bf16_tflops"]) if peak else None)
+    def bench_nearest():
+        # nearest: N=1M x M=50k x d=128, bf16
+        n, m, d = 1_000_000 // scale, 50_000 // scale, 128
+        q = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
+        k = torch.randn(m, d, device=dev, generator=g).to(torch.bfloat16)
+        t_base = cuda_time(lambda: nearest_baseline(q, k))
+        flops = 2.0 * n * m * d
+        tiles = {}
+        if args.nearest_tune and Path(args.nearest_tune).exists():
+            from mqnet_fast import _triton
 
-    # BADGE: N=1M, C=100, d=512, k=1000 (features in bf16)
-    n, c, d, kk = 1_000_000 // scale, 100, 512, 1000 // scale
-    probs = torch.softmax(torch.randn(n, c, device=dev, generator=g) * 3, 1)
-    feats = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
-    base_picks = min(50, kk)
-    t_base = cuda_time(lambda: badge_baseline(probs, feats, base_picks), repeat=1) * kk / base_picks
-    for backend in BACKENDS:
-        ops.badge_kmeanspp(probs[:2000], feats[:2000], 5, backend=backend)
-        t_kernel = cuda_time(lambda: ops.badge_kmeanspp(probs, feats, kk, generator=torch.Generator().manual_seed(0),
-                                                        backend=backend), repeat=2)
-        record("badge_kmeanspp", f"N={n} C={c} d={d} k={kk} (feats bf16)", t_kernel, t_base, backend)
+            swept = [r for r in json.loads(Path(args.nearest_tune).read_text())["rows"] if "ms" in r and r["same_indices"]]
+            if swept:
+                bm, bn, bk, warps, stages = min(swept, key=lambda r: r["ms"])["config"]
+                _triton.kernel_module("nearest").TUNED_CONFIG = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+                                                                     num_stages=stages)
+                tiles = dict(tiles=f"{bm}x{bn}x{bk} w{warps} s{stages}")
+        for backend in BACKENDS:
+            ops.nearest(q[:1000], k[:1000], backend=backend)
+            t_kernel = cuda_time(lambda: ops.nearest(q, k, backend=backend))
+            record("nearest", f"N={n} M={m} d={d} bf16 cosine", t_kernel, t_base, backend,
+                   tflops=flops / t_kernel / 1e12,
+                   tensor_core_fraction=(flops / t_kernel / 1e12 / peak["bf16_tflops"]) if peak else None,
+                   **(tiles if backend == "triton" else {}))
 
-    # MLP: N=1M, 2 -> 64 -> 1
-    n = 1_000_000
-    z = torch.randn(n, 2, device=dev, generator=g)
-    w = [torch.randn(64, 2, device=dev, generator=g), torch.randn(1, 64, device=dev, generator=g)]
-    b = [torch.randn(64, device=dev, generator=g), torch.randn(1, device=dev, generator=g)]
-    mean, std = z.mean(0), z.std(0)
-    t_base = cuda_time(lambda: mlp_baseline(z, w, b, mean, std), repeat=10)
-    for backend in BACKENDS:
-        ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend)
-        t_kernel = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend), repeat=10)
-        record("nonneg_mlp_score", f"N={n} hidden=64", t_kernel, t_base, backend)
-    # the kernels alone, without the op's input checks (which synchronize with the host)
-    from mqnet_fast import _triton
+    def bench_badge():
+        # BADGE: N=1M, C=100, d=512, k=1000 (features in bf16)
+        n, c, d, kk = 1_000_000 // scale, 100, 512, 1000 // scale
+        probs = torch.softmax(torch.randn(n, c, device=dev, generator=g) * 3, 1)
+        feats = torch.randn(n, d, device=dev, generator=g).to(torch.bfloat16)
+        base_picks = min(50, kk)
+        t_base = cuda_time(lambda: badge_baseline(probs, feats, base_picks), repeat=1) * kk / base_picks
+        for backend in BACKENDS:
+            ops.badge_kmeanspp(probs[:2000], feats[:2000], 5, backend=backend)
+            t_kernel = cuda_time(lambda: ops.badge_kmeanspp(probs, feats, kk, generator=torch.Generator().manual_seed(0),
+                                                            backend=backend), repeat=2)
+            record("badge_kmeanspp", f"N={n} C={c} d={d} k={kk} (feats bf16)", t_kernel, t_base, backend)
 
-    mlp = _triton.kernel_module("nonneg_mlp_score").nonneg_mlp_score
-    t_raw = cuda_time(lambda: mlp(z, w[0], b[0], w[1], b[1], mean, std, True), repeat=10)
-    record("nonneg_mlp_score (kernel only)", f"N={n} hidden=64", t_raw, t_base, "triton")
+    def bench_mlp():
+        # MLP: N=1M, 2 -> 64 -> 1
+        n = 1_000_000
+        z = torch.randn(n, 2, device=dev, generator=g)
+        w = [torch.randn(64, 2, device=dev, generator=g), torch.randn(1, 64, device=dev, generator=g)]
+        b = [torch.randn(64, device=dev, generator=g), torch.randn(1, device=dev, generator=g)]
+        mean, std = z.mean(0), z.std(0)
+        t_base = cuda_time(lambda: mlp_baseline(z, w, b, mean, std), repeat=10)
+        for backend in BACKENDS:
+            ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend)
+            t_kernel = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend), repeat=10)
+            record("nonneg_mlp_score", f"N={n} hidden=64", t_kernel, t_base, backend)
+        # the kernels alone, without the op's input checks (which synchronize with the host)
+        from mqnet_fast import _triton
+
+        mlp = _triton.kernel_module("nonneg_mlp_score").nonneg_mlp_score
+        t_raw = cuda_time(lambda: mlp(z, w[0], b[0], w[1], b[1], mean, std, True), repeat=10)
+        record("nonneg_mlp_score (kernel only)", f"N={n} hidden=64", t_raw, t_base, "triton")
+
+
+    for section in (bench_kcenter, bench_nearest, bench_badge, bench_mlp):
+        try:
+            section()
+        except Exception as err:  # one failing op must not lose the others' figures
+            traceback.print_exc()
+            rows.append(dict(op=section.__name__, backend='-', size='-', kernel_s=float('nan'), baseline_s=float('nan'),
+                             speedup=float('nan'), error=f'{type(err).__name__}: {err}'[:200]))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +200,7 @@ def main():
     lines = [f"GPU: {name}, torch {torch.__version__}", "",
              "| op | backend | size | mqnet-fast | plain PyTorch | speedup | notes |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        notes = ", ".join(f"{k} {v:.3g}" for k, v in r.items()
+        notes = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
                           if k not in ("op", "backend", "size", "kernel_s", "baseline_s", "speedup") and v is not None)
         lines.append(f"| {r['op']} | {r['backend']} | {r['size']} | {r['kernel_s'] * 1e3:.1f} ms | {r['baseline_s'] * 1e3:.1f} ms | "
                      f"{r['speedup']:.1f}x | {notes} |")

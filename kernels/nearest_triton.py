@@ -17,47 +17,90 @@ from torch.library import triton_op, wrap_triton
 
 
 @triton.jit
+def _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, col_mask, dim, stride_q, stride_k,
+                  Q_RESIDENT: tl.constexpr, MASK_COLS: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) float32 dot products of the query rows with one tile of keys."""
+    dims = tl.arange(0, BLOCK_K)
+    if Q_RESIDENT:  # d fits one BLOCK_K: the queries were loaded once, one dot per key tile
+        k_mask = (dims < dim)[None, :]
+        if MASK_COLS:
+            k_mask = k_mask & col_mask[:, None]
+        k = tl.load(k_ptr + cols[:, None] * stride_k + dims[None, :], mask=k_mask, other=0.0)
+        if IEEE:
+            acc = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            acc = tl.dot(q, tl.trans(k))
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for start_k in range(0, dim, BLOCK_K):
+            d_mask = (start_k + dims) < dim
+            qt = tl.load(q_ptr + rows[:, None] * stride_q + (start_k + dims)[None, :],
+                         mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+            k = tl.load(k_ptr + cols[:, None] * stride_k + (start_k + dims)[None, :],
+                        mask=col_mask[:, None] & d_mask[None, :], other=0.0)
+            if IEEE:
+                acc += tl.dot(qt, tl.trans(k), input_precision="ieee")
+            else:
+                acc += tl.dot(qt, tl.trans(k))
+    return acc
+
+
+@triton.jit
+def _reduce_tile(acc, qq, kk_ptr, cols, col_mask, start_n, best, best_idx,
+                 L2: tl.constexpr, MASK_COLS: tl.constexpr):
+    """Fold one tile into the running best (value, index); a later tile wins only when strictly
+    better, and within a tile the first extreme wins, so ties go to the lowest key index."""
+    if L2:
+        kk = tl.load(kk_ptr + cols, mask=col_mask, other=0.0)
+        tile = qq[:, None] + kk[None, :] - 2.0 * acc
+        if MASK_COLS:
+            tile = tl.where(col_mask[None, :], tile, float("inf"))
+        tile_best, tile_idx = tl.min(tile, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_best < best
+    else:
+        tile = acc
+        if MASK_COLS:
+            tile = tl.where(col_mask[None, :], tile, float("-inf"))
+        tile_best, tile_idx = tl.max(tile, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_best > best
+    best = tl.where(better, tile_best, best)
+    best_idx = tl.where(better, start_n + tile_idx.to(tl.int64), best_idx)
+    return best, best_idx
+
+
+@triton.jit
 def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, n_k, dim,
-                    stride_q, stride_k, L2: tl.constexpr, IEEE: tl.constexpr,
+                    stride_q, stride_k, L2: tl.constexpr, IEEE: tl.constexpr, Q_RESIDENT: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < n_q
-    dims = tl.arange(0, BLOCK_K)
     if L2:
         best = tl.full((BLOCK_M,), float("inf"), tl.float32)
         qq = tl.load(qq_ptr + rows, mask=row_mask, other=0.0)
     else:
         best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        qq = best
     best_idx = tl.zeros((BLOCK_M,), tl.int64)
-    for start_n in range(0, n_k, BLOCK_N):
+    dims = tl.arange(0, BLOCK_K)
+    if Q_RESIDENT:  # BLOCK_K >= d: the query tile is read once and stays on chip for all key tiles
+        q = tl.load(q_ptr + rows[:, None].to(tl.int64) * stride_q + dims[None, :],
+                    mask=row_mask[:, None] & (dims < dim)[None, :], other=0.0)
+    else:
+        q = tl.zeros((BLOCK_M, BLOCK_K), q_ptr.dtype.element_ty)  # unused: the K loop reloads chunks
+    # full key tiles without column masks, then the ragged last tile
+    n_full = n_k // BLOCK_N * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
         cols = start_n + tl.arange(0, BLOCK_N)
-        col_mask = cols < n_k
-        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-        for start_k in range(0, dim, BLOCK_K):
-            d_mask = (start_k + dims) < dim
-            q = tl.load(q_ptr + rows[:, None] * stride_q + (start_k + dims)[None, :],
-                        mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-            k = tl.load(k_ptr + cols[:, None] * stride_k + (start_k + dims)[None, :],
-                        mask=col_mask[:, None] & d_mask[None, :], other=0.0)
-            if IEEE:
-                acc += tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                acc += tl.dot(q, tl.trans(k))
-        if L2:
-            kk = tl.load(kk_ptr + cols, mask=col_mask, other=0.0)
-            tile = qq[:, None] + kk[None, :] - 2.0 * acc
-            tile = tl.where(col_mask[None, :], tile, float("inf"))
-            tile_best = tl.min(tile, axis=1)
-            tile_idx = tl.argmin(tile, axis=1)
-            better = tile_best < best
-        else:
-            tile = tl.where(col_mask[None, :], acc, float("-inf"))
-            tile_best = tl.max(tile, axis=1)
-            tile_idx = tl.argmax(tile, axis=1)
-            better = tile_best > best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, start_n + tile_idx.to(tl.int64), best_idx)
+        acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
+                            Q_RESIDENT, False, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
+        best, best_idx = _reduce_tile(acc, qq, kk_ptr, cols, cols < n_k, start_n, best, best_idx, L2, False)
+    if n_full < n_k:
+        cols = n_full + tl.arange(0, BLOCK_N)
+        acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
+                            Q_RESIDENT, True, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
+        best, best_idx = _reduce_tile(acc, qq, kk_ptr, cols, cols < n_k, n_full, best, best_idx, L2, True)
     if L2:
         best = tl.sqrt(tl.maximum(best, 0.0))
     tl.store(values_ptr + rows, best, mask=row_mask)
@@ -69,17 +112,24 @@ TUNED_CONFIG: dict | None = None
 
 
 def launch_config(queries: torch.Tensor) -> dict:
+    """Tiles for `queries` (N, d). BLOCK_K >= d keeps the query tile resident (one dot per key tile,
+    and the key loads pipeline across tiles); larger d loops over d in BLOCK_K chunks."""
     dim = queries.shape[1]
+    half_on_gpu = queries.is_cuda and queries.dtype != torch.float32
+    resident_max = 256 if half_on_gpu else 64
+    block_k = max(16, triton.next_power_of_2(dim)) if dim <= resident_max else (64 if half_on_gpu else 32)
     if TUNED_CONFIG is not None:
-        return dict(TUNED_CONFIG)
-    block_k = min(64, max(16, triton.next_power_of_2(dim)))
-    if queries.is_cuda and queries.dtype != torch.float32:
-        # tensor-core tiles: the fastest of benchmarks/gpu_tune_nearest.py's sweep on an H200
-        # (benchmarks/results/gpu/nearest-tune.json: 52 ms for 1M x 50k x 128, against 55 ms for 128 x 128)
-        return dict(BLOCK_M=256, BLOCK_N=128, BLOCK_K=block_k, num_warps=8, num_stages=3)
-    if queries.is_cuda:  # float32 "ieee" dots run on CUDA cores: smaller tiles (not tuned)
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=block_k, num_warps=4, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=block_k)  # the interpreter
+        config = dict(TUNED_CONFIG)
+    elif half_on_gpu:
+        # tensor-core tiles (to be replaced by the sweep's best: benchmarks/gpu_tune_nearest.py)
+        config = dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3)
+    elif queries.is_cuda:  # float32 "ieee" dots run on CUDA cores: smaller tiles (not tuned)
+        config = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
+    else:  # the interpreter
+        config = dict(BLOCK_M=64, BLOCK_N=64)
+    config.setdefault("BLOCK_K", block_k)
+    config["Q_RESIDENT"] = config["BLOCK_K"] >= dim
+    return config
 
 
 @triton_op("mqnet_fast_triton::nearest", mutates_args=())

@@ -3,6 +3,13 @@
 Each program scores BLOCK_ROWS rows: the k meta-inputs are read column by column (k is 2 for
 MQ-Net), the hidden layer is a (BLOCK_ROWS, HIDDEN) register tile, and the output layer is a row
 sum. One hidden layer only (MQ-Net's 2 -> 64 -> 1); deeper MLPs use the other backends.
+
+Speed: the hidden layer is computed in the base-2 exponent domain (-log2(e) folded into the first
+layer's weights and bias once per program), so each unit costs two FMAs, one ex2 and one fast
+reciprocal-divide (div.full, 2 ulp): the special-function unit, not memory, bounds the kernel.
+Input validation rides along: every program checks the values it reads (z, mean, std, the weights
+and biases: NaN/Inf, std <= 0) and ORs a bit per offending argument into `flags`, so the op learns
+of bad input with one read-back after the kernel instead of a host synchronization per argument.
 """
 from __future__ import annotations
 
@@ -11,9 +18,25 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+# flags bits, in the order of the op's arguments
+FLAG_NAMES = ("z", "mean", "std", "weights[0]", "biases[0]", "weights[1]", "biases[1]", "std (<= 0)")
+_LOG2E = tl.constexpr(1.4426950408889634)
+
 
 @triton.jit
-def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr,
+def _bad(values, mask):
+    """1 if any masked-in entry of the 1-D block is NaN or +-Inf, else 0 (int32 scalar)."""
+    bad = mask & ((values != values) | (tl.abs(values) == float("inf")))
+    return tl.max(bad.to(tl.int32), axis=0)
+
+
+@triton.jit
+def _bad_scalar(value):
+    return ((value != value) | (tl.abs(value) == float("inf"))).to(tl.int32)
+
+
+@triton.jit
+def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr, flags_ptr,
                              n_rows, stride_z,
                              K: tl.constexpr, HIDDEN: tl.constexpr, HIDDEN_PAD: tl.constexpr,
                              STANDARDIZE: tl.constexpr, BLOCK_ROWS: tl.constexpr):
@@ -22,30 +45,44 @@ def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b
     row_mask = rows < n_rows
     units = tl.arange(0, HIDDEN_PAD)
     unit_mask = units < HIDDEN
-    acc = tl.zeros((BLOCK_ROWS, HIDDEN_PAD), dtype=tl.float32) + tl.load(b1_ptr + units, mask=unit_mask, other=0.0)[None, :]
+    b1 = tl.load(b1_ptr + units, mask=unit_mask, other=0.0)
+    flags = _bad(b1, unit_mask) * 16
+    # pre-activation t = -log2(e) (relu(W1) z + b1), so that sigmoid = 1 / (1 + 2^t)
+    acc = tl.zeros((BLOCK_ROWS, HIDDEN_PAD), dtype=tl.float32) + (b1 * -_LOG2E)[None, :]
     for k in tl.static_range(K):
-        zk = tl.load(z_ptr + rows * stride_z + k, mask=row_mask, other=0.0)
+        zk = tl.load(z_ptr + rows.to(tl.int64) * stride_z + k, mask=row_mask, other=0.0)
+        flags |= _bad(zk, row_mask)
         if STANDARDIZE:
-            zk = (zk - tl.load(mean_ptr + k)) / tl.load(std_ptr + k)
-        wk = tl.maximum(tl.load(w1_ptr + units * K + k, mask=unit_mask, other=0.0), 0.0)
-        acc += zk[:, None] * wk[None, :]
-    hidden = 1.0 / (1.0 + tl.exp(-acc))
-    w2 = tl.maximum(tl.load(w2_ptr + units, mask=unit_mask, other=0.0), 0.0)  # padded units weigh 0
-    score = tl.sum(hidden * w2[None, :], axis=1) + tl.load(b2_ptr)
+            mean_k = tl.load(mean_ptr + k)
+            std_k = tl.load(std_ptr + k)
+            flags |= _bad_scalar(mean_k) * 2 | _bad_scalar(std_k) * 4 | (std_k <= 0).to(tl.int32) * 128
+            zk = (zk - mean_k) / std_k
+        wk = tl.load(w1_ptr + units * K + k, mask=unit_mask, other=0.0)
+        flags |= _bad(wk, unit_mask) * 8
+        acc += zk[:, None] * (tl.maximum(wk, 0.0) * -_LOG2E)[None, :]
+    hidden = tl.fdiv(tl.full(acc.shape, 1.0, tl.float32), 1.0 + tl.exp2(acc))
+    w2 = tl.load(w2_ptr + units, mask=unit_mask, other=0.0)
+    b2 = tl.load(b2_ptr)
+    flags |= _bad(w2, unit_mask) * 32 | _bad_scalar(b2) * 64
+    score = tl.sum(hidden * tl.maximum(w2, 0.0)[None, :], axis=1) + b2  # padded units weigh 0
     tl.store(out_ptr + rows, score, mask=row_mask)
+    tl.atomic_or(flags_ptr, flags, mask=flags != 0)
 
 
 @triton_op("mqnet_fast_triton::nonneg_mlp_score", mutates_args=())
 def nonneg_mlp_score(z: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                     mean: torch.Tensor, std: torch.Tensor, standardize: bool) -> torch.Tensor:
-    """z (N, k) float32; w1 (H, k), b1 (H,), w2 (1, H), b2 (1,), mean/std (k,) float32 (ignored
-    unless `standardize`). Returns (N,) float32 scores."""
+                     mean: torch.Tensor, std: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """z (N, k) float32; w1 (H, k), b1 (H,), w2 (1, H), b2 (1,), mean/std (k,) float32 (not read
+    unless `standardize`). Returns (scores (N,) float32, flags (1,) int32): bit i of flags set means
+    the argument FLAG_NAMES[i] holds NaN/Inf (or, for the last bit, std <= 0); scores are then
+    meaningless."""
     n, k = z.shape
     hidden = w1.shape[0]
     out = torch.empty(n, dtype=torch.float32, device=z.device)
+    flags = torch.zeros(1, dtype=torch.int32, device=z.device)
     block_rows = 128
     wrap_triton(_nonneg_mlp_score_kernel)[(triton.cdiv(n, block_rows),)](
-        z, mean, std, w1, b1, w2, b2, out, n, z.stride(0),
+        z, mean, std, w1, b1, w2, b2, out, flags, n, z.stride(0),
         K=k, HIDDEN=hidden, HIDDEN_PAD=triton.next_power_of_2(hidden), STANDARDIZE=standardize,
         BLOCK_ROWS=block_rows)
-    return out
+    return out, flags

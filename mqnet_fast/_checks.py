@@ -9,7 +9,9 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
-           allow_empty: bool = False) -> torch.Tensor:
+           allow_empty: bool = False, check_values: bool = True) -> torch.Tensor:
+    """t, checked to be a 2-D float tensor of the given size; its values are checked finite unless
+    check_values is False (for a kernel that checks them itself)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
@@ -24,7 +26,8 @@ def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
         raise ValueError(f"{name} must have {rows} rows, got {t.shape[0]}")
     if cols is not None and t.shape[1] != cols:
         raise ValueError(f"{name} must have {cols} columns, got {t.shape[1]}")
-    finite(name, t)
+    if check_values:
+        finite(name, t)
     return t
 
 

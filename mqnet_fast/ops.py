@@ -230,49 +230,65 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
     weights, biases = list(weights), list(biases)
     device = checks.same_device(z=z, mean=mean, std=std, **{f"weights[{i}]": w for i, w in enumerate(weights)},
                                 **{f"biases[{i}]": b for i, b in enumerate(biases)})
-    z = checks.matrix("z", z)
+    checks.matrix("z", z, check_values=False)
+    dtype = checks.compute_dtype(z)
+    chosen = _resolve_backend("nonneg_mlp_score", backend, device, dtype)
     if not weights:
         raise ValueError("weights must hold at least one layer")
     if len(weights) != len(biases):
         raise ValueError(f"weights and biases must have the same length, got {len(weights)} and {len(biases)}")
     width = z.shape[1]
     for i, (w, b) in enumerate(zip(weights, biases)):
-        checks.matrix(f"weights[{i}]", w, cols=width)
+        checks.matrix(f"weights[{i}]", w, cols=width, check_values=False)
         if b.dim() != 1 or b.shape[0] != w.shape[0]:
             raise ValueError(f"biases[{i}] must have shape ({w.shape[0]},), got {tuple(b.shape)}")
-        checks.finite(f"biases[{i}]", b)
         width = w.shape[0]
     if width != 1:
         raise ValueError(f"the last layer must have one output, got weights[-1] of shape {tuple(weights[-1].shape)}")
     if (mean is None) != (std is None):
         raise ValueError("mean and std must be given together")
-    dtype = checks.compute_dtype(z)
     if mean is not None:
         for name, t in (("mean", mean), ("std", std)):
             if t.shape != (z.shape[1],):
                 raise ValueError(f"{name} must have shape ({z.shape[1]},), got {tuple(t.shape)}")
-            checks.finite(name, t)
-        if bool((std <= 0).any()):
-            raise ValueError(f"std must be > 0, got {std.tolist()}")
-        mean, std = mean.to(dtype), std.to(dtype)
+    if chosen == "triton" and len(weights) != 2:
+        raise ValueError(f"nonneg_mlp_score: backend 'triton' takes one hidden layer (2 weight matrices, "
+                         f"MQ-Net's shape), got {len(weights)}; use backend='torch'")
+    if chosen != "triton":  # the Triton kernel checks the values as it reads them: no host sync per argument
+        _check_mlp_values(z, weights, biases, mean, std)
     z = z.to(dtype)
     weights = [w.detach().to(dtype) for w in weights]
     biases = [b.detach().to(dtype) for b in biases]
-    chosen = _resolve_backend("nonneg_mlp_score", backend, device, dtype)
+    if mean is not None:
+        mean, std = mean.to(dtype), std.to(dtype)
     if chosen == "triton":
-        if len(weights) != 2:
-            raise ValueError(f"nonneg_mlp_score: backend 'triton' takes one hidden layer (2 weight matrices, "
-                             f"MQ-Net's shape), got {len(weights)}; use backend='torch'")
         standardize = mean is not None
         if not standardize:
-            mean = std = torch.zeros(z.shape[1], dtype=dtype, device=device)
-        return _triton.kernel_module("nonneg_mlp_score").nonneg_mlp_score(
+            mean = std = z  # not read
+        scores, flags = _triton.kernel_module("nonneg_mlp_score").nonneg_mlp_score(
             z.contiguous(), weights[0].contiguous(), biases[0].contiguous(), weights[1].contiguous(),
             biases[1].contiguous(), mean.contiguous(), std.contiguous(), standardize)
+        if int(flags) != 0:
+            _check_mlp_values(z, weights, biases, mean if standardize else None, std if standardize else None)
+            raise AssertionError(f"the Triton kernel flagged input values ({int(flags)}) that the checks accept")
+        return scores
     if chosen == "torch":
         with torch.no_grad():
             return reference.nonneg_mlp_score(z, weights, biases, mean, std)
     return torch.ops.mqnet_fast.nonneg_mlp_score(z, weights, biases, mean, std)
+
+
+def _check_mlp_values(z, weights, biases, mean, std) -> None:
+    """nonneg_mlp_score's value checks: every input finite, std > 0 (each costs a host sync on a GPU)."""
+    checks.finite("z", z)
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        checks.finite(f"weights[{i}]", w)
+        checks.finite(f"biases[{i}]", b)
+    if mean is not None:
+        checks.finite("mean", mean)
+        checks.finite("std", std)
+        if bool((std <= 0).any()):
+            raise ValueError(f"std must be > 0, got {std.tolist()}")
 
 
 def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:

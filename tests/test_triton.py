@@ -54,7 +54,7 @@ def test_kcenter_ties_duplicates_and_half_storage():
                        type(got)(*(t.cpu() for t in got)), torch.float32)
 
 
-@pytest.mark.parametrize("n, d, m", [(1, 1, 1), (5, 3, 1), (123, 7, 151), (300, 129, 65), (70, 16, 300)])
+@pytest.mark.parametrize("n, d, m", [(1, 1, 1), (5, 3, 1), (123, 7, 151), (300, 129, 65), (70, 16, 300), (64, 33, 128)])
 @pytest.mark.parametrize("metric", ["cosine", "l2"])
 def test_nearest_matches_reference(n, d, m, metric):
     g = torch.Generator().manual_seed(n * m + d)
@@ -171,6 +171,31 @@ def test_mlp_matches_reference(n, hidden, standardize):
                                mean=to(mean), std=to(std), backend="triton").cpu()
     scale = weights[1].clamp_min(0).sum().item() + 1
     assert_close(got, expected, torch.float32, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("argument, bit", [("z", 0), ("mean", 1), ("std", 2), ("weights[0]", 3), ("biases[0]", 4),
+                                           ("weights[1]", 5), ("biases[1]", 6), ("std <= 0", 7)])
+def test_mlp_flags_bad_values_in_kernel(argument, bit):
+    """The kernel flags the argument holding NaN/Inf (or std <= 0) and the op names it in its error."""
+    from mqnet_fast import _triton
+
+    g = torch.Generator().manual_seed(bit)
+    values = dict(z=torch.randn(300, 2, generator=g), mean=torch.zeros(2), std=torch.ones(2),
+                  w0=torch.randn(64, 2, generator=g), b0=torch.randn(64, generator=g),
+                  w1=torch.randn(1, 64, generator=g), b1=torch.randn(1, generator=g))
+    key = {"weights[0]": "w0", "biases[0]": "b0", "weights[1]": "w1", "biases[1]": "b1", "std <= 0": "std"}.get(
+        argument, argument)
+    poisoned = values[key].flatten()
+    poisoned[min(257, poisoned.numel() - 1)] = 0.0 if argument == "std <= 0" else (float("nan") if bit % 2 or argument == "std" else -float("inf"))
+    values = {name: t.to(DEVICE) for name, t in values.items()}
+    module = _triton.kernel_module("nonneg_mlp_score")
+    _, flags = module.nonneg_mlp_score(values["z"], values["w0"], values["b0"], values["w1"], values["b1"],
+                                       values["mean"], values["std"], True)
+    assert int(flags) == 1 << bit
+    message = "std must be > 0" if argument == "std <= 0" else f"{argument} holds 1 NaN or Inf"
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ops.nonneg_mlp_score(values["z"], [values["w0"], values["w1"]], [values["b0"], values["b1"]],
+                             mean=values["mean"], std=values["std"], backend="triton")
 
 
 def test_triton_refusals():
