@@ -17,11 +17,11 @@ MAX_JOBS="${MAX_JOBS:-16}" MQNET_FAST_CUDA_ARCH="${MQNET_FAST_CUDA_ARCH:-9.0}" \
     || { echo "build failed"; tail -40 "$OUT/build.txt"; }
 echo "build: $(( $(date +%s) - start )) s" | tee -a "$OUT/timing.txt"
 "$PY" -m mqnet_fast.info
-timeout 200 "$PY" -m pytest tests/test_cuda_kernels.py tests/test_triton.py -q --maxfail=20 -p no:cacheprovider \
+timeout 170 "$PY" -m pytest tests/test_cuda_kernels.py tests/test_triton.py -q --maxfail=20 -p no:cacheprovider \
     > "$OUT/tests.txt" 2>&1
 echo "tests rc=$? ($(tail -1 "$OUT/tests.txt"))" | tee -a "$OUT/timing.txt"
 grep -E "^(FAILED|ERROR)" "$OUT/tests.txt" | head -30
-timeout 150 "$PY" benchmarks/gpu_tune_nearest.py --out "$OUT" 2>&1 | grep -v Warning
+timeout 110 "$PY" benchmarks/gpu_tune_nearest.py --out "$OUT" 2>&1 | grep -v Warning
 echo "nearest tile sweep rc=$? ($(date +%s))" | tee -a "$OUT/timing.txt"
-timeout 240 "$PY" benchmarks/gpu_bench.py --out "$OUT" --nearest-tune "$OUT/nearest-tune.json" 2>&1
+timeout 220 "$PY" benchmarks/gpu_bench.py --out "$OUT" --nearest-tune "$OUT/nearest-tune.json" 2>&1
 echo "total: $(( $(date +%s) - start )) s" | tee -a "$OUT/timing.txt"
