@@ -69,7 +69,11 @@ def _update_kernel(a_ptr, h_ptr, g_ptr, hnorm_ptr, d2_ptr, picks_ptr, block_sums
     d2 = tl.where(need, tl.minimum(r2, dist), r2)
     d2 = tl.where(rows == center, 0.0, d2)
     tl.store(d2_ptr + rows, d2, mask=row_mask)
-    tl.store(block_sums_ptr + pid, tl.sum(tl.where(row_mask, d2, 0.0).to(tl.float64), axis=0))
+    # Sum what was stored: the compiler may contract (FMA) a rematerialized copy of d2 differently,
+    # and the sampler's block sums must add up the very values it later scans.
+    tl.debug_barrier()
+    stored = tl.load(d2_ptr + rows, mask=row_mask, other=0.0, volatile=True)
+    tl.store(block_sums_ptr + pid, tl.sum(stored.to(tl.float64), axis=0))
 
 
 @triton.jit(do_not_specialize=["step"])

@@ -69,6 +69,22 @@ def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b
     tl.atomic_or(flags_ptr, flags, mask=flags != 0)
 
 
+# Rows per program and warps; TUNED_CONFIG replaces it when set (benchmarks/gpu_bench.py sweeps it).
+TUNED_CONFIG: dict | None = None
+
+
+def launch_config() -> dict:
+    return dict(TUNED_CONFIG) if TUNED_CONFIG is not None else dict(BLOCK_ROWS=128, num_warps=4)
+
+
+def _launch(kernel, z, w1, b1, w2, b2, mean, std, standardize, out, flags) -> None:
+    config = launch_config()
+    kernel[(triton.cdiv(z.shape[0], config["BLOCK_ROWS"]),)](
+        z, mean, std, w1, b1, w2, b2, out, flags, z.shape[0], z.stride(0),
+        K=z.shape[1], HIDDEN=w1.shape[0], HIDDEN_PAD=triton.next_power_of_2(w1.shape[0]), STANDARDIZE=standardize,
+        **config)
+
+
 @triton_op("mqnet_fast_triton::nonneg_mlp_score", mutates_args=())
 def nonneg_mlp_score(z: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                      mean: torch.Tensor, std: torch.Tensor, standardize: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,13 +92,30 @@ def nonneg_mlp_score(z: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: to
     unless `standardize`). Returns (scores (N,) float32, flags (1,) int32): bit i of flags set means
     the argument FLAG_NAMES[i] holds NaN/Inf (or, for the last bit, std <= 0); scores are then
     meaningless."""
-    n, k = z.shape
-    hidden = w1.shape[0]
-    out = torch.empty(n, dtype=torch.float32, device=z.device)
+    out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
     flags = torch.zeros(1, dtype=torch.int32, device=z.device)
-    block_rows = 128
-    wrap_triton(_nonneg_mlp_score_kernel)[(triton.cdiv(n, block_rows),)](
-        z, mean, std, w1, b1, w2, b2, out, flags, n, z.stride(0),
-        K=k, HIDDEN=hidden, HIDDEN_PAD=triton.next_power_of_2(hidden), STANDARDIZE=standardize,
-        BLOCK_ROWS=block_rows)
+    _launch(wrap_triton(_nonneg_mlp_score_kernel), z, w1, b1, w2, b2, mean, std, standardize, out, flags)
     return out, flags
+
+
+_FLAGS: dict = {}
+
+
+def score(z, w1, b1, w2, b2, mean, std, standardize: bool) -> tuple[torch.Tensor, int]:
+    """What ops.nonneg_mlp_score calls: (scores, flags as an int). In eager mode the kernel is launched
+    directly (no custom-op dispatch) with a zeroed flags word kept per device and stream, reset only
+    after bad input, so a call costs one launch and one 4-byte read-back; under torch.compile the
+    traceable triton_op runs instead."""
+    if torch.compiler.is_compiling() or not z.is_cuda:
+        out, flags = nonneg_mlp_score(z, w1, b1, w2, b2, mean, std, standardize)
+        return out, int(flags)
+    key = (z.device.index, torch.cuda.current_stream(z.device).cuda_stream)
+    flags = _FLAGS.get(key)
+    if flags is None:
+        flags = _FLAGS[key] = torch.zeros(1, dtype=torch.int32, device=z.device)
+    out = torch.empty(z.shape[0], dtype=torch.float32, device=z.device)
+    _launch(_nonneg_mlp_score_kernel, z, w1, b1, w2, b2, mean, std, standardize, out, flags)
+    value = int(flags)
+    if value:
+        flags.zero_()
+    return out, value

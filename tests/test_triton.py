@@ -196,6 +196,12 @@ def test_mlp_flags_bad_values_in_kernel(argument, bit):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         ops.nonneg_mlp_score(values["z"], [values["w0"], values["w1"]], [values["b0"], values["b1"]],
                              mean=values["mean"], std=values["std"], backend="triton")
+    # the flag is cleared after the error: good input right after it scores normally
+    z = values["z"].nan_to_num(0.0)
+    w, b = [torch.rand(64, 2, device=DEVICE), torch.rand(1, 64, device=DEVICE)], [torch.rand(64, device=DEVICE), torch.rand(1, device=DEVICE)]
+    got = ops.nonneg_mlp_score(z, w, b, backend="triton")
+    assert_close(got.cpu(), reference.nonneg_mlp_score(z.cpu(), [t.cpu() for t in w], [t.cpu() for t in b], None, None),
+                 torch.float32, atol=1e-5)
 
 
 def test_triton_refusals():
