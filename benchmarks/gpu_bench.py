@@ -107,6 +107,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    parser.add_argument("--only", default=None, help="comma-separated subset of kcenter,nearest,badge,mlp")
     parser.add_argument("--nearest-tune", default=None,
                         help="nearest-tune.json of benchmarks/gpu_tune_nearest.py: time nearest with its fastest tiles")
     args = parser.parse_args()
@@ -199,7 +200,7 @@ def main():
 
         t_base_graph = graph_time(lambda: mlp_baseline(z, w, b, mean, std))
         best = None
-        for rows_per_program, warps in ((128, 4), (128, 8), (256, 4), (256, 8), (512, 8), (64, 2)):
+        for rows_per_program, warps in ((128, 4), (256, 4), (512, 4), (1024, 4), (512, 8), (1024, 8), (2048, 8)):
             module.TUNED_CONFIG = dict(BLOCK_ROWS=rows_per_program, num_warps=warps)
             t = graph_time(kernel)
             print(f"mlp kernel BLOCK_ROWS={rows_per_program} num_warps={warps}: {t * 1e6:.1f} us", flush=True)
@@ -219,6 +220,8 @@ def main():
 
 
     for section in (bench_kcenter, bench_nearest, bench_badge, bench_mlp):
+        if args.only and section.__name__.removeprefix("bench_") not in args.only.split(","):
+            continue
         try:
             section()
         except Exception as err:  # one failing op must not lose the others' figures

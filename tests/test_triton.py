@@ -173,6 +173,21 @@ def test_mlp_matches_reference(n, hidden, standardize):
     assert_close(got, expected, torch.float32, atol=2e-6 * scale)
 
 
+@pytest.mark.parametrize("k", [1, 3, 4, 6])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_mlp_other_input_widths(k, standardize):
+    """k != 2 meta-inputs: the first four columns stay in registers, more are re-read per unit."""
+    g = torch.Generator().manual_seed(k)
+    z = torch.randn(123, k, generator=g) * 2
+    weights, biases = [torch.randn(7, k, generator=g), torch.randn(1, 7, generator=g)], [torch.randn(7, generator=g), torch.randn(1, generator=g)]
+    mean, std = (z.mean(0), z.std(0)) if standardize else (None, None)
+    expected = reference.nonneg_mlp_score(z, weights, biases, mean, std)
+    to = (lambda t: None if t is None else t.to(DEVICE))
+    got = ops.nonneg_mlp_score(z.to(DEVICE), [to(w) for w in weights], [to(b) for b in biases], mean=to(mean),
+                               std=to(std), backend="triton").cpu()
+    assert_close(got, expected, torch.float32, atol=2e-6 * (weights[1].clamp_min(0).sum().item() + 1))
+
+
 @pytest.mark.parametrize("argument, bit", [("z", 0), ("mean", 1), ("std", 2), ("weights[0]", 3), ("biases[0]", 4),
                                            ("weights[1]", 5), ("biases[1]", 6), ("std <= 0", 7)])
 def test_mlp_flags_bad_values_in_kernel(argument, bit):
