@@ -22,9 +22,10 @@ from mqnet_fast import reference
 from mqnet_fast._library import compiled_backends, has_compiled, require_compiled
 
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
-# "auto" on CUDA tensors takes the Triton kernel for every op: on an H200 it was faster than the CUDA
-# kernel for all four at issue 4's sizes (benchmarks/results/gpu/gpu-bench.md: k-center 0.28 vs 1.01 s,
-# nearest 55 vs 424 ms, BADGE 0.41 vs 0.65 s, MLP 0.48 vs 0.50 ms). Smaller sizes were not measured.
+# "auto" on CUDA tensors takes the Triton kernel for every op: it was faster than the CUDA kernel for
+# all four at issue 4's sizes on an H100 (benchmarks/results/gpu/h100/run2-gpu-bench.md: k-center 0.37 vs
+# 1.06 s, nearest 27 vs 416 ms, BADGE 0.24 vs 0.71 s, MLP op 0.19 vs 0.59 ms) and, with the previous
+# Triton kernels, on an H200 (benchmarks/results/gpu/gpu-bench.md). Smaller sizes were not measured.
 
 
 def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype | None = None) -> str:
