@@ -1,10 +1,13 @@
 """Triton: best key per query, tiled dot products with the max/min reduction fused in the epilogue.
 
-Each program owns BLOCK_M queries and walks all keys in BLOCK_N tiles; a (BLOCK_M, BLOCK_N) tile of
-dot products is accumulated over d in BLOCK_K chunks with tl.dot (tensor cores: bf16/fp16 inputs
-with fp32 accumulation; fp32 inputs use input_precision="ieee" so results match the float32
-reference to rounding, not tf32's 10-bit mantissa) and reduced at once, so no N x M matrix exists.
-Ties go to the lowest key index: tl.argmax/argmin keep the first maximum of a tile and a later tile
+Each program owns BLOCK_M queries and walks all keys in BLOCK_N tiles. When d fits one BLOCK_K
+(d <= 256 on tensor cores), the query tile is loaded once and stays on chip, and each key tile is
+one tl.dot, so the key loads pipeline across tiles; larger d accumulates over BLOCK_K chunks.
+Tensor cores take bf16/fp16 inputs with fp32 accumulation; fp32 inputs use input_precision="ieee"
+so results match the float32 reference to rounding, not tf32's 10-bit mantissa. Each (BLOCK_M,
+BLOCK_N) tile is reduced at once (one value+index reduction), so no N x M matrix exists; full key
+tiles skip the column mask, the ragged last tile is masked.
+Ties go to the lowest key index: the reduction keeps the first extreme of a tile and a later tile
 replaces the running best only when strictly better.
 """
 from __future__ import annotations
