@@ -11,6 +11,9 @@
 // G_c) of the true one (gamma = (C + d + 8) eps bounds both dot products). Then true d(a, c) >=
 // sqrt(D2 - E) >= 2 sqrt(r2 + E) >= 2 true d(i, a) + ... , so true d^2(i, c) >= r2 + E and the
 // computed d^2(i, c) >= r2: the unpruned update would not have changed the row either.
+// A row that survives is tested once more after a_i . a_c, before its features are read
+// (Embedding::cannot_lower, Cauchy-Schwarz on h): different predicted classes make a_i . a_c small,
+// so most rows skip the d-long half of the work (the Triton kernel does the same on the GPU).
 #include "cpu/common.h"
 
 #include <cmath>
@@ -21,18 +24,29 @@ namespace {
 
 template <typename T>
 struct Embedding {
-  const T* a;  // (N, C) onehot - p
-  const T* h;  // (N, d)
-  const T* g;  // (N,)  |a|^2 |h|^2
+  const T* a;      // (N, C) onehot - p
+  const T* h;      // (N, d)
+  const T* g;      // (N,)  |a|^2 |h|^2
+  const T* hnorm;  // (N,)  |h|
   int64_t classes, dim;
+
+  T class_dot(int64_t i, int64_t j) const { return dot(a + i * classes, a + j * classes, classes); }
 
   // The operation order matches the PyTorch reference (no contraction: see setup.py flags),
   // so a row and its exact duplicate are at distance exactly 0 in both.
-  T sqdist(int64_t i, int64_t j) const {
-    const T ad = dot(a + i * classes, a + j * classes, classes);
+  T sqdist(int64_t i, int64_t j, T ad) const {
     const T hd = dot(h + i * dim, h + j * dim, dim);
     const T v = (g[i] + g[j]) - 2 * (ad * hd);
     return v > 0 ? v : T(0);
+  }
+  T sqdist(int64_t i, int64_t j) const { return sqdist(i, j, class_dot(i, j)); }
+
+  // Cauchy-Schwarz: |h_i . h_c| <= |h_i| |h_c|, so sqdist(i, c) >= G_i + G_c - 2 |a_i . a_c| |h_i| |h_c|.
+  // True when that bound, less `slack` for the rounding of both dot products, the norms and the
+  // final additions, reaches r2: the computed distance could not lower r2, and h_i need not be read.
+  bool cannot_lower(int64_t i, int64_t c, T ad, T r2, T slack) const {
+    const T reach = 2 * std::abs(ad) * (hnorm[i] * hnorm[c]) * (1 + slack);
+    return (g[i] + g[c]) - reach - slack * (g[i] + g[c] + reach) >= r2;
   }
 };
 
@@ -70,18 +84,25 @@ at::Tensor badge_kmeanspp_kernel(const at::Tensor& probs_in, const at::Tensor& f
   const at::Tensor a_t = at::one_hot(predicted, classes).to(probs.scalar_type()) - probs;
   // G with the same dot() as the cross terms, so that d^2(i, i) is exactly 0.
   at::Tensor g_t = at::empty({n}, probs.options());
+  at::Tensor hnorm_t = at::empty({n}, probs.options());
   {
     const T* a = a_t.data_ptr<T>();
     const T* h = feats.data_ptr<T>();
     T* g = g_t.data_ptr<T>();
+    T* hnorm = hnorm_t.data_ptr<T>();
     at::parallel_for(0, n, 1024, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        g[i] = dot(a + i * classes, a + i * classes, classes) * dot(h + i * dim, h + i * dim, dim);
+      for (int64_t i = b; i < e; ++i) {
+        const T h2 = dot(h + i * dim, h + i * dim, dim);
+        g[i] = dot(a + i * classes, a + i * classes, classes) * h2;
+        hnorm[i] = std::sqrt(h2);
+      }
     });
   }
   const at::Tensor uniforms = uniforms_in.to(at::kDouble).contiguous();
-  const Embedding<T> emb{a_t.data_ptr<T>(), feats.data_ptr<T>(), g_t.data_ptr<T>(), classes, dim};
+  const Embedding<T> emb{a_t.data_ptr<T>(), feats.data_ptr<T>(), g_t.data_ptr<T>(), hnorm_t.data_ptr<T>(),
+                         classes, dim};
   const T gamma = (classes + dim + 8) * std::numeric_limits<T>::epsilon();
+  const T slack = (2 * dim + classes + 32) * std::numeric_limits<T>::epsilon();
   const double* up = uniforms.data_ptr<double>();
 
   at::Tensor picks_t = at::empty({k}, probs.options().dtype(at::kLong));
@@ -117,7 +138,9 @@ at::Tensor badge_kmeanspp_kernel(const at::Tensor& probs_in, const at::Tensor& f
           const T bound = 8 * gamma * (emb.g[i] + emb.g[centers[ai]] + gc);
           if (center_d2[ai] >= 4 * r2 + 5 * bound) continue;
         }
-        const T v = emb.sqdist(i, c);
+        const T ad = emb.class_dot(i, c);
+        if (emb.cannot_lower(i, c, ad, r2, slack)) continue;
+        const T v = emb.sqdist(i, c, ad);
         if (v < r2) {
           d2[i] = v;
           assign[i] = m;
