@@ -124,9 +124,10 @@ def launch_config(queries: torch.Tensor) -> dict:
     if TUNED_CONFIG is not None:
         config = dict(TUNED_CONFIG)
     elif half_on_gpu:
-        # tensor-core tiles: the fastest of benchmarks/gpu_tune_nearest.py's sweep on an H100
-        # (benchmarks/results/gpu/h100/run1-nearest-tune.json: 27.4 ms for 1M x 50k x 128, 47% of peak)
-        config = dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3)
+        # tensor-core tiles: the fastest of benchmarks/gpu_tune_nearest.py's second sweep on an H100
+        # (benchmarks/results/gpu/h100/run2-nearest-tune.json: 27.3 ms for 1M x 50k x 128, 47% of peak;
+        # 27.4 ms in the first sweep too, where 64 x 128 x 4 warps tied)
+        config = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4)
     elif queries.is_cuda:  # float32 "ieee" dots run on CUDA cores: smaller tiles (not tuned)
         config = dict(BLOCK_M=128, BLOCK_N=64, num_warps=4, num_stages=3)
     else:  # the interpreter
