@@ -1,14 +1,16 @@
 """GPU benchmark of the four ops at the sizes of issue 4, each against the best plain-PyTorch
 formulation measured in the same run on the same GPU. Writes JSON and a markdown table.
 
-    python benchmarks/gpu_bench.py --out DIR [--quick]
+    python benchmarks/gpu_bench.py --out DIR [--quick] [--only kcenter,nearest,badge,mlp]
+        [--nearest-tune DIR/nearest-tune.json]
 
 Baselines (plain PyTorch, no Python loop over rows):
 - k-center: per pick one matmul-free pass: d2 = |x|^2 - 2 x c + |c|^2 via torch.mv, a running minimum
   and torch.argmax (one read of x per pick, like the kernel), timed on 50 picks and scaled.
 - nearest: chunked torch.matmul of the normalized rows (bf16 tensor cores) + max, 8192 queries per chunk.
 - BADGE: the same update with two torch.mv passes and torch.cumsum/searchsorted sampling, on 50 picks, scaled.
-- MLP: eager torch (two linear layers with clamped weights, sigmoid).
+- MLP: eager torch (two linear layers with clamped weights, sigmoid), timed as whole calls and as device
+  time alone (both sides replayed from CUDA graphs; the Triton kernel's rows per program are swept).
 Each op is timed with the Triton backend and, where _C was built with CUDA, the CUDA-source backend;
 the faster one per op is what "auto" should pick (record it in mqnet_fast/ops.py).
 """

@@ -18,7 +18,8 @@ within (d/2 + 2) eps, and the final additions add a few eps of G_i + G_c + 2|s||
 `L - slack * (G_i + G_c + R) >= D^2` with R = 2|s||h_i||h_c| (1 + slack) and slack = (2d + C + 32) eps
 covers all of these, so a skipped row's computed distance would not have lowered its D^2 either.
 
-Sampling sums D^2 in float64 by blocks (a tree within each block, blocks in order), so a pick can
+Sampling sums D^2 in float64 by blocks (a tree within each block and within each chunk of block
+sums, chunks in order), so a pick can
 differ from the reference's index-order cumulative sum only when the uniform lands within float64
 rounding of a boundary.
 """

@@ -84,7 +84,7 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
         qq = tl.load(qq_ptr + rows, mask=row_mask, other=0.0)
     else:
         best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        qq = best
+        qq = best  # not read for cosine
     best_idx = tl.zeros((BLOCK_M,), tl.int64)
     dims = tl.arange(0, BLOCK_K)
     if Q_RESIDENT:  # BLOCK_K >= d: the query tile is read once and stays on chip for all key tiles

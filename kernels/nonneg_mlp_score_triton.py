@@ -89,7 +89,7 @@ def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b
         b1 = tl.load(b1_ptr + units, mask=unit_mask, other=0.0)
         w2 = tl.load(w2_ptr + units, mask=unit_mask, other=0.0)
         flags |= _any_bad(w1) * 8 | _any_bad(b1[:, None]) * 16 | _any_bad(w2[:, None]) * 32
-        flags |= _any_bad(tl.load(b2_ptr + cols * 0, mask=cols == 0, other=0.0)[:, None]) * 64
+        flags |= _is_bad(tl.load(b2_ptr)).to(tl.int32) * 64
         if STANDARDIZE:
             mean = tl.load(mean_ptr + cols, mask=col_mask, other=0.0)
             std = tl.load(std_ptr + cols, mask=col_mask, other=1.0)
@@ -129,8 +129,8 @@ def _launch(kernel, z, w1, b1, w2, b2, mean, std, standardize, out, flags) -> No
     config = launch_config()
     kernel[(triton.cdiv(z.shape[0], config["BLOCK_ROWS"]),)](
         z, mean, std, w1, b1, w2, b2, out, flags, z.shape[0], z.stride(0),
-        K=z.shape[1], K_PAD=triton.next_power_of_2(z.shape[1]), HIDDEN=w1.shape[0], HIDDEN_PAD=triton.next_power_of_2(w1.shape[0]), STANDARDIZE=standardize,
-        **config)
+        K=z.shape[1], K_PAD=triton.next_power_of_2(z.shape[1]), HIDDEN=w1.shape[0],
+        HIDDEN_PAD=triton.next_power_of_2(w1.shape[0]), STANDARDIZE=standardize, **config)
 
 
 @triton_op("mqnet_fast_triton::nonneg_mlp_score", mutates_args=())

@@ -266,12 +266,14 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
         standardize = mean is not None
         if not standardize:
             mean = std = z  # not read
-        scores, flags = _triton.kernel_module("nonneg_mlp_score").score(
+        module = _triton.kernel_module("nonneg_mlp_score")
+        scores, flags = module.score(
             z.contiguous(), weights[0].contiguous(), biases[0].contiguous(), weights[1].contiguous(),
             biases[1].contiguous(), mean.contiguous(), std.contiguous(), standardize)
         if flags:
             _check_mlp_values(z, weights, biases, mean if standardize else None, std if standardize else None)
-            raise AssertionError(f"the Triton kernel flagged input values ({flags}) that the checks accept")
+            flagged = [name for bit, name in enumerate(module.FLAG_NAMES) if flags >> bit & 1]
+            raise AssertionError(f"the Triton kernel flagged {flagged} as holding bad values, which the checks accept")
         return scores
     if chosen == "torch":
         with torch.no_grad():

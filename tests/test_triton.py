@@ -118,7 +118,7 @@ def test_badge_pruned_update_matches_full_update():
     module = _triton.kernel_module("badge_kmeanspp")
     probs, feats = badge_inputs(1500, 50, 40, torch.float32, seed=11)
     directions = torch.randn(3, 40, generator=torch.Generator().manual_seed(2))
-    feats[:300] = directions[torch.arange(300) % 3] * torch.rand(300, 1, generator=torch.Generator().manual_seed(4))[:, :1]
+    feats[:300] = directions[torch.arange(300) % 3] * torch.rand(300, 1, generator=torch.Generator().manual_seed(4))
     a = torch.nn.functional.one_hot(probs.argmax(1), 50).float() - probs
     h2 = (feats * feats).sum(1)
     g, hnorm = (a * a).sum(1) * h2, h2.sqrt()
@@ -136,7 +136,7 @@ def test_badge_pruned_update_matches_full_update():
         skipped += int((g + g[c] - reach * 1.001 > expected.float()).sum())
         module._update_kernel[(n_blocks,)](
             a.to(DEVICE), feats.to(DEVICE), g.to(DEVICE), hnorm.to(DEVICE), d2, centers.to(DEVICE), block_sums, step,
-            1500, 50, 40, 50, 40, (2 * 40 + 50 + 32) * 2.0 ** -23,
+            1500, 50, 40, 50, 40, (2 * 40 + 50 + 32) * module._EPS32,
             BLOCK_N=launch["BLOCK_N"], BLOCK_C=64, BLOCK_D=16, num_warps=launch["num_warps"])
         expected = torch.minimum(expected, gradient_embedding_sqdist(a64, h64, g64, c))
         expected[c] = 0
