@@ -18,9 +18,9 @@
 namespace mqnet_fast {
 namespace {
 
-constexpr int64_t kRowBlock = 8;
+constexpr int64_t kRowBlock = 8;         // rows whose distances to the new center are computed together
 constexpr int64_t kPickChunk = 512;      // rows per work item of a pick's pass: small, so threads get equal shares
-constexpr int64_t kPruneRetry = 16;      // picks between re-tries of pruning that did not pay        // rows whose distances to the new center are computed together
+constexpr int64_t kPruneRetry = 16;      // picks between re-tries of pruning that did not pay
 constexpr int64_t kInitRows = 2048;     // rows of x per GEMM tile of the labeled init
 constexpr int64_t kInitCenters = 512;   // labeled centers per GEMM tile
 
