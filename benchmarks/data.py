@@ -8,14 +8,14 @@ def gaussian(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def clustered(n: int, d: int, classes: int = 10, latent: int = 16, seed: int = 0):
-    """(features (n, d) float32 >= 0, labels (n,))."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, latent, generator=g) * 2
-    labels = torch.randint(0, classes, (n,), generator=g)
-    z = centers[labels] + 0.5 * torch.randn(n, latent, generator=g)
-    mix = torch.randn(latent, d, generator=g) / latent ** 0.5
-    feats = torch.relu(z @ mix + 0.05 * torch.randn(n, d, generator=g))
+def clustered(n: int, d: int, classes: int = 10, latent: int = 16, seed: int = 0, device: str = "cpu"):
+    """(features (n, d) float32 >= 0, labels (n,)), generated on `device`."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    centers = torch.randn(classes, latent, generator=g, device=device) * 2
+    labels = torch.randint(0, classes, (n,), generator=g, device=device)
+    z = centers[labels] + 0.5 * torch.randn(n, latent, generator=g, device=device)
+    mix = torch.randn(latent, d, generator=g, device=device) / latent ** 0.5
+    feats = torch.relu(z @ mix + 0.05 * torch.randn(n, d, generator=g, device=device))
     return feats, labels
 
 

@@ -1,7 +1,7 @@
 """GPU benchmark of the four ops at the sizes of issue 4, each against the best plain-PyTorch
 formulation measured in the same run on the same GPU. Writes JSON and a markdown table.
 
-    python benchmarks/gpu_bench.py --out DIR [--quick] [--only kcenter,nearest,badge,mlp]
+    python benchmarks/gpu_bench.py --out DIR [--quick] [--only kcenter,kcenter_prune,nearest,badge,mlp]
         [--nearest-tune DIR/nearest-tune.json]
 
 Baselines (plain PyTorch, no Python loop over rows):
@@ -109,7 +109,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--only", default=None, help="comma-separated subset of kcenter,nearest,badge,mlp")
+    parser.add_argument("--only", default=None, help="comma-separated subset of kcenter,kcenter_prune,nearest,badge,mlp")
     parser.add_argument("--nearest-tune", default=None,
                         help="nearest-tune.json of benchmarks/gpu_tune_nearest.py: time nearest with its fastest tiles")
     args = parser.parse_args()
@@ -126,6 +126,8 @@ def main():
                          speedup=baseline_s / kernel_s, **extra))
         print(json.dumps(rows[-1]), flush=True)
 
+    kcenter_baseline_s = {}  # the plain-PyTorch k-center time of bench_kcenter, reused by bench_kcenter_prune
+
     def bench_kcenter():
         # k-center: N=1M, d=512, bf16, 1000 labeled, 1000 picks
         n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
@@ -141,9 +143,46 @@ def main():
             t_init = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1, backend=backend), repeat=2)
             t_all = cuda_time(lambda: ops.kcenter_greedy(x, labeled, picks, backend=backend), repeat=2)
             per_pick = (t_all - t_init) / (picks - 1)
+            kcenter_baseline_s[backend] = t_base_lab + base_per_pick * picks
             record("kcenter_greedy", f"N={n} d={d} bf16 L={n_lab} b={picks}", t_all,
                    t_base_lab + base_per_pick * picks, backend, per_pick_s=per_pick, baseline_per_pick_s=base_per_pick,
                    hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
+
+    def bench_kcenter_prune():
+        # the Triton k-center with and without triangle-inequality pruning (kernels/kcenter_greedy_triton.py,
+        # prune=True gives the same results), on Gaussian rows (little to prune: what it costs) and on the
+        # clustered mixture of benchmarks/data.py (what it gains); the plain-PyTorch baseline is the one
+        # timed on the Gaussian rows (a torch.mv per pick costs the same whatever the values)
+        from data import clustered
+        from mqnet_fast.kernels import kcenter_greedy_triton as kc
+
+        n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
+        gen = torch.Generator(device=dev).manual_seed(0)
+        labeled = torch.randperm(n, device=dev, generator=gen)[:n_lab]
+        excluded = torch.zeros(n, dtype=torch.bool, device=dev)
+        base = kcenter_baseline_s.get("triton")
+        for name in ("gaussian", "clustered"):
+            if name == "gaussian":
+                x = torch.randn(n, d, device=dev, generator=gen).to(torch.bfloat16)
+            else:
+                x = clustered(n, d, device=dev)[0].to(torch.bfloat16)
+            for prune in (False, True):  # compile / warm up
+                kc.run(x[:5000], labeled[:10] % 5000, 10, excluded[:5000], prune)
+            timed = {}
+            for prune in (False, True):
+                t_init = cuda_time(lambda: kc.run(x, labeled, 1, excluded, prune), repeat=2)
+                t_all = cuda_time(lambda: kc.run(x, labeled, picks, excluded, prune), repeat=2)
+                timed[prune] = (t_all, (t_all - t_init) / (picks - 1))
+            skipped = torch.zeros(picks, dtype=torch.int64, device=dev)
+            pruned = kc.run(x, labeled, picks, excluded, True, skipped)
+            plain = kc.run(x, labeled, picks, excluded, False)
+            same = all(torch.equal(a, b) for a, b in zip(pruned, plain))
+            for prune in (False, True):
+                record("kcenter_greedy", f"{name} N={n} d={d} bf16 L={n_lab} b={picks}", timed[prune][0],
+                       base if base is not None else float("nan"), f"triton prune={prune}",
+                       per_pick_s=timed[prune][1], vs_unpruned=timed[False][0] / timed[prune][0],
+                       skipped_fraction=(skipped.sum().item() / (n * picks)) if prune else None,
+                       same_result_as_unpruned=same if prune else None)
 
     def bench_nearest():
         # nearest: N=1M x M=50k x d=128, bf16
@@ -221,7 +260,7 @@ def main():
         module.TUNED_CONFIG = None
 
 
-    for section in (bench_kcenter, bench_nearest, bench_badge, bench_mlp):
+    for section in (bench_kcenter, bench_kcenter_prune, bench_nearest, bench_badge, bench_mlp):
         if args.only and section.__name__.removeprefix("bench_") not in args.only.split(","):
             continue
         try:

@@ -13,6 +13,16 @@ The labeled centers enter first (`_init_from_labeled`: the nearest-set kernel's 
 nearest labeled center, then the exact distance to it; float64 makes one update pass per center).
 Ties go to the lowest index (tl.argmax keeps the first maximum; blocks are reduced in index order
 and a later block wins only when strictly larger), as in the reference.
+
+Pruning (prune=True; exact, as on the CPU, see csrc/cpu/kcenter_greedy.cpp): each row also keeps
+which center is its nearest (assign (N,) int32, a position in the list of centers: labeled rows,
+then the picks). Before a pick's update, `_center_distances_kernel` computes D2[a] = |x_a - x_c|^2
+from every center a to the new one c. A row with D2[assign] >= 4 min_d2 (1 + delta) cannot get
+closer to c than to its center (triangle inequality, with delta = 4 (d + 2) eps covering the rounding
+of both computed distances), so its row of x is not loaded: the masked-off loads cost no memory
+traffic. Skipped rows keep min_d2 unchanged, which is what the unpruned update would have stored, so
+prune=True gives bit-identical results. What it costs per pick where nothing prunes (Gaussian data):
+one small kernel over the centers and 8 bytes per row (assign, and D2 gathered from a small array).
 """
 from __future__ import annotations
 
@@ -21,10 +31,33 @@ import triton
 import triton.language as tl
 from torch.library import custom_op
 
+# Pruning is off unless asked for: its cost where nothing prunes (the GPU benchmark's Gaussian data)
+# and its gain on clustered embeddings have not been timed on a GPU yet (benchmarks/gpu_bench.py
+# times both); the CPU kernel prunes adaptively.
+PRUNE_BY_DEFAULT = False
+
+
+@triton.jit
+def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ACC: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """|x_r - x_center|^2 (BLOCK_N,) in ACC for the rows where row_mask holds (0 elsewhere, not read)."""
+    dims = tl.arange(0, BLOCK_D)
+    acc = tl.zeros((BLOCK_N,), ACC)
+    for start in range(0, dim, BLOCK_D):
+        d_mask = (start + dims) < dim
+        c = tl.load(x_ptr + center * stride_x + start + dims, mask=d_mask, other=0.0).to(ACC)
+        xb = tl.load(x_ptr + rows[:, None] * stride_x + (start + dims)[None, :],
+                     mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+        diff = xb - c[None, :]
+        acc += tl.sum(diff * diff, axis=1)
+    return acc
+
 
 @triton.jit
 def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val_ptr, block_idx_ptr,
-                          n, dim, stride_x, HAS_CENTER: tl.constexpr, ACC: tl.constexpr,
+                          assign_ptr, center_d2_ptr, skipped_ptr, new_center_pos, one_plus_delta,
+                          n, dim, stride_x, HAS_CENTER: tl.constexpr, PRUNE: tl.constexpr,
+                          COUNT_SKIPPED: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -32,21 +65,35 @@ def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val
     min_d2 = tl.load(min_d2_ptr + rows, mask=row_mask, other=0.0)
     if HAS_CENTER:
         center = tl.load(center_ptr)
-        dims = tl.arange(0, BLOCK_D)
-        acc = tl.zeros((BLOCK_N,), ACC)
-        for start in range(0, dim, BLOCK_D):
-            d_mask = (start + dims) < dim
-            c = tl.load(x_ptr + center * stride_x + start + dims, mask=d_mask, other=0.0).to(ACC)
-            xb = tl.load(x_ptr + rows[:, None] * stride_x + (start + dims)[None, :],
-                         mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-            diff = xb - c[None, :]
-            acc += tl.sum(diff * diff, axis=1)
-        min_d2 = tl.minimum(min_d2, acc)
-        tl.store(min_d2_ptr + rows, min_d2, mask=row_mask)
+        needed = row_mask
+        if PRUNE:
+            assigned = tl.load(assign_ptr + rows, mask=row_mask, other=-1)
+            has_center = assigned >= 0
+            center_d2 = tl.load(center_d2_ptr + assigned, mask=row_mask & has_center, other=0.0)
+            needed = row_mask & (~has_center | (center_d2 < 4 * min_d2 * one_plus_delta))
+            if COUNT_SKIPPED:
+                tl.atomic_add(skipped_ptr, tl.sum((row_mask & ~needed).to(tl.int64), axis=0))
+        dist = _squared_distances(x_ptr, rows, needed, center, dim, stride_x, ACC, BLOCK_N, BLOCK_D)
+        improved = needed & (dist < min_d2)
+        min_d2 = tl.where(improved, dist, min_d2)
+        tl.store(min_d2_ptr + rows, min_d2, mask=improved)
+        if PRUNE:
+            tl.store(assign_ptr + rows, tl.full((BLOCK_N,), new_center_pos, tl.int32), mask=improved)
     eligible = tl.load(eligible_ptr + rows, mask=row_mask, other=0) != 0
     candidate = tl.where(eligible & row_mask, min_d2, float("-inf"))
     tl.store(block_val_ptr + pid, tl.max(candidate, axis=0))
     tl.store(block_idx_ptr + pid, pid * BLOCK_N + tl.argmax(candidate, axis=0).to(tl.int64))
+
+
+@triton.jit
+def _center_distances_kernel(x_ptr, centers_ptr, center_ptr, center_d2_ptr, n_centers, dim, stride_x,
+                             ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """center_d2[j] = |x_centers[j] - x_center|^2 for j < n_centers (the pruning test's D2)."""
+    positions = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = positions < n_centers
+    rows = tl.load(centers_ptr + positions, mask=mask, other=0)
+    dist = _squared_distances(x_ptr, rows, mask, tl.load(center_ptr), dim, stride_x, ACC, BLOCK_N, BLOCK_D)
+    tl.store(center_d2_ptr + positions, dist, mask=mask)
 
 
 @triton.jit
@@ -68,18 +115,22 @@ def _pick_kernel(block_val_ptr, block_idx_ptr, n_blocks, eligible_ptr, picks_ptr
     tl.store(eligible_ptr + best_idx, tl.zeros((), tl.int8))
 
 
-def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Tensor, chunk: int = 1 << 16) -> None:
+def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Tensor, assign: torch.Tensor | None,
+                       chunk: int = 1 << 16) -> None:
     """Nearest labeled center of every row as on the CPU: a tensor-core GEMM with the argmin fused
     (the nearest-set kernel, l2) picks the center, then the exact difference-form distance to it is
     computed. The GEMM's expansion can only mistake one center for another within its rounding
-    (a near-tie), and the stored distance is the exact one to the center it chose. (One update pass
-    per center took 0.25 s for 1,000 centers on 1M x 512 bf16 on an H200; a kernel taking 8 centers
-    per pass 0.42 s.)"""
+    (a near-tie), and the stored distance is the exact one to the center it chose (which is all the
+    pruning needs of `assign`, the chosen center's position in `labeled`). (One update pass per
+    center took 0.25 s for 1,000 centers on 1M x 512 bf16 on an H200; a kernel taking 8 centers per
+    pass 0.42 s.)"""
     from mqnet_fast.kernels.nearest_triton import nearest
 
     # Triton's interpreter computes bf16 dots wrongly: widen there (tests only; GPUs use bf16 tiles)
     gemm_x = x if x.is_cuda else x.float()
     _, which = nearest(gemm_x, gemm_x[labeled], True)
+    if assign is not None:
+        assign.copy_(which)
     centers = labeled[which]
     for start in range(0, x.shape[0], chunk):
         rows = slice(start, start + chunk)
@@ -87,16 +138,16 @@ def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Ten
         min_d2[rows] = (diff * diff).sum(1)
 
 
-@custom_op("mqnet_fast_triton::kcenter_greedy", mutates_args=())
-def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int,
-                   excluded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """x (N, d) float32/float64/bfloat16/float16; labeled (L,) int64; excluded (N,) bool.
-    Returns (picks (budget,) int64, radii (budget,), min_dist (N,)) in float32 (float64 for
-    float64 x). The caller has checked that `budget` eligible rows exist."""
+def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Tensor, prune: bool,
+        skipped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The greedy loop (see kcenter_greedy). skipped: optional (budget,) int64 zeros on x's device;
+    with prune=True, skipped[t] receives the number of rows whose read pick t's update skipped."""
     n, dim = x.shape
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
     x = x.contiguous()
+    labeled = labeled.contiguous()
+    n_labeled = labeled.shape[0]
     min_d2 = torch.full((n,), float("inf"), dtype=acc_dtype, device=x.device)
     eligible = (~excluded).to(torch.int8)
     eligible[labeled] = 0
@@ -105,30 +156,59 @@ def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int,
     n_blocks = triton.cdiv(n, block_n)
     block_val = torch.empty(n_blocks, dtype=acc_dtype, device=x.device)
     block_idx = torch.empty(n_blocks, dtype=torch.int64, device=x.device)
-    picks = torch.empty(budget, dtype=torch.int64, device=x.device)
+    # centers = labeled rows, then the picks (picks is a view: the pick kernel appends to the list)
+    centers = torch.empty(n_labeled + budget, dtype=torch.int64, device=x.device)
+    centers[:n_labeled] = labeled
+    picks = centers[n_labeled:]
     radii = torch.empty(budget, dtype=acc_dtype, device=x.device)
+    if prune:
+        assign = torch.full((n,), -1, dtype=torch.int32, device=x.device)
+        center_d2 = torch.empty(n_labeled + budget, dtype=acc_dtype, device=x.device)
+        one_plus_delta = 1.0 + 4 * (dim + 2) * torch.finfo(acc_dtype).eps
+    else:
+        assign = center_d2 = None
+        one_plus_delta = 1.0
+    count = prune and skipped is not None
 
-    def update(center: torch.Tensor | None):
+    def update(position: int | None, skipped_slot: torch.Tensor | None = None):
+        """Lowers min_d2 with the center at centers[position] (None: only the block maxima)."""
+        center = centers[position:position + 1] if position is not None else centers
+        if prune and position:  # position > 0: there are earlier centers to test against
+            _center_distances_kernel[(triton.cdiv(position, block_n),)](
+                x, centers, center, center_d2, position, dim, x.stride(0), ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
         _update_argmax_kernel[(n_blocks,)](
-            x, center if center is not None else picks, min_d2, eligible, block_val, block_idx, n, dim, x.stride(0),
-            HAS_CENTER=center is not None, ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
+            x, center, min_d2, eligible, block_val, block_idx, assign if prune else min_d2,
+            center_d2 if prune else min_d2, skipped_slot if skipped_slot is not None else block_idx,
+            position or 0, one_plus_delta, n, dim, x.stride(0),
+            HAS_CENTER=position is not None, PRUNE=prune and position is not None,
+            COUNT_SKIPPED=skipped_slot is not None, ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
 
-    labeled = labeled.contiguous()
-    if labeled.shape[0] > 0 and x.dtype != torch.float64:
-        _init_from_labeled(x, labeled, min_d2)
+    if n_labeled > 0 and x.dtype != torch.float64:
+        _init_from_labeled(x, labeled, min_d2, assign)
     else:  # float64 (no tensor-core path): one pass per labeled center
-        for j in range(labeled.shape[0]):
-            update(labeled[j:j + 1])
+        for j in range(n_labeled):
+            update(j)
     update(None)  # the block maxima of the initial state
     reduce_block = min(1024, triton.next_power_of_2(n_blocks))
     for step in range(budget):
         _pick_kernel[(1,)](block_val, block_idx, n_blocks, eligible, picks, radii, step, BLOCK=reduce_block)
-        update(picks[step:step + 1])
+        update(n_labeled + step, skipped[step:step + 1] if count else None)
     return picks, radii, min_d2.sqrt()
 
 
+@custom_op("mqnet_fast_triton::kcenter_greedy", mutates_args=())
+def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Tensor,
+                   prune: bool = PRUNE_BY_DEFAULT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x (N, d) float32/float64/bfloat16/float16; labeled (L,) int64; excluded (N,) bool.
+    Returns (picks (budget,) int64, radii (budget,), min_dist (N,)) in float32 (float64 for
+    float64 x). The caller has checked that `budget` eligible rows exist. prune: skip the rows the
+    new center cannot improve (exact; same results)."""
+    picks, radii, min_dist = run(x, labeled, budget, excluded, prune)
+    return picks.clone(), radii, min_dist
+
+
 @kcenter_greedy.register_fake
-def _(x, labeled, budget, excluded):
+def _(x, labeled, budget, excluded, prune=PRUNE_BY_DEFAULT):
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     return (x.new_empty(budget, dtype=torch.int64), x.new_empty(budget, dtype=dtype),
             x.new_empty(x.shape[0], dtype=dtype))

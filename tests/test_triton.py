@@ -40,6 +40,38 @@ def test_kcenter_matches_reference(n, d, n_labeled, budget, dtype):
     _verify_greedy(x, labeled, excluded, result, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n_labeled", [0, 9])
+def test_kcenter_pruning_is_exact(dtype, n_labeled):
+    """prune=True skips the rows a new center cannot improve: on clustered data (where most rows are
+    skipped) it must give bit-identical picks, radii and distances to the unpruned kernel."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from data import clustered
+    from mqnet_fast.kernels.kcenter_greedy_triton import run
+
+    n, d, budget = 450, 37, 40  # n, d: not multiples of the 64-row, 64-wide blocks
+    x, _ = clustered(n, d, classes=6, seed=n_labeled)
+    x[[11, 12]] = x[10].clone()  # duplicate rows
+    x = x.to(dtype).to(DEVICE)
+    g = torch.Generator().manual_seed(1)
+    labeled = torch.randperm(n, generator=g)[:n_labeled].to(DEVICE)
+    excluded = torch.zeros(n, dtype=torch.bool, device=DEVICE)
+    excluded[[3, 10]] = True
+    skipped = torch.zeros(budget, dtype=torch.int64, device=DEVICE)
+    pruned = [t.cpu() for t in run(x, labeled, budget, excluded, True, skipped)]
+    plain = [t.cpu() for t in run(x, labeled, budget, excluded, False)]
+    assert_equal_indices(pruned[0], plain[0], what="picks")
+    for got, want, what in zip(pruned[1:], plain[1:], ("radii", "min_dist")):
+        assert torch.equal(got, want), f"{what} differ: {(got - want).abs().max().item()}"
+    # the test exercises the pruning: most rows are skipped once the centers cover the clusters
+    assert skipped[budget // 2:].sum().item() > 0.5 * n * (budget - budget // 2), skipped.tolist()
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    result = ops.KCenterResult(*pruned)
+    _verify_greedy(x.cpu().to(compute), labeled.cpu(), excluded.cpu(), result, compute)
+
+
 def test_kcenter_ties_duplicates_and_half_storage():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 3, (200, 5), generator=g).float()  # many exact ties and duplicate rows
