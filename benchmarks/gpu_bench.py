@@ -193,14 +193,14 @@ def main():
         flops = 2.0 * n * m * d
         tiles = {}
         if args.nearest_tune and Path(args.nearest_tune).exists():
+            from gpu_tune_nearest import describe, tuned_config
             from mqnet_fast import _triton
 
             swept = [r for r in json.loads(Path(args.nearest_tune).read_text())["rows"] if "ms" in r and r["same_indices"]]
             if swept:
-                bm, bn, bk, warps, stages = min(swept, key=lambda r: r["ms"])["config"]
-                _triton.kernel_module("nearest").TUNED_CONFIG = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
-                                                                     num_stages=stages)
-                tiles = dict(tiles=f"{bm}x{bn}x{bk} w{warps} s{stages}")
+                fastest = min(swept, key=lambda r: r["ms"])["config"]
+                _triton.kernel_module("nearest").TUNED_CONFIG = tuned_config(fastest)
+                tiles = dict(tiles=describe(fastest))
         for backend in BACKENDS:
             ops.nearest(q[:1000], k[:1000], backend=backend)
             t_kernel = cuda_time(lambda: ops.nearest(q, k, backend=backend))

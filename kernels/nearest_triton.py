@@ -9,6 +9,11 @@ BLOCK_N) tile is reduced at once (one value+index reduction), so no N x M matrix
 tiles skip the column mask, the ragged last tile is masked.
 Ties go to the lowest key index: the reduction keeps the first extreme of a tile and a later tile
 replaces the running best only when strictly better.
+DEFER=True (a tile-sweep option, off by default until timed on a GPU) moves the reduction out of
+the loop: each (query, column slot) keeps its best value and the start of the first key tile that
+reached it (strictly better replaces, so the earliest tile wins), three instructions per element and
+no cross-thread shuffles instead of a tie-breaking value+index reduction per tile; one reduction at
+the end takes the best slot, ties to the lowest key index. Same values, same indices.
 """
 from __future__ import annotations
 
@@ -50,21 +55,29 @@ def _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, col_mask, dim, stride_q
 
 
 @triton.jit
-def _reduce_tile(acc, qq, kk_ptr, cols, col_mask, start_n, best, best_idx,
-                 L2: tl.constexpr, MASK_COLS: tl.constexpr):
-    """Fold one tile into the running best (value, index); a later tile wins only when strictly
-    better, and within a tile the first extreme wins, so ties go to the lowest key index."""
+def _tile_values(acc, qq, kk_ptr, cols, col_mask, L2: tl.constexpr, MASK_COLS: tl.constexpr):
+    """The tile's values to compare: dot products (cosine, larger is better) or squared distances
+    |q|^2 + |k|^2 - 2 q.k (l2, smaller is better); masked columns never win."""
     if L2:
         kk = tl.load(kk_ptr + cols, mask=col_mask, other=0.0)
         tile = qq[:, None] + kk[None, :] - 2.0 * acc
         if MASK_COLS:
             tile = tl.where(col_mask[None, :], tile, float("inf"))
-        tile_best, tile_idx = tl.min(tile, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = tile_best < best
     else:
         tile = acc
         if MASK_COLS:
             tile = tl.where(col_mask[None, :], tile, float("-inf"))
+    return tile
+
+
+@triton.jit
+def _reduce_tile(tile, start_n, best, best_idx, L2: tl.constexpr):
+    """Fold one tile into the running best (value, index); a later tile wins only when strictly
+    better, and within a tile the first extreme wins, so ties go to the lowest key index."""
+    if L2:
+        tile_best, tile_idx = tl.min(tile, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_best < best
+    else:
         tile_best, tile_idx = tl.max(tile, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_best > best
     best = tl.where(better, tile_best, best)
@@ -73,9 +86,32 @@ def _reduce_tile(acc, qq, kk_ptr, cols, col_mask, start_n, best, best_idx,
 
 
 @triton.jit
+def _fold_tile(tile, start_n, slot_best, slot_start, L2: tl.constexpr):
+    """DEFER: fold one tile into the per-slot bests, elementwise; strictly better replaces, so each
+    slot keeps the earliest tile that reached its best."""
+    if L2:
+        better = tile < slot_best
+    else:
+        better = tile > slot_best
+    return tl.where(better, tile, slot_best), tl.where(better, start_n, slot_start)
+
+
+@triton.jit
+def _reduce_slots(slot_best, slot_start, L2: tl.constexpr, BLOCK_N: tl.constexpr):
+    """DEFER: the best slot of each row, ties to the lowest key index (slot start + column)."""
+    if L2:
+        best = tl.min(slot_best, axis=1)
+    else:
+        best = tl.max(slot_best, axis=1)
+    keys = slot_start + tl.arange(0, BLOCK_N)[None, :]
+    best_idx = tl.min(tl.where(slot_best == best[:, None], keys, 2147483647), axis=1)
+    return best, best_idx.to(tl.int64)
+
+
+@triton.jit
 def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, n_k, dim,
                     stride_q, stride_k, L2: tl.constexpr, IEEE: tl.constexpr, Q_RESIDENT: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    DEFER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < n_q
@@ -86,6 +122,12 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
         best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         qq = best  # not read for cosine
     best_idx = tl.zeros((BLOCK_M,), tl.int64)
+    if DEFER:
+        slot_best = tl.full((BLOCK_M, BLOCK_N), float("inf") if L2 else float("-inf"), tl.float32)
+        slot_start = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
+    else:  # unused
+        slot_best = tl.zeros((1, 1), tl.float32)
+        slot_start = tl.zeros((1, 1), tl.int32)
     dims = tl.arange(0, BLOCK_K)
     if Q_RESIDENT:  # BLOCK_K >= d: the query tile is read once and stays on chip for all key tiles
         q = tl.load(q_ptr + rows[:, None].to(tl.int64) * stride_q + dims[None, :],
@@ -98,12 +140,22 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
         cols = start_n + tl.arange(0, BLOCK_N)
         acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
                             Q_RESIDENT, False, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
-        best, best_idx = _reduce_tile(acc, qq, kk_ptr, cols, cols < n_k, start_n, best, best_idx, L2, False)
+        tile = _tile_values(acc, qq, kk_ptr, cols, cols < n_k, L2, False)
+        if DEFER:
+            slot_best, slot_start = _fold_tile(tile, start_n, slot_best, slot_start, L2)
+        else:
+            best, best_idx = _reduce_tile(tile, start_n, best, best_idx, L2)
     if n_full < n_k:
         cols = n_full + tl.arange(0, BLOCK_N)
         acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
                             Q_RESIDENT, True, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
-        best, best_idx = _reduce_tile(acc, qq, kk_ptr, cols, cols < n_k, n_full, best, best_idx, L2, True)
+        tile = _tile_values(acc, qq, kk_ptr, cols, cols < n_k, L2, True)
+        if DEFER:
+            slot_best, slot_start = _fold_tile(tile, n_full, slot_best, slot_start, L2)
+        else:
+            best, best_idx = _reduce_tile(tile, n_full, best, best_idx, L2)
+    if DEFER:
+        best, best_idx = _reduce_slots(slot_best, slot_start, L2, BLOCK_N)
     if L2:
         best = tl.sqrt(tl.maximum(best, 0.0))
     tl.store(values_ptr + rows, best, mask=row_mask)
@@ -133,6 +185,7 @@ def launch_config(queries: torch.Tensor) -> dict:
     else:  # the interpreter
         config = dict(BLOCK_M=64, BLOCK_N=64)
     config.setdefault("BLOCK_K", block_k)
+    config.setdefault("DEFER", False)
     config["Q_RESIDENT"] = config["BLOCK_K"] >= dim
     return config
 

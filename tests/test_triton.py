@@ -114,6 +114,35 @@ def test_nearest_ties_and_half_storage(metric):
         assert_close(values.cpu(), ref_values, rtol=HALF_TOL[half], atol=HALF_TOL[half])
 
 
+@pytest.mark.parametrize("block_k", [64, 16])  # query tile resident / loop over d
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_nearest_deferred_reduction_is_identical(metric, block_k):
+    """DEFER=True (per-slot bests, one reduction at the end) must give the same values and indices as
+    the per-tile reduction, ties included: keys repeat across tiles and slots, the last tile is ragged."""
+    from mqnet_fast import _triton
+
+    g = torch.Generator().manual_seed(7)
+    keys = torch.randn(40, 37, generator=g).repeat(4, 1)[:150]  # 150 keys: tiles of 16, ragged last
+    keys[[5, 77]] = keys[100].clone()
+    queries = torch.cat([torch.randn(70, 37, generator=g), keys[[100, 3, 149]]])
+    module = _triton.kernel_module("nearest")
+    results = {}
+    try:
+        for defer in (False, True):
+            module.TUNED_CONFIG = dict(BLOCK_M=32, BLOCK_N=16, BLOCK_K=block_k, DEFER=defer)
+            for dtype in (torch.float32, torch.float16):
+                results[defer, dtype] = ops.nearest(queries.to(dtype).to(DEVICE), keys.to(dtype).to(DEVICE),
+                                                    metric=metric, backend="triton")
+    finally:
+        module.TUNED_CONFIG = None
+    for dtype in (torch.float32, torch.float16):
+        (values, indices), (deferred_values, deferred_indices) = results[False, dtype], results[True, dtype]
+        assert_equal_indices(deferred_indices.cpu(), indices.cpu(), what=f"{dtype} indices")
+        assert torch.equal(deferred_values.cpu(), values.cpu()), f"{dtype} values differ"
+    _, ref_indices = reference.nearest(queries, keys, metric)
+    assert_equal_indices(results[True, torch.float32][1][-3:].cpu(), ref_indices[-3:], what="exact ties")
+
+
 @pytest.mark.parametrize("n, c, d, k", [(1, 2, 1, 1), (9, 3, 4, 9), (123, 10, 33, 40), (700, 100, 65, 30)])
 def test_badge_matches_reference(n, c, d, k):
     probs, feats = badge_inputs(n, c, d, torch.float32, seed=n + c)

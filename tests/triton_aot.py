@@ -51,10 +51,11 @@ def variants():
         for dim in (128, 512):  # query tile resident / loop over d
             config = nearest.launch_config(SimpleNamespace(shape=(1 << 20, dim), is_cuda=True, dtype=dtype))
             for l2 in (False, True):
-                yield (f"nearest {q_type} d={dim} l2={l2}", nearest._nearest_kernel,
-                       dict(q_ptr=q_type, k_ptr=q_type, qq_ptr="*fp32", kk_ptr="*fp32", values_ptr="*fp32",
-                            indices_ptr="*i64"),
-                       dict(L2=l2, IEEE=dtype == torch.float32, **config))
+                for defer in (False, True):  # DEFER: a tile-sweep option
+                    yield (f"nearest {q_type} d={dim} l2={l2} defer={defer}", nearest._nearest_kernel,
+                           dict(q_ptr=q_type, k_ptr=q_type, qq_ptr="*fp32", kk_ptr="*fp32", values_ptr="*fp32",
+                                indices_ptr="*i64"),
+                           dict(config, L2=l2, IEEE=dtype == torch.float32, DEFER=defer))
     launch = badge.launch_config(torch.device("cuda"))
     for h_type in ("*bf16", "*fp32"):
         types = dict(a_ptr="*fp32", h_ptr=h_type, g_ptr="*fp32", hnorm_ptr="*fp32", d2_ptr="*fp32",
