@@ -1,7 +1,7 @@
 """GPU benchmark of the four ops at the sizes of issue 4, each against the best plain-PyTorch
 formulation measured in the same run on the same GPU. Writes JSON and a markdown table.
 
-    python benchmarks/gpu_bench.py --out DIR [--quick] [--only kcenter,kcenter_prune,nearest,badge,mlp]
+    python benchmarks/gpu_bench.py --out DIR [--quick] [--only kcenter,kcenter_prune,nearest,badge,mlp,small]
         [--nearest-tune DIR/nearest-tune.json]
 
 Baselines (plain PyTorch, no Python loop over rows):
@@ -109,7 +109,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
-    parser.add_argument("--only", default=None, help="comma-separated subset of kcenter,kcenter_prune,nearest,badge,mlp")
+    parser.add_argument("--only", default=None, help="comma-separated subset of kcenter,kcenter_prune,nearest,badge,mlp,small")
     parser.add_argument("--nearest-tune", default=None,
                         help="nearest-tune.json of benchmarks/gpu_tune_nearest.py: time nearest with its fastest tiles")
     args = parser.parse_args()
@@ -192,9 +192,10 @@ def main():
         t_base = cuda_time(lambda: nearest_baseline(q, k))
         flops = 2.0 * n * m * d
         tiles = {}
+        from mqnet_fast import _triton
+
         if args.nearest_tune and Path(args.nearest_tune).exists():
             from gpu_tune_nearest import describe, tuned_config
-            from mqnet_fast import _triton
 
             swept = [r for r in json.loads(Path(args.nearest_tune).read_text())["rows"] if "ms" in r and r["same_indices"]]
             if swept:
@@ -208,6 +209,7 @@ def main():
                    tflops=flops / t_kernel / 1e12,
                    tensor_core_fraction=(flops / t_kernel / 1e12 / peak["bf16_tflops"]) if peak else None,
                    **(tiles if backend == "triton" else {}))
+        _triton.kernel_module("nearest").TUNED_CONFIG = None  # the swept tiles were for this size and dtype
 
     def bench_badge():
         # BADGE: N=1M, C=100, d=512, k=1000 (features in bf16)
@@ -260,7 +262,43 @@ def main():
         module.TUNED_CONFIG = None
 
 
-    for section in (bench_kcenter, bench_kcenter_prune, bench_nearest, bench_badge, bench_mlp):
+    def bench_small():
+        # both GPU backends at issue 2's (CPU-scale) sizes in float32, so that "auto" can be chosen per size:
+        # k-center N=50k d=512 L=1000 b=1000; nearest 50k x 5k x 128; BADGE N=50k C=10 d=512 k=1000; MLP N=10k
+        n, d = 50_000, 512
+        x = torch.randn(n, d, device=dev, generator=g)
+        labeled = torch.randperm(n, device=dev, generator=g)[:1000]
+        t_base = cuda_time(lambda: kcenter_baseline(x, labeled, 1000), repeat=2)
+        for backend in BACKENDS:
+            ops.kcenter_greedy(x, labeled, 10, backend=backend)
+            t = cuda_time(lambda: ops.kcenter_greedy(x, labeled, 1000, backend=backend), repeat=3)
+            record("kcenter_greedy", f"N={n} d={d} fp32 L=1000 b=1000", t, t_base, backend)
+        q, k = torch.randn(n, 128, device=dev, generator=g), torch.randn(5000, 128, device=dev, generator=g)
+        for dtype in (torch.float32, torch.bfloat16):
+            qd, kd = q.to(dtype), k.to(dtype)
+            t_base = cuda_time(lambda: nearest_baseline(qd, kd), repeat=5)
+            for backend in BACKENDS:
+                ops.nearest(qd, kd, backend=backend)
+                t = cuda_time(lambda: ops.nearest(qd, kd, backend=backend), repeat=5)
+                record("nearest", f"N={n} M=5000 d=128 {str(dtype).removeprefix('torch.')} cosine", t, t_base, backend)
+        probs = torch.softmax(torch.randn(n, 10, device=dev, generator=g) * 3, 1)
+        t_base = cuda_time(lambda: badge_baseline(probs, x, 1000), repeat=2)
+        for backend in BACKENDS:
+            ops.badge_kmeanspp(probs, x, 10, backend=backend)
+            t = cuda_time(lambda: ops.badge_kmeanspp(probs, x, 1000, generator=torch.Generator().manual_seed(0),
+                                                     backend=backend), repeat=3)
+            record("badge_kmeanspp", f"N={n} C=10 d={d} k=1000 fp32", t, t_base, backend)
+        z = torch.randn(10_000, 2, device=dev, generator=g)
+        w = [torch.randn(64, 2, device=dev, generator=g), torch.randn(1, 64, device=dev, generator=g)]
+        b = [torch.randn(64, device=dev, generator=g), torch.randn(1, device=dev, generator=g)]
+        mean, std = z.mean(0), z.std(0)
+        t_base = cuda_time(lambda: mlp_baseline(z, w, b, mean, std), repeat=10)
+        for backend in BACKENDS:
+            ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend)
+            t = cuda_time(lambda: ops.nonneg_mlp_score(z, w, b, mean=mean, std=std, backend=backend), repeat=10)
+            record("nonneg_mlp_score", "N=10000 hidden=64", t, t_base, backend)
+
+    for section in (bench_kcenter, bench_kcenter_prune, bench_nearest, bench_badge, bench_mlp, bench_small):
         if args.only and section.__name__.removeprefix("bench_") not in args.only.split(","):
             continue
         try:
