@@ -55,7 +55,7 @@ def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ACC: tl.con
 
 @triton.jit
 def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val_ptr, block_idx_ptr,
-                          assign_ptr, center_d2_ptr, skipped_ptr, new_center_pos, one_plus_delta,
+                          assign_ptr, center_d2_ptr, skipped_ptr, new_center_pos, delta,
                           n, dim, stride_x, HAS_CENTER: tl.constexpr, PRUNE: tl.constexpr,
                           COUNT_SKIPPED: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -70,7 +70,9 @@ def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val
             assigned = tl.load(assign_ptr + rows, mask=row_mask, other=-1)
             has_center = assigned >= 0
             center_d2 = tl.load(center_d2_ptr + assigned, mask=row_mask & has_center, other=0.0)
-            needed = row_mask & (~has_center | (center_d2 < 4 * min_d2 * one_plus_delta))
+            # 4 min_d2 (1 + delta), formed so that a float64 min_d2 keeps delta (a float argument is
+            # passed as float32, where 1 + delta rounds to 1 for float64's delta)
+            needed = row_mask & (~has_center | (center_d2 < 4 * min_d2 + (4 * delta) * min_d2))
             if COUNT_SKIPPED:
                 tl.atomic_add(skipped_ptr, tl.sum((row_mask & ~needed).to(tl.int64), axis=0))
         dist = _squared_distances(x_ptr, rows, needed, center, dim, stride_x, ACC, BLOCK_N, BLOCK_D)
@@ -164,10 +166,10 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
     if prune:
         assign = torch.full((n,), -1, dtype=torch.int32, device=x.device)
         center_d2 = torch.empty(n_labeled + budget, dtype=acc_dtype, device=x.device)
-        one_plus_delta = 1.0 + 4 * (dim + 2) * torch.finfo(acc_dtype).eps
+        delta = 4 * (dim + 2) * torch.finfo(acc_dtype).eps
     else:
         assign = center_d2 = None
-        one_plus_delta = 1.0
+        delta = 0.0
     count = prune and skipped is not None
 
     def update(position: int | None, skipped_slot: torch.Tensor | None = None):
@@ -179,7 +181,7 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
         _update_argmax_kernel[(n_blocks,)](
             x, center, min_d2, eligible, block_val, block_idx, assign if prune else min_d2,
             center_d2 if prune else min_d2, skipped_slot if skipped_slot is not None else block_idx,
-            position or 0, one_plus_delta, n, dim, x.stride(0),
+            position or 0, delta, n, dim, x.stride(0),
             HAS_CENTER=position is not None, PRUNE=prune and position is not None,
             COUNT_SKIPPED=skipped_slot is not None, ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
 

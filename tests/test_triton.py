@@ -72,6 +72,23 @@ def test_kcenter_pruning_is_exact(dtype, n_labeled):
     _verify_greedy(x.cpu().to(compute), labeled.cpu(), excluded.cpu(), result, compute)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kcenter_pruning_keeps_its_rounding_slack(dtype):
+    """The pruning test skips a row only when D2 >= 4 min_d2 (1 + delta): a row whose new center's
+    squared distance from its center exceeds 4 min_d2 by less than delta must still be read. (On a
+    GPU the float64 case also checks that delta survives being passed as a float32 argument; the
+    interpreter passes it in double precision.)"""
+    from mqnet_fast.kernels.kcenter_greedy_triton import run
+
+    two_plus = 2 + 2 * torch.finfo(dtype).eps  # 2 + 1 ulp: D2 = 4 (1 + ~2 eps), within the slack
+    x = torch.tensor([[0.0], [1.0], [two_plus]], dtype=dtype, device=DEVICE)  # center, row, next pick
+    skipped = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    picks, _, _ = run(x, torch.tensor([0], device=DEVICE), 1, torch.zeros(3, dtype=torch.bool, device=DEVICE),
+                      True, skipped)
+    assert picks.tolist() == [2]
+    assert skipped.item() == 1, "only the labeled row (distance 0) may be skipped; row 1 is within the slack"
+
+
 def test_kcenter_ties_duplicates_and_half_storage():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 3, (200, 5), generator=g).float()  # many exact ties and duplicate rows

@@ -39,7 +39,7 @@ def variants():
                                   ("*fp64", tl.float64, "*fp64")):
         types = dict(x_ptr=x_type, center_ptr="*i64", min_d2_ptr=acc_type, eligible_ptr="*i8",
                      block_val_ptr=acc_type, block_idx_ptr="*i64", assign_ptr="*i32", center_d2_ptr=acc_type,
-                     skipped_ptr="*i64", one_plus_delta="fp32", centers_ptr="*i64", picks_ptr="*i64",
+                     skipped_ptr="*i64", delta="fp32", centers_ptr="*i64", picks_ptr="*i64",
                      radii_ptr=acc_type)
         blocks = dict(ACC=acc, BLOCK_N=64, BLOCK_D=128)
         for has_center, prune, count in ((False, False, False), (True, False, False), (True, True, True)):
