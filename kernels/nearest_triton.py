@@ -109,6 +109,24 @@ def _reduce_slots(slot_best, slot_start, L2: tl.constexpr, BLOCK_N: tl.constexpr
 
 
 @triton.jit
+def _key_tile(q, q_ptr, k_ptr, qq, kk_ptr, rows, row_mask, start_n, n_k, dim, stride_q, stride_k, best, best_idx,
+              slot_best, slot_start, L2: tl.constexpr, IEEE: tl.constexpr, Q_RESIDENT: tl.constexpr,
+              DEFER: tl.constexpr, MASK_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """The key tile starting at start_n, folded into the running bests: per row (best, best_idx), or
+    per slot (slot_best, slot_start) with DEFER; the others pass through unchanged."""
+    cols = start_n + tl.arange(0, BLOCK_N)
+    acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
+                        Q_RESIDENT, MASK_COLS, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
+    tile = _tile_values(acc, qq, kk_ptr, cols, cols < n_k, L2, MASK_COLS)
+    if DEFER:
+        slot_best, slot_start = _fold_tile(tile, start_n, slot_best, slot_start, L2)
+    else:
+        best, best_idx = _reduce_tile(tile, start_n, best, best_idx, L2)
+    return best, best_idx, slot_best, slot_start
+
+
+@triton.jit
 def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, n_k, dim,
                     stride_q, stride_k, L2: tl.constexpr, IEEE: tl.constexpr, Q_RESIDENT: tl.constexpr,
                     DEFER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -137,23 +155,13 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
     # full key tiles without column masks, then the ragged last tile
     n_full = n_k // BLOCK_N * BLOCK_N
     for start_n in range(0, n_full, BLOCK_N):
-        cols = start_n + tl.arange(0, BLOCK_N)
-        acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
-                            Q_RESIDENT, False, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
-        tile = _tile_values(acc, qq, kk_ptr, cols, cols < n_k, L2, False)
-        if DEFER:
-            slot_best, slot_start = _fold_tile(tile, start_n, slot_best, slot_start, L2)
-        else:
-            best, best_idx = _reduce_tile(tile, start_n, best, best_idx, L2)
+        best, best_idx, slot_best, slot_start = _key_tile(
+            q, q_ptr, k_ptr, qq, kk_ptr, rows, row_mask, start_n, n_k, dim, stride_q, stride_k, best, best_idx,
+            slot_best, slot_start, L2, IEEE, Q_RESIDENT, DEFER, False, BLOCK_M, BLOCK_N, BLOCK_K)
     if n_full < n_k:
-        cols = n_full + tl.arange(0, BLOCK_N)
-        acc = _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, cols < n_k, dim, stride_q, stride_k,
-                            Q_RESIDENT, True, IEEE, BLOCK_M, BLOCK_N, BLOCK_K)
-        tile = _tile_values(acc, qq, kk_ptr, cols, cols < n_k, L2, True)
-        if DEFER:
-            slot_best, slot_start = _fold_tile(tile, n_full, slot_best, slot_start, L2)
-        else:
-            best, best_idx = _reduce_tile(tile, n_full, best, best_idx, L2)
+        best, best_idx, slot_best, slot_start = _key_tile(
+            q, q_ptr, k_ptr, qq, kk_ptr, rows, row_mask, n_full, n_k, dim, stride_q, stride_k, best, best_idx,
+            slot_best, slot_start, L2, IEEE, Q_RESIDENT, DEFER, True, BLOCK_M, BLOCK_N, BLOCK_K)
     if DEFER:
         best, best_idx = _reduce_slots(slot_best, slot_start, L2, BLOCK_N)
     if L2:
