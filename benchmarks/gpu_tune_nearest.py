@@ -16,7 +16,7 @@ CONFIGS = [  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, DEFER; BLOCK_K 
     (64, 256, 128, 4, 3, False), (64, 64, 128, 4, 3, False), (128, 64, 128, 8, 3, False),
     (256, 64, 128, 8, 4, False), (128, 64, 128, 4, 4, False),
     # the reduction deferred to the end (per-slot bests): ~9% fewer instructions per key tile in the
-    # sm_90 SASS, but 120 registers instead of 80 at 128x64 w8 (not yet timed)
+    # sm_90 SASS, but 120 registers instead of 80 at 128x64 w8 (benchmarks/nearest_sass.py; not yet timed)
     (128, 64, 128, 8, 4, True), (128, 64, 128, 8, 3, True), (64, 64, 128, 4, 3, True), (64, 128, 128, 4, 3, True),
 ]
 

@@ -24,13 +24,16 @@ TARGET = GPUTarget("cuda", 90, 32)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")
 
 
-def compile_kernel(fn, arg_types: dict, config: dict) -> None:
-    """Compiles fn with the pointer/float argument types in arg_types (other arguments i32) and the
-    constexprs and launch options in config."""
+def compile_kernel(fn, arg_types: dict, config: dict, divisible_by_16: tuple = ()):
+    """fn compiled with the pointer/float argument types in arg_types (other arguments i32), the
+    constexprs and launch options in config, and the arguments named in divisible_by_16 marked so
+    (as Triton's launcher specializes aligned pointers, sizes and strides at run time)."""
     signature = {p.name: "constexpr" if p.is_constexpr else arg_types.get(p.name, "i32") for p in fn.params}
     constexprs = {k: v for k, v in config.items() if k not in LAUNCH_OPTIONS}
     options = {k: v for k, v in config.items() if k in LAUNCH_OPTIONS}
-    triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET, options=options)
+    attrs = {(i,): [["tt.divisibility", 16]] for i, p in enumerate(fn.params) if p.name in divisible_by_16}
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=TARGET, options=options)
 
 
 def variants():
