@@ -29,7 +29,7 @@ def load_features():
 
 def main():
     from mqnet_fast.data import load_imagefolder
-    from mqnet_fast.train import DeviceImages, TrainConfig, infer, make_model, train_model
+    from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, train_model
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--iterations", type=int, default=300)

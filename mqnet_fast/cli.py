@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -17,6 +18,23 @@ def _list(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from None
     return parse
+
+
+def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per option of the registered strategies (--purity for mqnet's `purity`, ...); a flag
+    not given leaves the strategy's default."""
+    owners, fields = {}, {}
+    for name, cls in STRATEGIES.items():
+        for f in dataclasses.fields(cls.Options):
+            owners.setdefault(f.name, []).append(name)
+            fields.setdefault(f.name, f)
+    group = parser.add_argument_group("strategy options")
+    for option, f in fields.items():
+        default = f.default
+        help_text = f.metadata.get("help", "")
+        group.add_argument("--" + option.replace("_", "-"), dest=f"option_{option}", type=type(default),
+                           default=argparse.SUPPRESS,
+                           help=f"{help_text} ({', '.join(owners[option])}; default {default})".lstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iterations", type=int, help="SGD iterations of each target-model training")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--lr", type=float, default=0.1)
-    run.add_argument("--informativeness", default="conf", help="I(x) for MQ-Net: conf, entropy or margin")
-    run.add_argument("--meta-epochs", type=int, default=100)
-    run.add_argument("--meta-min-steps", type=int, default=100, help="minimum SGD steps per meta-model epoch")
+    _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -73,8 +89,8 @@ def main(argv=None) -> int:
             config = ExperimentConfig(
                 dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
-                batch_size=args.batch_size, lr=args.lr, informativeness=args.informativeness,
-                meta_epochs=args.meta_epochs, meta_min_steps_per_epoch=args.meta_min_steps,
+                batch_size=args.batch_size, lr=args.lr,
+                options={k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_")},
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet)
             start = time.perf_counter()

@@ -19,9 +19,10 @@ def digits():
 
 
 def tiny(**kw):
-    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, meta_epochs=2,
-                meta_min_steps_per_epoch=5, progress=False)
+    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, progress=False)
     base.update(kw)
+    if "mqnet" in base["strategies"]:
+        base["options"] = {"meta_epochs": 2, "meta_min_steps": 5, **base.get("options", {})}
     return ExperimentConfig(**base)
 
 
@@ -82,7 +83,8 @@ def test_resume_after_interrupt_gives_the_same_results(tmp_path, digits):
     (dict(split="0:6"), "both parts must be positive"),
     (dict(budget=0), "budget must be an integer >= 1"),
     (dict(budget=400), "more than the pool holds"),
-    (dict(informativeness="bald"), "informativeness must be one of"),
+    (dict(options={"informativeness": "bald"}), "strategy 'mqnet': informativeness must be one of"),
+    (dict(strategies=["random"], options={"purity": "knn"}), "option 'purity' belongs to none of the strategies"),
     (dict(seeds=[1, 1]), "seeds must be distinct"),
 ])
 def test_bad_configuration_fails_at_start(tmp_path, digits, change, message):
@@ -143,8 +145,9 @@ def test_end_to_end_on_an_rgb_imagefolder(tmp_path):
     with tarfile.open(tmp_path / "tree.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "tree", arcname="tree")
     config = ExperimentConfig(dataset=f"imagefolder:{tmp_path / 'tree.tar.gz'}", split="2:2", noise=0.2,
-                              strategies=["mqnet", "coreset"], rounds=1, budget=4, iterations=2, meta_epochs=1,
-                              meta_min_steps_per_epoch=2, cache_dir=str(tmp_path / "cache"), progress=False)
+                              strategies=["mqnet", "coreset"], rounds=1, budget=4, iterations=2,
+                              options={"meta_epochs": 1, "meta_min_steps": 2}, cache_dir=str(tmp_path / "cache"),
+                              progress=False)
     experiment = Experiment(config, tmp_path / "run")
     assert experiment.data.image_shape == (8, 8, 3) and experiment.data.flip
     records = experiment.run()
@@ -167,13 +170,21 @@ def test_run_directory_holds_config_and_scores(tmp_path, digits):
         assert "score" not in f.files  # random has no per-example score
 
 
-def test_purity_embedding_is_pluggable():
-    from mqnet_fast.strategies import MQNet, PoolState
+def test_purity_is_pluggable():
+    from mqnet_fast.strategies import MQNet, RoundView
 
     g = torch.Generator().manual_seed(0)
-    state = PoolState(0, torch.arange(50), torch.softmax(torch.randn(50, 3, generator=g), 1),
-                      torch.rand(50, 8, generator=g), torch.rand(6, 8, generator=g), torch.rand(3, 8, generator=g), g)
-    other = torch.rand(50, 4, generator=g), torch.rand(3, 4, generator=g)
-    default = MQNet().meta_inputs(state)
-    plugged = MQNet(purity_embedding=lambda s: other).meta_inputs(state)
+    view = RoundView(torch.arange(50), torch.softmax(torch.randn(50, 3, generator=g), 1), torch.rand(50, 8, generator=g),
+                     g, labeled_feats=torch.rand(6, 8, generator=g), labeled_is_in=torch.tensor([1, 0, 1, 0, 1, 0]).bool())
+    other = torch.rand(50, generator=g)
+    default = MQNet().meta_inputs(view)
+    plugged = MQNet(purity_fn=lambda v: other).meta_inputs(view)
     assert torch.equal(default[:, 1], plugged[:, 1]) and not torch.equal(default[:, 0], plugged[:, 0])
+    assert torch.allclose(plugged[:, 0], (other - other.mean()) / other.std())
+
+
+def test_resume_with_other_strategy_options_is_refused(tmp_path, digits):
+    Experiment(tiny(strategies=["mqnet"], rounds=1), tmp_path / "run", data=digits).run(stop_after_rounds=1)
+    changed = tiny(strategies=["mqnet"], rounds=1, options={"meta_epochs": 3, "meta_min_steps": 5})
+    with pytest.raises(ConfigError, match="was made with strategy options"):
+        Experiment(changed, tmp_path / "run", data=digits).run()

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mqnet_fast import reference
-from mqnet_fast.mqnet import MetaModel, MetaTrainConfig, ranking_accuracy, ranking_loss, train_meta_model
+from mqnet_fast.models import MetaModel
+from mqnet_fast.training.meta import MetaTrainConfig, ranking_accuracy, ranking_loss, train_meta_model
 from testing import assert_close
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mqnet_fast import ops
-from mqnet_fast.scores import entropy, informativeness, least_confidence, negative_margin, purity
-from mqnet_fast.strategies import STRATEGIES, PoolState, make_strategy
+from mqnet_fast.scores import entropy, informativeness, knn_purity, least_confidence, negative_margin
+from mqnet_fast.strategies import STRATEGIES, RoundView, make_strategy
 
 
 def _state(seed=0, n=257, k=4, d=33, labeled=19):
@@ -14,7 +14,8 @@ def _state(seed=0, n=257, k=4, d=33, labeled=19):
     probs = torch.softmax(torch.randn(n, k, generator=g) * 2, 1)
     lab = torch.rand(labeled, d, generator=g)
     candidates = torch.from_numpy(np.sort(np.random.RandomState(seed).choice(5000, n, replace=False)))
-    return PoolState(0, candidates, probs, feats, lab, lab[: labeled // 2], torch.Generator().manual_seed(seed + 1))
+    return RoundView(candidates, probs, feats, torch.Generator().manual_seed(seed + 1), labeled_feats=lab,
+                     labeled_is_in=torch.arange(labeled) < labeled // 2)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
@@ -47,7 +48,7 @@ def test_coreset_uses_labeled_rows_as_centers():
 
 def test_mqnet_first_round_ranks_by_standardized_p_plus_i():
     state = _state()
-    z = torch.stack([purity(state.feats, state.labeled_in_feats), least_confidence(state.probs)], 1)
+    z = torch.stack([knn_purity(state.feats, state.labeled_in_feats), least_confidence(state.probs)], 1)
     z = (z - z.mean(0)) / z.std(0)
     expected = state.candidates[ops.top_b(z.sum(1), 12)]
     assert torch.equal(make_strategy("mqnet").select(state, 12).indices, expected)
@@ -58,10 +59,12 @@ def test_scores():
     assert torch.allclose(least_confidence(probs), torch.tensor([0.0, 0.5, 0.3]))
     assert torch.allclose(entropy(probs)[:2], torch.tensor([0.0, np.log(2)], dtype=torch.float32))
     assert torch.allclose(negative_margin(probs), torch.tensor([-1.0, 0.0, -0.4]))
-    assert torch.equal(purity(torch.rand(3, 4), torch.zeros(0, 4)), torch.zeros(3))
+    assert torch.equal(knn_purity(torch.rand(3, 4), torch.zeros(0, 4)), torch.zeros(3))
     feats = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    assert torch.allclose(purity(feats, torch.tensor([[3.0, 0.0]])), torch.tensor([1.0, 0.0]))
+    assert torch.allclose(knn_purity(feats, torch.tensor([[3.0, 0.0]])), torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="informativeness must be one of"):
-        informativeness(probs, "bald")
-    with pytest.raises(ValueError, match="unknown strategy 'll'"):
-        make_strategy("ll")
+        informativeness("bald", None)
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        make_strategy("nope")
+    with pytest.raises(ValueError, match="strategy 'conf' has no option 'purity'"):
+        make_strategy("conf", purity="knn")

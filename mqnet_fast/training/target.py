@@ -1,7 +1,5 @@
-"""Training and inference of the target model on uint8 image arrays held on the device.
-
-No DataLoader and no worker processes: the images live on the device as one uint8 tensor, batches are
-gathered by index, augmented (random crop with zero padding, horizontal flip where the dataset
+"""Training and inference of the target model on images held on the device (DeviceImages): batches
+are gathered by index, augmented (random crop with zero padding, horizontal flip where the dataset
 allows it) and normalized on the device.
 """
 from __future__ import annotations
@@ -13,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast.models import ResNet18
+from mqnet_fast.training.images import DeviceImages
+from mqnet_fast.training.optim import set_lr, sgd, step_decay
 from mqnet_fast.progress import progress_bar
 
 
@@ -26,53 +26,7 @@ class TrainConfig:
 
     def lr_at(self, step: int) -> float:
         """lr, decayed by 0.1 at 50% and again at 75% of the iterations."""
-        return self.lr * (0.1 ** ((step >= self.iterations // 2) + (step >= (3 * self.iterations) // 4)))
-
-
-class DeviceImages:
-    """A split's images as a (N, C, H, W) uint8 tensor on `device`, with the per-channel mean and std
-    (of the training images, in 0..1 units) used to normalize them."""
-
-    def __init__(self, images: np.ndarray, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-                 flip: bool):
-        self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
-        self.mean = mean.to(device).view(1, -1, 1, 1)
-        self.std = std.to(device).view(1, -1, 1, 1)
-        self.flip = flip
-        self.pad = max(1, self.images.shape[-1] // 8)  # 4 for 32x32 (the usual CIFAR crop), 1 for 8x8
-        self.channels_last = device.type == "cuda"
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    @staticmethod
-    def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        pixels = torch.from_numpy(np.ascontiguousarray(images)).reshape(-1, images.shape[-1]).double() / 255.0
-        return pixels.mean(0).float(), pixels.std(0).clamp_min(1e-3).float()
-
-    def _normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        out = (batch.float() / 255.0 - self.mean) / self.std
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
-
-    def batch(self, index: torch.Tensor) -> torch.Tensor:
-        return self._normalize(self.images[index.to(self.images.device)])
-
-    def augmented_batch(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Random crop (zero padding `pad`, offsets uniform in 0..2 pad) and, if allowed, a random
-        horizontal flip per image; random numbers come from the CPU `generator`."""
-        batch = self.images[index.to(self.images.device)]
-        n, _, h, w = batch.shape
-        p = self.pad
-        offsets = torch.randint(0, 2 * p + 1, (2, n), generator=generator).to(batch.device)
-        padded = F.pad(batch, (p, p, p, p))
-        rows = (offsets[0][:, None] + torch.arange(h, device=batch.device))[:, None, :, None]
-        cols = (offsets[1][:, None] + torch.arange(w, device=batch.device))[:, None, None, :]
-        if self.flip:
-            flips = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
-            cols = torch.where(flips[:, None, None, None], cols.flip(-1), cols)
-        batch = padded[torch.arange(n, device=batch.device)[:, None, None, None],
-                       torch.arange(batch.shape[1], device=batch.device)[None, :, None, None], rows, cols]
-        return self._normalize(batch)
+        return step_decay(self.lr, step, (self.iterations // 2, (3 * self.iterations) // 4))
 
 
 def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int) -> ResNet18:
@@ -113,16 +67,14 @@ def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tenso
     Returns the mean loss of the last 10% of the iterations."""
     device = images.images.device
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
     labels = labels.to(device)
     batches = _shuffled_batches(len(index), config.batch_size, generator)
     tail_losses = []
     model.train()
     for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
         rows = next(batches)
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr_at(step)
+        set_lr(optimizer, config.lr_at(step))
         with _autocast(device):
             loss = F.cross_entropy(model(images.augmented_batch(index[rows], generator)), labels[rows.to(device)])
         optimizer.zero_grad(set_to_none=True)

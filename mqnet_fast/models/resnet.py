@@ -27,26 +27,38 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 for small images. forward(x) -> logits (B, num_classes); features(x) -> (B, 512),
-    the penultimate (pooled) features the strategies use."""
+    """ResNet-18 for small images. forward(x) -> logits (B, num_classes); features(x) -> (B, feature_dim),
+    the penultimate (pooled) features the strategies use; stages(x) -> the four stage outputs (what
+    the loss-prediction module of learning loss reads). `width` is the first stage's channel count
+    (64 in the standard network; the stages have width, 2, 4 and 8 times that)."""
 
-    feature_dim = 512
-
-    def __init__(self, num_classes: int, in_channels: int = 3):
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        layers, in_planes = [], 64
-        for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, in_planes = [], width
+        self.stage_channels = tuple(width * m for m in (1, 2, 4, 8))
+        for planes, stride in zip(self.stage_channels, (1, 2, 2, 2)):
             layers.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes, 1)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
-        self.linear = nn.Linear(512, num_classes)
+        self.feature_dim = self.stage_channels[-1]
+        self.linear = nn.Linear(self.feature_dim, num_classes)
+
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = F.relu(self.bn1(self.conv1(x)))
+        outs = []
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            out = layer(out)
+            outs.append(out)
+        return outs
+
+    @staticmethod
+    def pool(stage: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(F.adaptive_avg_pool2d(stage, 1), 1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+        return self.pool(self.stages(x)[-1])
 
     def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(x)

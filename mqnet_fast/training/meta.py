@@ -1,5 +1,5 @@
-"""MQ-Net's meta-model Phi: a non-negative MLP over z = <P(x), I(x)>, trained with the ranking loss
-of the paper (Eq. 10) on the examples it queried.
+"""Training MQ-Net's meta-model Phi (mqnet_fast.models.MetaModel) with the ranking loss of the paper
+(Eq. 10) on the examples it queried.
 
 Standardization (one rule, used at training and at selection time): in every round z is computed
 for all unlabeled pool examples and each column is standardized with that round's mean and std over
@@ -13,57 +13,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-import torch.nn.functional as F
 
-from mqnet_fast import ops
-
-
-class MetaModel(nn.Module):
-    """Phi: inputs (N, k) -> hidden (sigmoid) -> one score, weights used as relu(W), so that
-    z_i >= z_j componentwise implies Phi(z_i) >= Phi(z_j) (the skyline constraint) by construction.
-    Weights are initialized non-negative (a negative weight would be clamped to 0 and get no gradient)."""
-
-    def __init__(self, in_features: int = 2, hidden: int = 64, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.hidden = nn.Linear(in_features, hidden)
-        self.out = nn.Linear(hidden, 1)
-        with torch.no_grad():
-            for layer in (self.hidden, self.out):
-                bound = 1.0 / math.sqrt(layer.in_features)
-                layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * bound)
-                layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
-
-    @property
-    def weights(self) -> list[torch.Tensor]:
-        return [self.hidden.weight, self.out.weight]
-
-    @property
-    def biases(self) -> list[torch.Tensor]:
-        return [self.hidden.bias, self.out.bias]
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Differentiable scores (N,) of standardized meta-inputs z (N, k); the values are those of
-        mqnet_fast.reference.nonneg_mlp_score (and of the fused op).
-
-        The weights enter as relu(W) with a straight-through gradient: d relu(W)/dW is taken as 1,
-        not 0, for W < 0. With the plain relu gradient a weight that SGD pushes below 0 gets no
-        gradient again and stays dead; on a small, noisy query set most output weights die within a
-        few hundred steps and Phi becomes a constant (ranking loss stuck at the margin)."""
-        h = z
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = F.linear(h, w.clamp_min(0).detach() + (w - w.detach()), b)
-            if i < len(self.weights) - 1:
-                h = torch.sigmoid(h)
-        return h.squeeze(1)
-
-    @torch.no_grad()
-    def score(self, z: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
-              backend: str = "auto") -> torch.Tensor:
-        """Scores (N,) of a whole pool through the fused op, standardizing z with (mean, std) in it."""
-        params = [p.to(z.device) for p in self.weights], [p.to(z.device) for p in self.biases]
-        return ops.nonneg_mlp_score(z, *params, mean=mean, std=std, backend=backend)
+from mqnet_fast.models.meta_model import MetaModel
+from mqnet_fast.training.optim import set_lr, sgd, step_decay
 
 
 def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
@@ -126,13 +78,11 @@ def train_meta_model(model: MetaModel, z: torch.Tensor, targets: torch.Tensor, c
     generator = torch.Generator().manual_seed(seed)
     batch = min(config.batch_size, n)
     steps_per_epoch = max(math.ceil(n / config.batch_size), config.min_steps_per_epoch)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
     model.train()
     last_epoch = torch.zeros(steps_per_epoch)
     for epoch in range(config.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * (0.1 if epoch >= config.epochs // 2 else 1.0)
+        set_lr(optimizer, step_decay(config.lr, epoch, (config.epochs // 2,)))
         batches = torch.argsort(torch.rand(steps_per_epoch, n, generator=generator), dim=1)[:, :batch]
         for step in range(steps_per_epoch):
             rows = batches[step]

@@ -1,0 +1,131 @@
+"""The experiment's configuration, its validation and its identity."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from mqnet_fast.strategies import STRATEGIES, make_options, option_names
+
+# Per-dataset defaults: (budget, rounds, iterations). CIFAR follows the paper (b = 500, 10 rounds,
+# 20,000 iterations); digits is sized for a CPU demo in minutes.
+DEFAULTS = {"digits": (20, 5, 100), "cifar10": (500, 10, 20000), "cifar100": (500, 10, 20000)}
+FALLBACK_DEFAULTS = (500, 10, 20000)
+NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
+# What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
+# options are part of its run's identity too (stored and checked per run in config.json).
+IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the option and the problem."""
+
+
+@dataclass
+class ExperimentConfig:
+    dataset: str = "digits"
+    split: str = "4:6"            # IN:OOD class ratio
+    noise: float = 0.6            # tau: the share of OOD examples in the pool
+    strategies: list[str] = field(default_factory=lambda: ["mqnet"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budget: int | None = None     # None: the dataset's default
+    rounds: int | None = None
+    iterations: int | None = None
+    batch_size: int = 64
+    lr: float = 0.1
+    options: dict = field(default_factory=dict)  # strategy options by name, e.g. {"purity": "knn"}
+    data_root: str | None = None
+    download: bool = False
+    cache_dir: str | None = None
+    device: str = "auto"
+    progress: bool = True
+
+    def resolved(self) -> "ExperimentConfig":
+        """A copy with the dataset defaults filled in and every option checked."""
+        budget, rounds, iterations = DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
+        out = dataclasses.replace(self, budget=self.budget if self.budget is not None else budget,
+                                  rounds=self.rounds if self.rounds is not None else rounds,
+                                  iterations=self.iterations if self.iterations is not None else iterations,
+                                  strategies=list(self.strategies), seeds=[int(s) for s in self.seeds],
+                                  options=dict(self.options))
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        for name in self.strategies:
+            if name not in STRATEGIES:
+                raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+        if not self.strategies:
+            raise ConfigError("strategies: give at least one")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"strategies: {self.strategies} lists one twice")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not 0.0 <= self.noise < 1.0:
+            raise ConfigError(f"noise ratio must be in [0, 1) (the paper uses {NOISE_LEVELS}), got {self.noise}")
+        parse_split(self.split)
+        for name in ("budget", "rounds", "iterations", "batch_size"):
+            value = getattr(self, name)
+            low = 0 if name == "rounds" else 1
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        owners = {name: [s for s in self.strategies if name in option_names(s)] for name in self.options}
+        for name, strategies in owners.items():
+            if not strategies:
+                raise ConfigError(f"option {name!r} belongs to none of the strategies {', '.join(self.strategies)}")
+        for strategy in self.strategies:
+            self.strategy_options(strategy)
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except RuntimeError as err:
+                raise ConfigError(f"device {self.device!r} is not a device name ({err})") from err
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"device {self.device!r}: no CUDA GPU is visible")
+
+    def strategy_options(self, strategy: str):
+        """The Options of `strategy`: the config's values for the options it has, defaults for the rest."""
+        mine = {k: v for k, v in self.options.items() if k in option_names(strategy)}
+        try:
+            return make_options(strategy, **mine)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"strategy {strategy!r}: {err}") from err
+
+    def identity(self) -> dict:
+        return {name: getattr(self, name) for name in IDENTITY}
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+def parse_split(split: str) -> tuple[int, int]:
+    try:
+        a, b = (int(part) for part in str(split).split(":"))
+    except ValueError:
+        raise ConfigError(f"split must look like IN:OOD, e.g. 4:6, got {split!r}") from None
+    if a <= 0 or b <= 0:
+        raise ConfigError(f"split {split!r}: both parts must be positive")
+    return a, b
+
+
+def num_in_classes(split: str, num_classes: int) -> int:
+    a, b = parse_split(split)
+    n = int(round(num_classes * a / (a + b)))
+    if not 0 < n < num_classes:
+        raise ConfigError(f"split {split!r} leaves {n} IN classes of {num_classes}; both sides need one")
+    return n
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from (seed, round, purpose, ...)."""
+    digest = hashlib.sha256("/".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+# --------------------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The phases of one round, each a short function: train, evaluate, infer, select, label, learn."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mqnet_fast.data import OpenSetSplit
+from mqnet_fast.strategies import RoundView, Selection, Strategy
+from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, train_model
+
+
+def train(num_classes: int, images: DeviceImages, labeled_in: np.ndarray, labels: np.ndarray,
+          config: TrainConfig, init_seed: int, train_seed: int, device: torch.device, *, desc: str,
+          show_progress: bool):
+    """A freshly initialized target model trained on the labeled IN examples `labeled_in` (global
+    rows) with IN labels `labels`. Returns (model, mean loss of the last iterations)."""
+    model = make_model(num_classes, images.images.shape[1], device, init_seed)
+    if len(labeled_in) == 0:
+        return model, float("nan")  # nothing IN to learn from yet: the model stays at its initialization
+    loss = train_model(model, images, torch.from_numpy(labeled_in), torch.from_numpy(labels), config, train_seed,
+                       desc=desc, show_progress=show_progress)
+    return model, loss
+
+
+def evaluate(model: torch.nn.Module, images: DeviceImages, rows: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy on the test rows `rows` with IN labels `labels` (nan with no rows)."""
+    if len(rows) == 0:
+        return float("nan")
+    logits, _ = infer(model, images, torch.from_numpy(rows))
+    return float((logits.argmax(1) == torch.from_numpy(labels).to(logits.device)).float().mean())
+
+
+def infer_view(model: torch.nn.Module, images: DeviceImages, split: OpenSetSplit, labeled: np.ndarray,
+               labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None) -> RoundView:
+    """The round's view: the model's outputs on the unlabeled candidates and the labeled examples."""
+    candidates = np.setdiff1d(split.pool, labeled)
+    cand_logits, cand_feats = infer(model, images, torch.from_numpy(candidates))
+    _, labeled_feats = infer(model, images, torch.from_numpy(labeled))
+    return RoundView(torch.from_numpy(candidates), torch.softmax(cand_logits, 1), cand_feats, generator,
+                     labeled_feats=labeled_feats, labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
+                     logits=cand_logits, labeled=torch.from_numpy(labeled),
+                     labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache)
+
+
+def select(strategy: Strategy, view: RoundView, budget: int, name: str) -> tuple[Selection, np.ndarray, np.ndarray]:
+    """The strategy's query, checked against its contract. Returns (selection, query global indices,
+    their rows in the candidates)."""
+    selection = strategy.select(view, budget)
+    query = selection.indices.cpu().numpy().astype(np.int64)
+    return selection, query, check_selection(query, view.candidates.numpy(), budget, name)
+
+
+def label(view: RoundView, query: np.ndarray, positions: np.ndarray, is_in: np.ndarray,
+          labels_in: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The oracle's answer for the query: IN or OOD per example, and the masked cross-entropy of the
+    current model on it (0 for OOD examples), which MQ-Net's meta-model learns to rank."""
+    query_in = is_in[query]
+    losses = torch.zeros(len(query))
+    if query_in.any():
+        rows = torch.from_numpy(positions[query_in]).to(view.logits.device)
+        targets = torch.from_numpy(labels_in[query[query_in]])
+        losses[torch.from_numpy(query_in)] = F.cross_entropy(view.logits[rows].float().cpu(), targets,
+                                                             reduction="none")
+    return query_in, losses
+
+
+def learn(strategy: Strategy, view: RoundView, positions: np.ndarray, losses: torch.Tensor, seed: int) -> dict:
+    return strategy.observe(view, torch.from_numpy(positions), losses, seed)
+
+
+def check_selection(query: np.ndarray, candidates: np.ndarray, budget: int, strategy: str) -> np.ndarray:
+    """The strategy contract: `budget` distinct unlabeled pool examples. Returns their rows in
+    `candidates` (sorted ascending)."""
+    if query.shape != (budget,):
+        raise RuntimeError(f"strategy {strategy!r} returned {query.shape} indices, expected ({budget},)")
+    if len(np.unique(query)) != budget:
+        raise RuntimeError(f"strategy {strategy!r} returned repeated indices")
+    positions = np.searchsorted(candidates, query)
+    if (positions >= len(candidates)).any() or (candidates[np.minimum(positions, len(candidates) - 1)] != query).any():
+        raise RuntimeError(f"strategy {strategy!r} returned indices that are labeled or not in the pool")
+    return positions

@@ -1,0 +1,174 @@
+"""The open-set active-learning loop, checkpointed per round.
+
+Per round r = 0..R: train a freshly initialized target model on the labeled IN examples, evaluate it
+on the IN test classes, and (for r < R) infer the candidates, select `budget` of them with the
+strategy, label them (IN or OOD) and let the strategy learn from the result (MQ-Net trains Phi).
+So there are R queries and R + 1 evaluations; the last one measures the final labeled set.
+
+Each round depends only on the checkpoint before it and on seeds derived from (seed, round), so
+rerunning the same command after a crash or Ctrl-C resumes after the last completed round and gives
+the same results as an uninterrupted run. The run directory's layout: mqnet_fast.experiment.store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mqnet_fast.data import ImageArrays, load_dataset, make_open_set
+from mqnet_fast.experiment import phases
+from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
+from mqnet_fast.experiment.store import RunStore
+from mqnet_fast.progress import progress_bar
+from mqnet_fast.strategies import Strategy, make_strategy
+from mqnet_fast.training import DeviceImages, TrainConfig
+
+
+class Experiment:
+    """Data, split and device for one experiment; `run()` runs every (strategy, seed) pair, resuming
+    whatever the run directory already holds."""
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path, data: ImageArrays | None = None):
+        self.config = config.resolved()
+        self.run_dir = Path(run_dir)
+        self.store = RunStore(self.run_dir)
+        self.store.check_experiment(self.config.identity())
+        self.device = self.config.torch_device()
+        self.data = data if data is not None else load_dataset(
+            self.config.dataset, self.config.data_root, download=self.config.download,
+            cache_dir=self.config.cache_dir)
+        self.num_in = num_in_classes(self.config.split, self.data.num_classes)
+        needed = self.config.budget * (self.config.rounds + 1)
+        # The pool size depends on the seed only through rounding; check each seed's split up front.
+        self.splits = {}
+        for seed in self.config.seeds:
+            try:
+                split = make_open_set(self.data.train_labels, self.data.num_classes, self.num_in,
+                                      self.config.noise, self.config.budget, seed)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+            if needed > len(split.pool):
+                raise ConfigError(f"budget {self.config.budget} x (rounds {self.config.rounds} + the initial set) = "
+                                  f"{needed} examples, more than the pool holds ({len(split.pool)})")
+            self.splits[seed] = split
+        mean, std = DeviceImages.channel_stats(self.data.train_images)
+        self.train_images = DeviceImages(self.data.train_images, mean, std, self.device, self.data.flip)
+        self.test_images = DeviceImages(self.data.test_images, mean, std, self.device, self.data.flip)
+        self._round_zero = {}
+        self._caches = {}
+
+    def run(self, stop_after_rounds: int | None = None) -> list[dict]:
+        """Run (or resume) every (strategy, seed) pair; returns all round records. `stop_after_rounds`
+        ends each run after that many completed rounds in this call (for tests of resuming)."""
+        records = []
+        for seed in self.config.seeds:
+            for name in self.config.strategies:
+                records += self.run_one(name, seed, stop_after_rounds)
+        return records
+
+    # ----------------------------------------------------------------------------------------------
+
+    def run_one(self, strategy_name: str, seed: int, stop_after_rounds: int | None = None) -> list[dict]:
+        cfg, split = self.config, self.splits[seed]
+        options = cfg.strategy_options(strategy_name)
+        strategy = make_strategy(strategy_name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))
+        run = self.store.run(strategy_name, seed)
+        run.write_config({**dataclasses.asdict(cfg), "strategy": strategy_name, "seed": seed,
+                          "strategy_options": dataclasses.asdict(options), "num_in_classes": self.num_in,
+                          "in_classes": split.in_classes, "split_notes": split.notes})
+        state = run.load_checkpoint()
+        if state is not None:
+            strategy.load_state_dict(state["strategy"])
+        else:
+            state = {"labeled": split.initial_labeled.tolist(), "records": [], "queries": [], "strategy": {}}
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        done_here = 0
+        rounds = progress_bar(range(len(state["records"]), cfg.rounds + 1), desc=f"{strategy_name} seed {seed}",
+                              disable=not cfg.progress, initial=len(state["records"]), total=cfg.rounds + 1)
+        for r in rounds:
+            if stop_after_rounds is not None and done_here >= stop_after_rounds:
+                break
+            record, query = self._round(strategy, strategy_name, seed, r, np.array(state["labeled"], np.int64), run)
+            state["records"].append(record)
+            if query is not None:
+                state["queries"].append(query.tolist())
+                state["labeled"] = sorted(state["labeled"] + query.tolist())
+            state["strategy"] = strategy.state_dict()
+            run.save_round(state)
+            done_here += 1
+        return state["records"]
+
+    def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled: np.ndarray, run):
+        cfg, split, data = self.config, self.splits[seed], self.data
+        timings = {}
+        train_in_labels, test_in_labels = self._in_labels(seed)
+        labeled_in = labeled[split.is_in[labeled]]
+
+        tick = time.perf_counter()
+        model, train_loss = self._train(seed, r, labeled_in, strategy)
+        timings["time_train"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        test_rows = np.flatnonzero(test_in_labels >= 0)
+        accuracy = phases.evaluate(model, self.test_images, test_rows, test_in_labels[test_rows])
+        timings["time_eval"] = time.perf_counter() - tick
+
+        record = {"strategy": strategy_name, "seed": seed, "round": r, "dataset": cfg.dataset,
+                  "noise": cfg.noise, "split": cfg.split, "budget": cfg.budget,
+                  "test_accuracy": accuracy, "train_loss": train_loss,
+                  "labeled_in": int(len(labeled_in)), "labeled_ood": int(len(labeled) - len(labeled_in))}
+        query = None
+        if r < cfg.rounds:
+            tick = time.perf_counter()
+            view = phases.infer_view(model, self.train_images, split, labeled, train_in_labels, r,
+                                     torch.Generator().manual_seed(derive_seed(seed, r, "select")),
+                                     self._caches.setdefault(seed, {}))
+            timings["time_infer"] = time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            selection, query, positions = phases.select(strategy, view, cfg.budget, strategy_name)
+            timings["time_select"] = time.perf_counter() - tick
+            columns = {k: v.cpu().numpy() for k, v in selection.columns.items()}
+            if selection.scores is not None:
+                columns["score"] = selection.scores.cpu().numpy()
+            run.save_scores(r, candidates=view.candidates.numpy(), query=query,
+                            is_in=split.is_in[view.candidates.numpy()], **columns)
+
+            query_in, losses = phases.label(view, query, positions, split.is_in, train_in_labels)
+            tick = time.perf_counter()
+            record.update(phases.learn(strategy, view, positions, losses, derive_seed(seed, r, "meta-train")))
+            timings["time_meta"] = time.perf_counter() - tick
+            record.update({"query_in": int(query_in.sum()), "query_ood": int(len(query) - query_in.sum()),
+                           "query_in_percent": 100.0 * float(query_in.mean())})
+            record.update(selection.extra)
+        record.update({k: round(v, 4) for k, v in timings.items()})
+        return record, query
+
+    def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per example of the train and of the test split: its IN label 0..K-1 (in the order of the
+        seed's IN classes), -1 for OOD."""
+        mapping = np.full(self.data.num_classes, -1, np.int64)
+        mapping[self.splits[seed].in_classes] = np.arange(self.num_in)
+        return mapping[self.data.train_labels], mapping[self.data.test_labels]
+
+    def _train(self, seed: int, r: int, labeled_in: np.ndarray, strategy: Strategy):
+        """A fresh target model trained on the labeled IN examples. Round 0 starts from the same
+        initial labeled set for every strategy, so its model is trained once per seed (and recipe)
+        and shared."""
+        cfg = self.config
+        key = (seed, strategy.uses_loss_module)
+        if r == 0 and key in self._round_zero:
+            return self._round_zero[key]
+        result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
+                              TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr),
+                              derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
+                              desc=f"round {r} train", show_progress=cfg.progress)
+        if r == 0:
+            self._round_zero[key] = result
+        return result

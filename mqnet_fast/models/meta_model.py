@@ -1,0 +1,57 @@
+"""MQ-Net's meta-model Phi: a non-negative MLP over the meta-inputs z = <P(x), I(x)>."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from mqnet_fast import ops
+
+
+class MetaModel(nn.Module):
+    """Phi: inputs (N, k) -> hidden (sigmoid) -> one score, weights used as relu(W), so that
+    z_i >= z_j componentwise implies Phi(z_i) >= Phi(z_j) (the skyline constraint) by construction.
+    Weights are initialized non-negative (a negative weight would be clamped to 0 and get no gradient)."""
+
+    def __init__(self, in_features: int = 2, hidden: int = 64, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.hidden = nn.Linear(in_features, hidden)
+        self.out = nn.Linear(hidden, 1)
+        with torch.no_grad():
+            for layer in (self.hidden, self.out):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * bound)
+                layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return [self.hidden.weight, self.out.weight]
+
+    @property
+    def biases(self) -> list[torch.Tensor]:
+        return [self.hidden.bias, self.out.bias]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Differentiable scores (N,) of standardized meta-inputs z (N, k); the values are those of
+        mqnet_fast.reference.nonneg_mlp_score (and of the fused op).
+
+        The weights enter as relu(W) with a straight-through gradient: d relu(W)/dW is taken as 1,
+        not 0, for W < 0. With the plain relu gradient a weight that SGD pushes below 0 gets no
+        gradient again and stays dead; on a small, noisy query set most output weights die within a
+        few hundred steps and Phi becomes a constant (ranking loss stuck at the margin)."""
+        h = z
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = F.linear(h, w.clamp_min(0).detach() + (w - w.detach()), b)
+            if i < len(self.weights) - 1:
+                h = torch.sigmoid(h)
+        return h.squeeze(1)
+
+    @torch.no_grad()
+    def score(self, z: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,
+              backend: str = "auto") -> torch.Tensor:
+        """Scores (N,) of a whole pool through the fused op, standardizing z with (mean, std) in it."""
+        params = [p.to(z.device) for p in self.weights], [p.to(z.device) for p in self.biases]
+        return ops.nonneg_mlp_score(z, *params, mean=mean, std=std, backend=backend)

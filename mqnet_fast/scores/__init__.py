@@ -1,0 +1,55 @@
+"""Per-example scores for open-set AL, one file per family: purity P(x) (how surely x is
+in-distribution) and informativeness I(x) (how much labeling x would teach the target model);
+higher = more worth labeling for both.
+
+Each family file holds plain tensor functions (usable on your own arrays) and registers, by name,
+an adapter that computes the score from a round's view (`mqnet_fast.strategies.RoundView`);
+`purity(name, view)` and `informativeness(name, view)` look them up.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+PURITY: dict[str, Callable] = {}
+INFORMATIVENESS: dict[str, Callable] = {}
+
+
+def register_purity(name: str):
+    def add(fn):
+        PURITY[name] = fn
+        return fn
+    return add
+
+
+def register_informativeness(name: str):
+    def add(fn):
+        INFORMATIVENESS[name] = fn
+        return fn
+    return add
+
+
+def _lookup(table: dict, kind: str, name: str) -> Callable:
+    if name not in table:
+        raise ValueError(f"{kind} must be one of {', '.join(table)}, got {name!r}")
+    return table[name]
+
+
+def purity(name: str, view) -> torch.Tensor:
+    """P(x) of the view's candidates (U,), float32, by the registered score `name`."""
+    return _lookup(PURITY, "purity", name)(view).float()
+
+
+def informativeness(name: str, view) -> torch.Tensor:
+    """I(x) of the view's candidates (U,), float32, by the registered score `name`."""
+    return _lookup(INFORMATIVENESS, "informativeness", name)(view).float()
+
+
+# Registration order is the order users see the names in.
+from mqnet_fast.scores import uncertainty, knn  # noqa: E402,F401
+from mqnet_fast.scores.knn import knn_purity  # noqa: E402
+from mqnet_fast.scores.uncertainty import entropy, least_confidence, negative_margin  # noqa: E402
+
+__all__ = ["INFORMATIVENESS", "PURITY", "entropy", "informativeness", "knn_purity", "least_confidence",
+           "negative_margin", "purity", "register_informativeness", "register_purity"]

@@ -1,0 +1,16 @@
+"""BADGE (Ash et al., ICLR 2020): k-means++ seeding over the implicit gradient embeddings of the last
+layer, built from the softmax and the penultimate features (the BADGE op, never materialized)."""
+from __future__ import annotations
+
+from mqnet_fast import ops
+from mqnet_fast.strategies.base import Selection, Strategy, register
+
+
+@register
+class Badge(Strategy):
+    name = "badge"
+
+    def select(self, view, budget):
+        positions = ops.badge_kmeanspp(view.probs.float(), view.feats.float(), budget,
+                                       generator=view.generator).cpu()
+        return Selection(view.candidates[positions])

@@ -1,0 +1,148 @@
+"""What every strategy shares: the round's view, the selection it returns, the base class and the
+registry of strategies by name."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from mqnet_fast import ops
+
+
+@dataclass
+class RoundView:
+    """What a strategy may use in one round. Rows of the per-candidate tensors are the candidates, in
+    the order of `candidates`; rows of the labeled tensors follow `labeled`.
+
+    Only `candidates`, `probs`, `feats` and `generator` are needed by every strategy; the rest are
+    filled in by the loop and may be left out when calling a strategy on your own arrays (a strategy
+    that needs one says so)."""
+    candidates: torch.Tensor                  # (U,) int64 global train indices of the unlabeled pool, CPU
+    probs: torch.Tensor                       # (U, K) softmax of the target model over the IN classes
+    feats: torch.Tensor                       # (U, d) penultimate features of the target model
+    generator: torch.Generator                # the round's only source of randomness
+    labeled_feats: torch.Tensor | None = None  # (L, d) penultimate features of the labeled examples
+    labeled_is_in: torch.Tensor | None = None  # (L,) bool: the labeled example turned out IN
+    round: int = 0
+    logits: torch.Tensor | None = None        # (U, K)
+    labeled: torch.Tensor | None = None       # (L,) int64 global indices of the labeled examples
+    labeled_labels: torch.Tensor | None = None  # (L,) int64 IN class 0..K-1, -1 for OOD
+    model: torch.nn.Module | None = None      # the trained target model (eval mode)
+    images: Any = None                        # the train split's DeviceImages (indexed by global index)
+    cache: Any = None                         # per-run cache (mqnet_fast.experiment.store.RunCache)
+    extras: dict = field(default_factory=dict)  # more (U,) per-candidate model outputs, e.g. "predicted_loss"
+
+    def __post_init__(self):
+        if self.labeled_feats is None:
+            self.labeled_feats = self.feats.new_zeros(0, self.feats.shape[1])
+        if self.labeled_is_in is None:
+            self.labeled_is_in = torch.zeros(self.labeled_feats.shape[0], dtype=torch.bool)
+
+    @property
+    def labeled_in_feats(self) -> torch.Tensor:
+        """(L_in, d) penultimate features of the labeled IN examples."""
+        return self.labeled_feats[self.labeled_is_in.to(self.labeled_feats.device)]
+
+    def require(self, *names: str, by: str) -> None:
+        missing = [n for n in names if getattr(self, n) is None and n not in self.extras]
+        if missing:
+            raise ValueError(f"{by} needs {', '.join(missing)} in the RoundView, which were not given")
+
+
+@dataclass
+class Selection:
+    indices: torch.Tensor                     # (budget,) global indices, in pick/rank order
+    scores: torch.Tensor | None = None        # (U,) one score per candidate (higher = preferred)
+    extra: dict = field(default_factory=dict)  # per-strategy numbers for the round's record
+    columns: dict = field(default_factory=dict)  # more (U,) per-candidate values to save (e.g. P, I)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+class Strategy:
+    """A query strategy: `select(view, budget) -> Selection`. Options are a frozen dataclass
+    (`Options`) whose fields are the strategy's settings; they are part of a run's identity."""
+    name: ClassVar[str] = "strategy"
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options=None, seed: int = 0):
+        self.options = options if options is not None else self.Options()
+
+    @property
+    def uses_loss_module(self) -> bool:
+        """Whether the target model must be trained with the loss-prediction module (learning loss)."""
+        return False
+
+    def select(self, view: RoundView, budget: int) -> Selection:
+        raise NotImplementedError
+
+    def observe(self, view: RoundView, positions: torch.Tensor, losses: torch.Tensor, seed: int) -> dict:
+        """Called after the query is labeled: `positions` (b,) rows of the candidates that were
+        queried, `losses` (b,) their masked cross-entropy (0 for OOD). Returns numbers to record."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class TopScore(Strategy):
+    """The top `budget` candidates by `score(view)` (ties to the lower row, through ops.top_b)."""
+
+    def score(self, view: RoundView) -> torch.Tensor:
+        raise NotImplementedError
+
+    def select(self, view, budget):
+        return top_selection(view, self.score(view), budget)
+
+
+def top_selection(view: RoundView, scores: torch.Tensor, budget: int) -> Selection:
+    positions = ops.top_b(scores.float().cpu(), budget)
+    return Selection(view.candidates[positions], scores.float().cpu())
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator: make the strategy available by its `name` (CLI, config check, docs)."""
+    if cls.name in STRATEGIES:
+        raise ValueError(f"a strategy named {cls.name!r} is registered already")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def option_names(name: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(strategy_class(name).Options)]
+
+
+def make_options(name: str, **options):
+    """The strategy's Options from keyword values (the rest at their defaults); an option the
+    strategy does not have is refused by name."""
+    cls = strategy_class(name)
+    unknown = sorted(set(options) - set(option_names(name)))
+    if unknown:
+        have = ", ".join(option_names(name)) or "none"
+        raise ValueError(f"strategy {name!r} has no option {', '.join(map(repr, unknown))} (its options: {have})")
+    return cls.Options(**options)
+
+
+def make_strategy(name: str, *, seed: int = 0, **options) -> Strategy:
+    """A fresh strategy by registered name, with options given by keyword."""
+    return strategy_class(name)(make_options(name, **options), seed=seed)

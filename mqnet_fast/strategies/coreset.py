@@ -1,0 +1,23 @@
+"""CORESET (Sener & Savarese, ICLR 2018): k-center greedy over the target model's penultimate
+features, every labeled example an initial center (the k-center op)."""
+from __future__ import annotations
+
+import torch
+
+from mqnet_fast import ops
+from mqnet_fast.strategies.base import Selection, Strategy, register
+
+
+@register
+class Coreset(Strategy):
+    name = "coreset"
+
+    def select(self, view, budget):
+        num_labeled = view.labeled_feats.shape[0]
+        x = torch.cat([view.labeled_feats.to(view.feats.device), view.feats]).float()
+        labeled = torch.arange(num_labeled, device=x.device)
+        result = ops.kcenter_greedy(x, labeled, budget)
+        positions = result.indices.cpu() - num_labeled
+        scores = result.min_dist[num_labeled:].float().cpu()
+        return Selection(view.candidates[positions], scores,
+                         {"coreset_final_radius": float(result.radii[-1]) if budget else float("nan")})

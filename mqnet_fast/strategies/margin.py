@@ -1,0 +1,13 @@
+"""MARGIN: the candidates of smallest top-1 minus top-2 softmax margin (Wang & Shang, IJCNN 2014)."""
+from __future__ import annotations
+
+from mqnet_fast.scores import negative_margin
+from mqnet_fast.strategies.base import TopScore, register
+
+
+@register
+class Margin(TopScore):
+    name = "margin"
+
+    def score(self, view):
+        return negative_margin(view.probs)

@@ -1,0 +1,83 @@
+"""MQ-Net (Park et al., "Meta-Query-Net: Resolving Purity-Informativeness Dilemma in Open-set Active
+Learning", NeurIPS 2022).
+
+z = <P(x), I(x)> for every candidate, standardized per round over the candidates: each column with
+that round's mean and std (one rule, used at training and at selection time; the query set is a
+subset of the candidates, so Phi trains on exactly the values it scored). Round 0 ranks by the sum
+of the standardized scores; later rounds by Phi(z) through the fused non-negative MLP op. After each
+query Phi is trained on the query set with the ranking loss of Eq. 10 against the masked
+cross-entropy of the target model (0 for OOD examples): mqnet_fast.training.meta.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from mqnet_fast.models import MetaModel
+from mqnet_fast.scores import INFORMATIVENESS, PURITY, informativeness, purity
+from mqnet_fast.strategies.base import Strategy, register, top_selection
+from mqnet_fast.training.meta import MetaTrainConfig, MetaTrainStats, train_meta_model
+
+
+@dataclass(frozen=True)
+class MQNetOptions:
+    purity: str = field(default="knn", metadata={"help": "P(x): " + ", ".join(PURITY)})
+    informativeness: str = field(default="conf", metadata={"help": "I(x): " + ", ".join(INFORMATIVENESS)})
+    meta_epochs: int = field(default=100, metadata={"help": "epochs of meta-model training per round"})
+    meta_min_steps: int = field(default=100, metadata={"help": "minimum SGD steps per meta-model epoch"})
+
+    def __post_init__(self):
+        if self.purity not in PURITY:
+            raise ValueError(f"purity must be one of {', '.join(PURITY)}, got {self.purity!r}")
+        if self.informativeness not in INFORMATIVENESS:
+            raise ValueError(f"informativeness must be one of {', '.join(INFORMATIVENESS)}, "
+                             f"got {self.informativeness!r}")
+        for name in ("meta_epochs", "meta_min_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+@register
+class MQNet(Strategy):
+    name = "mqnet"
+    Options = MQNetOptions
+
+    def __init__(self, options: MQNetOptions | None = None, seed: int = 0, purity_fn=None):
+        """purity_fn(view) -> (U,) replaces the registered purity `options.purity` (e.g. a score in
+        an embedding of your own)."""
+        super().__init__(options, seed)
+        self.purity_fn = purity_fn
+        self.meta_config = MetaTrainConfig(epochs=self.options.meta_epochs,
+                                           min_steps_per_epoch=self.options.meta_min_steps)
+        self.model = MetaModel(seed=seed)
+        self.trained = False
+        self._z = None
+
+    def meta_inputs(self, view) -> torch.Tensor:
+        """Standardized z (U, 2) = <P, I> of the candidates."""
+        p = self.purity_fn(view).float() if self.purity_fn is not None else purity(self.options.purity, view)
+        z = torch.stack([p.cpu(), informativeness(self.options.informativeness, view).cpu()], 1)
+        mean, std = z.mean(0), z.std(0) if z.shape[0] > 1 else torch.ones(2)
+        return (z - mean) / torch.where(std > 0, std, torch.ones_like(std))
+
+    def select(self, view, budget):
+        self._z = self.meta_inputs(view)
+        scores = self.model.score(self._z) if self.trained else self._z.sum(1)
+        selection = top_selection(view, scores, budget)
+        selection.columns = {"purity_std": self._z[:, 0], "informativeness_std": self._z[:, 1]}
+        return selection
+
+    def observe(self, view, positions, losses, seed):
+        z = self._z if self._z is not None else self.meta_inputs(view)
+        stats: MetaTrainStats = train_meta_model(self.model, z[positions], losses, self.meta_config, seed)
+        self.trained = True
+        return {"meta_loss": stats.loss, "meta_rank_accuracy": stats.rank_accuracy, "meta_steps": stats.steps}
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "trained": self.trained}
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state["model"])
+        self.trained = bool(state["trained"])

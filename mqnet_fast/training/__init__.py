@@ -1,0 +1,8 @@
+"""Trainers: the target model, MQ-Net's meta-model; optimizers and schedules in `optim`."""
+from mqnet_fast.training.images import DeviceImages
+from mqnet_fast.training.meta import (MetaTrainConfig, MetaTrainStats, ranking_accuracy, ranking_loss,
+                                      train_meta_model)
+from mqnet_fast.training.target import TrainConfig, infer, make_model, train_model
+
+__all__ = ["DeviceImages", "MetaTrainConfig", "MetaTrainStats", "TrainConfig", "infer", "make_model",
+           "ranking_accuracy", "ranking_loss", "train_meta_model", "train_model"]
