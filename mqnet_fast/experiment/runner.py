@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqnet_fast.data import ImageArrays, load_dataset, make_open_set
+from mqnet_fast.cache import RunCache
+from mqnet_fast.data import ImageArrays, default_cache_dir, load_dataset, make_open_set
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
 from mqnet_fast.experiment.store import RunStore
@@ -128,7 +129,7 @@ class Experiment:
             tick = time.perf_counter()
             view = phases.infer_view(model, self.train_images, split, labeled, train_in_labels, r,
                                      torch.Generator().manual_seed(derive_seed(seed, r, "select")),
-                                     self._caches.setdefault(seed, {}))
+                                     self._run_cache(seed))
             timings["time_infer"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
@@ -149,6 +150,13 @@ class Experiment:
             record.update(selection.extra)
         record.update({k: round(v, 4) for k, v in timings.items()})
         return record, query
+
+    def _run_cache(self, seed: int) -> RunCache:
+        """One cache per seed: its pool (and so its encoder) is the same for every strategy."""
+        if seed not in self._caches:
+            directory = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
+            self._caches[seed] = RunCache(self.config.dataset, seed, self.splits[seed].pool, directory)
+        return self._caches[seed]
 
     def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Per example of the train and of the test split: its IN label 0..K-1 (in the order of the

@@ -31,7 +31,7 @@ class RoundView:
     labeled_labels: torch.Tensor | None = None  # (L,) int64 IN class 0..K-1, -1 for OOD
     model: torch.nn.Module | None = None      # the trained target model (eval mode)
     images: Any = None                        # the train split's DeviceImages (indexed by global index)
-    cache: Any = None                         # per-run cache (mqnet_fast.experiment.store.RunCache)
+    cache: Any = None                         # the run's mqnet_fast.cache.RunCache (encoders trained once per pool)
     extras: dict = field(default_factory=dict)  # more (U,) per-candidate model outputs, e.g. "predicted_loss"
 
     def __post_init__(self):

@@ -1,0 +1,41 @@
+"""What is computed once per run and reused every round: kept in memory for the run, and on disk
+where it is expensive to make (the contrastive encoder, trained once per pool)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class RunCache:
+    """One run's cache. `dataset`, `seed` and `pool` (global train indices of the pool, sorted)
+    identify what was trained on; `directory` is where disk entries go (None: memory only)."""
+    dataset: str
+    seed: int
+    pool: np.ndarray
+    directory: Path | None = None
+    memo: dict = field(default_factory=dict)
+
+    def get(self, key, build: Callable[[], Any]) -> Any:
+        """The memoized value for `key` (hashable), built once with `build()`."""
+        if key not in self.memo:
+            self.memo[key] = build()
+        return self.memo[key]
+
+    def disk_key(self, **config) -> str:
+        """A hex key over (dataset, pool, seed, config): equal exactly when all of them are."""
+        pool_digest = hashlib.sha256(np.ascontiguousarray(self.pool, dtype=np.int64).tobytes()).hexdigest()
+        text = json.dumps({"dataset": self.dataset, "pool": pool_digest, "seed": self.seed, "config": config},
+                          sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def disk_path(self, kind: str, **config) -> Path | None:
+        """Where the disk entry of `kind` for `config` lives (None without a directory)."""
+        if self.directory is None:
+            return None
+        return Path(self.directory) / kind / f"{self.disk_key(**config)}.pt"
