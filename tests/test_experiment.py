@@ -161,13 +161,20 @@ def test_run_directory_holds_config_and_scores(tmp_path, digits):
     config = json.loads((run / "config.json").read_text())
     assert config["strategy"] == "mqnet" and config["budget"] == 12 and len(config["in_classes"]) == 4
     with np.load(run / "scores" / "round_000.npz") as f:
-        assert set(f.files) >= {"candidates", "query", "is_in", "score", "purity_std", "informativeness_std"}
+        assert set(f.files) >= {"candidates", "query", "is_in", "score", "purity", "informativeness",
+                                "purity_std", "informativeness_std"}
+        from mqnet_fast.metrics import auroc
+
+        record = json.loads((run / "metrics.json").read_text())[0]
+        assert record["purity_auroc"] == auroc(f["purity"], f["is_in"])
+        assert record["informativeness_auroc"] == auroc(f["informativeness"], f["is_in"])
         assert f["score"].shape == f["candidates"].shape and np.isin(f["query"], f["candidates"]).all()
         # round 0 ranks by P + I: the query is the top of that score
         top = f["candidates"][np.argsort(-f["score"], kind="stable")[:12]]
         assert set(top) == set(f["query"])
     with np.load(tmp_path / "run" / "random" / "seed0" / "scores" / "round_000.npz") as f:
         assert "score" not in f.files  # random has no per-example score
+    assert "purity_auroc" not in json.loads((tmp_path / "run" / "random" / "seed0" / "metrics.json").read_text())[0]
 
 
 def test_purity_is_pluggable():

@@ -24,6 +24,7 @@ from mqnet_fast.data import ImageArrays, default_cache_dir, load_dataset, make_o
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
 from mqnet_fast.experiment.store import RunStore
+from mqnet_fast.metrics import auroc
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.strategies import Strategy, make_strategy
 from mqnet_fast.training import DeviceImages, TrainConfig
@@ -138,8 +139,12 @@ class Experiment:
             columns = {k: v.cpu().numpy() for k, v in selection.columns.items()}
             if selection.scores is not None:
                 columns["score"] = selection.scores.cpu().numpy()
-            run.save_scores(r, candidates=view.candidates.numpy(), query=query,
-                            is_in=split.is_in[view.candidates.numpy()], **columns)
+            candidate_is_in = split.is_in[view.candidates.numpy()]
+            run.save_scores(r, candidates=view.candidates.numpy(), query=query, is_in=candidate_is_in, **columns)
+            # How well each score the strategy computed separates IN from OOD candidates (Table 9)
+            for name in ("purity", "informativeness"):
+                if name in columns:
+                    record[f"{name}_auroc"] = auroc(columns[name], candidate_is_in)
 
             query_in, losses = phases.label(view, query, positions, split.is_in, train_in_labels)
             tick = time.perf_counter()

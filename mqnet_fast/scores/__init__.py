@@ -47,9 +47,11 @@ def informativeness(name: str, view) -> torch.Tensor:
 
 
 # Registration order is the order users see the names in.
-from mqnet_fast.scores import uncertainty, knn  # noqa: E402,F401
+from mqnet_fast.scores import uncertainty, knn, react  # noqa: E402,F401
 from mqnet_fast.scores.knn import knn_purity  # noqa: E402
+from mqnet_fast.scores.react import react_energy, react_threshold  # noqa: E402
 from mqnet_fast.scores.uncertainty import entropy, least_confidence, negative_margin  # noqa: E402
 
 __all__ = ["INFORMATIVENESS", "PURITY", "entropy", "informativeness", "knn_purity", "least_confidence",
-           "negative_margin", "purity", "register_informativeness", "register_purity"]
+           "negative_margin", "purity", "react_energy", "react_threshold", "register_informativeness",
+           "register_purity"]

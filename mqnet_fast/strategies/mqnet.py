@@ -3,10 +3,13 @@ Learning", NeurIPS 2022).
 
 z = <P(x), I(x)> for every candidate, standardized per round over the candidates: each column with
 that round's mean and std (one rule, used at training and at selection time; the query set is a
-subset of the candidates, so Phi trains on exactly the values it scored). Round 0 ranks by the sum
-of the standardized scores; later rounds by Phi(z) through the fused non-negative MLP op. After each
-query Phi is trained on the query set with the ranking loss of Eq. 10 against the masked
-cross-entropy of the target model (0 for OOD examples): mqnet_fast.training.meta.
+subset of the candidates, so Phi trains on exactly the values it scored). `standardize="exp-zscore"`
+applies exp to the z-scores as the published code does (its `standardize` in mqnet_util.py; it
+also uses the biased std, a factor sqrt(n / (n - 1)) that is immaterial at pool sizes and is not
+copied). Round 0 ranks by the sum of the two meta-inputs; later rounds by Phi(z) through the fused
+non-negative MLP op. After each query Phi is trained on the query set with the ranking loss of
+Eq. 10 against the masked cross-entropy of the target model (0 for OOD examples):
+mqnet_fast.training.meta.
 """
 from __future__ import annotations
 
@@ -20,10 +23,14 @@ from mqnet_fast.strategies.base import Strategy, register, top_selection
 from mqnet_fast.training.meta import MetaTrainConfig, MetaTrainStats, train_meta_model
 
 
+STANDARDIZE = ("zscore", "exp-zscore")
+
+
 @dataclass(frozen=True)
 class MQNetOptions:
     purity: str = field(default="knn", metadata={"help": "P(x): " + ", ".join(PURITY)})
     informativeness: str = field(default="conf", metadata={"help": "I(x): " + ", ".join(INFORMATIVENESS)})
+    standardize: str = field(default="zscore", metadata={"help": "meta-input standardization: " + ", ".join(STANDARDIZE)})
     meta_epochs: int = field(default=100, metadata={"help": "epochs of meta-model training per round"})
     meta_min_steps: int = field(default=100, metadata={"help": "minimum SGD steps per meta-model epoch"})
 
@@ -33,6 +40,8 @@ class MQNetOptions:
         if self.informativeness not in INFORMATIVENESS:
             raise ValueError(f"informativeness must be one of {', '.join(INFORMATIVENESS)}, "
                              f"got {self.informativeness!r}")
+        if self.standardize not in STANDARDIZE:
+            raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         for name in ("meta_epochs", "meta_min_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -55,18 +64,27 @@ class MQNet(Strategy):
         self.trained = False
         self._z = None
 
-    def meta_inputs(self, view) -> torch.Tensor:
-        """Standardized z (U, 2) = <P, I> of the candidates."""
+    def raw_scores(self, view) -> torch.Tensor:
+        """<P, I> (U, 2) of the candidates, before standardization."""
         p = self.purity_fn(view).float() if self.purity_fn is not None else purity(self.options.purity, view)
-        z = torch.stack([p.cpu(), informativeness(self.options.informativeness, view).cpu()], 1)
-        mean, std = z.mean(0), z.std(0) if z.shape[0] > 1 else torch.ones(2)
-        return (z - mean) / torch.where(std > 0, std, torch.ones_like(std))
+        return torch.stack([p.cpu(), informativeness(self.options.informativeness, view).cpu()], 1)
+
+    def standardized(self, raw: torch.Tensor) -> torch.Tensor:
+        mean, std = raw.mean(0), raw.std(0) if raw.shape[0] > 1 else torch.ones(2)
+        z = (raw - mean) / torch.where(std > 0, std, torch.ones_like(std))
+        return torch.exp(z) if self.options.standardize == "exp-zscore" else z
+
+    def meta_inputs(self, view) -> torch.Tensor:
+        """The meta-inputs z (U, 2) of the candidates: standardized <P, I>."""
+        return self.standardized(self.raw_scores(view))
 
     def select(self, view, budget):
-        self._z = self.meta_inputs(view)
+        raw = self.raw_scores(view)
+        self._z = self.standardized(raw)
         scores = self.model.score(self._z) if self.trained else self._z.sum(1)
         selection = top_selection(view, scores, budget)
-        selection.columns = {"purity_std": self._z[:, 0], "informativeness_std": self._z[:, 1]}
+        selection.columns = {"purity": raw[:, 0], "informativeness": raw[:, 1],
+                             "purity_std": self._z[:, 0], "informativeness_std": self._z[:, 1]}
         return selection
 
     def observe(self, view, positions, losses, seed):
