@@ -43,7 +43,7 @@ def main():
     loss = train_model(model, images, torch.arange(len(images)), torch.from_numpy(data.train_labels),
                        TrainConfig(iterations=args.iterations), seed=0, desc="train on CIFAR-10")
     trained = time.perf_counter() - start
-    logits, feats = infer(model, images, batch_size=500)
+    logits, feats, _ = infer(model, images, batch_size=500)
     accuracy = float((logits.argmax(1).numpy() == data.train_labels).mean())
     meta = {"iterations": args.iterations, "final_loss": loss, "train_accuracy": accuracy,
             "train_s": trained, "extract_s": time.perf_counter() - start - trained}

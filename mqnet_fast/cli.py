@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--purity-diagnostics", action="store_true",
+                     help="record the AUROC (IN vs OOD candidates) of every purity score in every round")
     run.add_argument("--report", action="store_true", help="write and print the report when done")
 
     report = sub.add_parser("report", help="plot and tabulate run directories")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
                 batch_size=args.batch_size, lr=args.lr,
                 options={k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_")},
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
-                device=args.device, progress=not args.quiet)
+                device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)
             start = time.perf_counter()
             experiment = Experiment(config, args.run_dir)
             for note in {n for split in experiment.splits.values() for n in split.notes}:

@@ -8,7 +8,7 @@ import torch
 from mqnet_fast.cli import main
 from mqnet_fast.data import load_digits
 from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, check_selection
-from mqnet_fast.strategies import STRATEGIES
+from mqnet_fast.strategies import STRATEGIES, make_strategy
 
 TIMING = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
 
@@ -50,9 +50,12 @@ def test_end_to_end_every_strategy(tmp_path, digits):
         assert 0.0 <= metrics[2]["test_accuracy"] <= 1.0
     mq = json.loads((tmp_path / "run" / "mqnet" / "seed0" / "metrics.json").read_text())
     assert mq[0]["meta_steps"] == 2 * 5 and "meta_rank_accuracy" in mq[0]
-    # round 0 is shared: every strategy saw the same first model
-    accs = {r["test_accuracy"] for r in records if r["round"] == 0}
-    assert len(accs) == 1
+    # round 0 is shared: every strategy with the same training recipe saw the same first model
+    for uses_loss_module in (False, True):
+        recipe = [r for r in records if r["round"] == 0
+                  and make_strategy(r["strategy"]).uses_loss_module == uses_loss_module]
+        assert len(recipe) >= 1 and len({(r["test_accuracy"], r["train_loss"]) for r in recipe}) == 1
+    assert len({r["train_loss"] for r in records if r["round"] == 0}) == 2  # with and without the LL module
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "run" / "results.csv")

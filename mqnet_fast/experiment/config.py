@@ -41,6 +41,7 @@ class ExperimentConfig:
     cache_dir: str | None = None
     device: str = "auto"
     progress: bool = True
+    purity_diagnostics: bool = False  # record every purity score's AUROC per round (not part of the identity)
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with the dataset defaults filled in and every option checked."""

@@ -12,10 +12,11 @@ from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, tr
 
 def train(num_classes: int, images: DeviceImages, labeled_in: np.ndarray, labels: np.ndarray,
           config: TrainConfig, init_seed: int, train_seed: int, device: torch.device, *, desc: str,
-          show_progress: bool):
-    """A freshly initialized target model trained on the labeled IN examples `labeled_in` (global
-    rows) with IN labels `labels`. Returns (model, mean loss of the last iterations)."""
-    model = make_model(num_classes, images.images.shape[1], device, init_seed)
+          show_progress: bool, loss_module: bool = False):
+    """A freshly initialized target model (with the loss-prediction module of learning loss if
+    `loss_module`) trained on the labeled IN examples `labeled_in` (global rows) with IN labels
+    `labels`. Returns (model, mean loss of the last iterations)."""
+    model = make_model(num_classes, images.images.shape[1], device, init_seed, loss_module=loss_module)
     if len(labeled_in) == 0:
         return model, float("nan")  # nothing IN to learn from yet: the model stays at its initialization
     loss = train_model(model, images, torch.from_numpy(labeled_in), torch.from_numpy(labels), config, train_seed,
@@ -27,20 +28,23 @@ def evaluate(model: torch.nn.Module, images: DeviceImages, rows: np.ndarray, lab
     """Accuracy on the test rows `rows` with IN labels `labels` (nan with no rows)."""
     if len(rows) == 0:
         return float("nan")
-    logits, _ = infer(model, images, torch.from_numpy(rows))
+    logits = infer(model, images, torch.from_numpy(rows)).logits
     return float((logits.argmax(1) == torch.from_numpy(labels).to(logits.device)).float().mean())
 
 
 def infer_view(model: torch.nn.Module, images: DeviceImages, split: OpenSetSplit, labeled: np.ndarray,
                labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None) -> RoundView:
-    """The round's view: the model's outputs on the unlabeled candidates and the labeled examples."""
+    """The round's view: the model's outputs on the unlabeled candidates and the labeled examples
+    (with a loss module, the candidates' predicted loss as extras["predicted_loss"])."""
     candidates = np.setdiff1d(split.pool, labeled)
-    cand_logits, cand_feats = infer(model, images, torch.from_numpy(candidates))
-    _, labeled_feats = infer(model, images, torch.from_numpy(labeled))
+    cand_logits, cand_feats, cand_predicted_loss = infer(model, images, torch.from_numpy(candidates))
+    labeled_feats = infer(model, images, torch.from_numpy(labeled)).feats
+    extras = {} if cand_predicted_loss is None else {"predicted_loss": cand_predicted_loss}
     return RoundView(torch.from_numpy(candidates), torch.softmax(cand_logits, 1), cand_feats, generator,
                      labeled_feats=labeled_feats, labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
                      logits=cand_logits, labeled=torch.from_numpy(labeled),
-                     labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache)
+                     labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache,
+                     extras=extras)
 
 
 def select(strategy: Strategy, view: RoundView, budget: int, name: str) -> tuple[Selection, np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
 from mqnet_fast.experiment.store import RunStore
 from mqnet_fast.metrics import auroc
+from mqnet_fast.scores import PURITY, purity
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.strategies import Strategy, make_strategy
 from mqnet_fast.training import DeviceImages, TrainConfig
@@ -145,6 +146,9 @@ class Experiment:
             for name in ("purity", "informativeness"):
                 if name in columns:
                     record[f"{name}_auroc"] = auroc(columns[name], candidate_is_in)
+            if cfg.purity_diagnostics:
+                for name in PURITY:
+                    record[f"auroc_{name}"] = auroc(purity(name, view).cpu().numpy(), candidate_is_in)
 
             query_in, losses = phases.label(view, query, positions, split.is_in, train_in_labels)
             tick = time.perf_counter()
@@ -181,7 +185,8 @@ class Experiment:
         result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
                               TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr),
                               derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
-                              desc=f"round {r} train", show_progress=cfg.progress)
+                              desc=f"round {r} train", show_progress=cfg.progress,
+                              loss_module=strategy.uses_loss_module)
         if r == 0:
             self._round_zero[key] = result
         return result

@@ -64,6 +64,11 @@ class MQNet(Strategy):
         self.trained = False
         self._z = None
 
+    @property
+    def uses_loss_module(self) -> bool:
+        """With informativeness "ll" the target model carries the loss-prediction module."""
+        return self.options.informativeness == "ll"
+
     def raw_scores(self, view) -> torch.Tensor:
         """<P, I> (U, 2) of the candidates, before standardization."""
         p = self.purity_fn(view).float() if self.purity_fn is not None else purity(self.options.purity, view)

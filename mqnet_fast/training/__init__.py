@@ -2,7 +2,7 @@
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.meta import (MetaTrainConfig, MetaTrainStats, ranking_accuracy, ranking_loss,
                                       train_meta_model)
-from mqnet_fast.training.target import TrainConfig, infer, make_model, train_model
+from mqnet_fast.training.target import Inference, TrainConfig, infer, loss_prediction_loss, make_model, train_model
 
-__all__ = ["DeviceImages", "MetaTrainConfig", "MetaTrainStats", "TrainConfig", "infer", "make_model",
-           "ranking_accuracy", "ranking_loss", "train_meta_model", "train_model"]
+__all__ = ["DeviceImages", "Inference", "MetaTrainConfig", "MetaTrainStats", "TrainConfig", "infer", "make_model",
+           "loss_prediction_loss", "ranking_accuracy", "ranking_loss", "train_meta_model", "train_model"]

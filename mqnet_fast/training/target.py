@@ -1,16 +1,22 @@
 """Training and inference of the target model on images held on the device (DeviceImages): batches
 are gathered by index, augmented (random crop with zero padding, horizontal flip where the dataset
 allows it) and normalized on the device.
+
+A target model may carry the loss-prediction module of learning loss (Yoo & Kweon, CVPR 2019) as
+`model.loss_module` (make_model(..., loss_module=True)); the trainer then trains both on the loss of
+the paper (cross-entropy + weight x the module's ranking loss) and `infer` also returns the
+predicted loss.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.models import ResNet18
+from mqnet_fast.models import LossPredictionModule, ResNet18
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.optim import set_lr, sgd, step_decay
 from mqnet_fast.progress import progress_bar
@@ -23,17 +29,42 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # Learning loss (used only when the model has a loss module), the published settings: the
+    # ranking loss's margin xi = 1 and weight lambda = 1, and the module's inputs detached from the
+    # backbone after 60% of the iterations (epoch 120 of 200).
+    loss_module_margin: float = 1.0
+    loss_module_weight: float = 1.0
+    loss_module_detach_fraction: float = 0.6
+
+    def __post_init__(self):
+        if not 0.0 <= self.loss_module_detach_fraction <= 1.0:
+            raise ValueError(f"loss_module_detach_fraction must be in [0, 1], got {self.loss_module_detach_fraction!r}")
+        if self.loss_module_margin < 0 or self.loss_module_weight < 0:
+            raise ValueError(f"loss_module_margin and loss_module_weight must be >= 0, got "
+                             f"{self.loss_module_margin!r} and {self.loss_module_weight!r}")
 
     def lr_at(self, step: int) -> float:
         """lr, decayed by 0.1 at 50% and again at 75% of the iterations."""
         return step_decay(self.lr, step, (self.iterations // 2, (3 * self.iterations) // 4))
 
+    @property
+    def loss_module_detach_step(self) -> int:
+        """The first step at which the loss module's inputs are detached from the backbone (120 of
+        200; round() so that 0.6 x 200 is not cut to 119 by rounding)."""
+        return round(self.loss_module_detach_fraction * self.iterations)
 
-def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int) -> ResNet18:
-    """A freshly initialized ResNet-18; its initial weights depend only on `seed`."""
+
+def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int, *,
+               loss_module: bool = False) -> ResNet18:
+    """A freshly initialized ResNet-18; its initial weights depend only on `seed`. With
+    `loss_module`, it carries a LossPredictionModule as the registered submodule `model.loss_module`
+    (so model.parameters() and the one optimizer of train_model cover both), initialized after the
+    backbone from the same seed: the backbone starts from the same weights as without it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ResNet18(num_classes, in_channels)
+        if loss_module:
+            model.loss_module = LossPredictionModule(model.stage_channels)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -60,45 +91,100 @@ def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
         yield batch
 
 
+def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """The ranking loss of learning loss (Eq. 2 of the paper) on one mini-batch: example i is paired
+    with example B-1-i (the batch against its reverse, as the published LossPredLoss does), and pair
+    (i, j) costs max(0, margin - s (lhat_i - lhat_j)) with s = +1 if l_i > l_j and -1 otherwise: a
+    tie counts as l_i < l_j, as the published `2 sign(max(l_i - l_j, 0)) - 1` does. Mean over the
+    B // 2 pairs; with an odd B the middle example is unpaired; 0 with no pair. `target` is detached."""
+    half = predicted.shape[0] // 2
+    if half == 0:
+        return predicted.sum() * 0.0
+    predicted_diff = (predicted - predicted.flip(0))[:half]
+    target_diff = (target - target.flip(0))[:half].detach()
+    sign = torch.where(target_diff > 0, 1.0, -1.0).to(predicted_diff.dtype)
+    return torch.clamp(margin - sign * predicted_diff, min=0).mean()
+
+
 def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor, labels: torch.Tensor,
                 config: TrainConfig, seed: int, *, desc: str = "train", show_progress: bool = True) -> float:
     """SGD on the examples `index` (global rows of `images`) with class `labels` (same length), for
     `config.iterations` batches of `config.batch_size` drawn from consecutive shuffles of the set.
-    Returns the mean loss of the last 10% of the iterations."""
+    Returns the mean cross-entropy of the last 10% of the iterations.
+
+    A model with a `loss_module` is trained as learning loss trains it: per batch the stage outputs
+    once, the logits from them, loss = mean CE + loss_module_weight x loss_prediction_loss(predicted
+    loss, per-example CE); from `config.loss_module_detach_step` on, the module reads detached stage
+    outputs, so only its own loss trains it and the backbone learns from the CE alone. One SGD over
+    both (the published code has two SGDs with identical settings and schedules: the same updates)."""
     device = images.images.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
     labels = labels.to(device)
     batches = _shuffled_batches(len(index), config.batch_size, generator)
+    loss_module = getattr(model, "loss_module", None)
     tail_losses = []
     model.train()
     for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
         rows = next(batches)
         set_lr(optimizer, config.lr_at(step))
         with _autocast(device):
-            loss = F.cross_entropy(model(images.augmented_batch(index[rows], generator)), labels[rows.to(device)])
+            if loss_module is None:
+                loss = F.cross_entropy(model(images.augmented_batch(index[rows], generator)), labels[rows.to(device)])
+                target_loss = loss
+            else:
+                loss, target_loss = _learning_loss(model, loss_module, images.augmented_batch(index[rows], generator),
+                                                   labels[rows.to(device)], config,
+                                                   detach=step >= config.loss_module_detach_step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step >= config.iterations - max(1, config.iterations // 10):
-            tail_losses.append(loss.detach())
+            tail_losses.append(target_loss.detach())
     return float(torch.stack(tail_losses).float().mean()) if tail_losses else float("nan")
+
+
+def _learning_loss(model: ResNet18, loss_module: LossPredictionModule, batch: torch.Tensor, targets: torch.Tensor,
+                   config: TrainConfig, *, detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to minimize, its mean cross-entropy part) of one batch under learning loss."""
+    stages = model.stages(batch)
+    per_example = F.cross_entropy(model.linear(model.pool(stages[-1])), targets, reduction="none")
+    target_loss = per_example.mean()
+    predicted = loss_module([s.detach() for s in stages] if detach else stages).float()
+    ranking = loss_prediction_loss(predicted, per_example.float(), config.loss_module_margin)
+    return target_loss + config.loss_module_weight * ranking, target_loss
+
+
+class Inference(NamedTuple):
+    logits: torch.Tensor                   # (n, K)
+    feats: torch.Tensor                    # (n, d) penultimate features
+    predicted_loss: torch.Tensor | None    # (n,) the loss module's output; None without a module
 
 
 @torch.no_grad()
 def infer(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor | None = None,
-          batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (n, K) and penultimate features (n, 512), float32 on the images' device, for the rows
-    `index` (all rows if None), in eval mode."""
+          batch_size: int = 1024) -> Inference:
+    """Logits (n, K), penultimate features (n, d) and, if the model has a loss module, the predicted
+    loss (n,), float32 on the images' device, for the rows `index` (all rows if None), in eval mode."""
     model.eval()
     device = images.images.device
     index = torch.arange(len(images)) if index is None else index
-    logits, feats = [], []
+    loss_module = getattr(model, "loss_module", None)
+    logits, feats, predicted = [], [], []
     for start in range(0, len(index), batch_size):
         with _autocast(device):
-            out, feat = model.forward_with_features(images.batch(index[start:start + batch_size]))
+            batch = images.batch(index[start:start + batch_size])
+            if loss_module is None:
+                out, feat = model.forward_with_features(batch)
+            else:
+                stages = model.stages(batch)
+                feat = model.pool(stages[-1])
+                out = model.linear(feat)
+                predicted.append(loss_module(stages).float())
         logits.append(out.float())
         feats.append(feat.float())
     if not logits:
-        return torch.zeros(0, model.linear.out_features, device=device), torch.zeros(0, 512, device=device)
-    return torch.cat(logits), torch.cat(feats)
+        return Inference(torch.zeros(0, model.linear.out_features, device=device),
+                         torch.zeros(0, model.feature_dim, device=device),
+                         None if loss_module is None else torch.zeros(0, device=device))
+    return Inference(torch.cat(logits), torch.cat(feats), None if loss_module is None else torch.cat(predicted))
