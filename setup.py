@@ -50,7 +50,7 @@ def _extension():
     march = os.environ.get("MQNET_FAST_CPU_ARCH", "native")
     # No FMA contraction: kernels must round like the PyTorch references (explicit std::fma where
     # fusing is wanted); see csrc/cpu/badge_kmeanspp.cpp. -fno-trapping-math changes no result and
-    # lets float -> int conversions vectorize (the exp in nonneg_mlp_score.cpp).
+    # lets float -> int conversions vectorize (the exp in csrc/cpu/sigmoid.h).
     cxx = ["-O3", "-fopenmp", f"-march={march}", "-ffp-contract=off", "-fno-trapping-math",
            "-mprefer-vector-width=512"]
     backends = ["cpu"]

@@ -26,6 +26,11 @@ def _register():
     def _(z, weights, biases, mean, std):
         return z.new_empty((z.shape[0],))
 
+    @torch.library.register_fake("mqnet_fast::nonneg_mlp_rank_train")
+    def _(z, targets, batches, lr, w1, b1, w2, b2, momentum, weight_decay, margin):
+        return (z.new_empty(w1.shape), z.new_empty(b1.shape), z.new_empty(w2.shape), z.new_empty(b2.shape),
+                z.new_empty((batches.shape[0],)))
+
 
 if has_compiled():
     _register()

@@ -5,9 +5,9 @@ import math
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from mqnet_fast import ops
+from mqnet_fast.reference.nonneg_mlp_rank_train import straight_through_scores
 
 
 class MetaModel(nn.Module):
@@ -42,12 +42,7 @@ class MetaModel(nn.Module):
         not 0, for W < 0. With the plain relu gradient a weight that SGD pushes below 0 gets no
         gradient again and stays dead; on a small, noisy query set most output weights die within a
         few hundred steps and Phi becomes a constant (ranking loss stuck at the margin)."""
-        h = z
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = F.linear(h, w.clamp_min(0).detach() + (w - w.detach()), b)
-            if i < len(self.weights) - 1:
-                h = torch.sigmoid(h)
-        return h.squeeze(1)
+        return straight_through_scores(z, self.weights, self.biases)
 
     @torch.no_grad()
     def score(self, z: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,

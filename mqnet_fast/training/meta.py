@@ -14,20 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
+from mqnet_fast import ops
 from mqnet_fast.models.meta_model import MetaModel
-from mqnet_fast.training.optim import set_lr, sgd, step_decay
-
-
-def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
-    """Eq. 10 of the paper on one mini-batch: the batch (already shuffled) is split in halves and
-    example i of the first half is paired with example i of the second; each pair costs
-    max(0, margin - sign(l_i - l_j) (Phi_i - Phi_j)). Pairs with equal targets (two OOD examples,
-    both with loss 0) carry no order and are left out; the loss is the mean over the other pairs
-    (0 if there are none). An odd last example is unpaired."""
-    half = scores.shape[0] // 2
-    sign = torch.sign(targets[:half] - targets[half:2 * half])
-    cost = torch.clamp(margin - sign * (scores[:half] - scores[half:2 * half]), min=0) * (sign != 0)
-    return cost.sum() / (sign != 0).sum().clamp_min(1)
+# Eq. 10 of the paper on one mini-batch; the definition lives with the op's reference loop
+from mqnet_fast.reference.nonneg_mlp_rank_train import ranking_loss  # noqa: F401
+from mqnet_fast.training.optim import step_decay
 
 
 @torch.no_grad()
@@ -63,13 +54,17 @@ class MetaTrainStats:
 
 
 def train_meta_model(model: MetaModel, z: torch.Tensor, targets: torch.Tensor, config: MetaTrainConfig,
-                     seed: int) -> MetaTrainStats:
+                     seed: int, backend: str = "auto") -> MetaTrainStats:
     """Train Phi on a query set: z (n, k) standardized meta-inputs, targets (n,) the masked
     cross-entropy of the target model (0 for OOD examples). SGD with momentum and weight decay, lr
     x0.1 at half the epochs. An epoch is max(ceil(n / batch), min_steps_per_epoch) steps, each on a
     random mini-batch of min(batch, n) distinct examples: with a query set of a few dozen examples,
     "100 epochs" of ceil(n / batch) steps would be a few hundred steps, too few for Phi to move
-    (the published code also runs at least 100 steps per epoch)."""
+    (the published code also runs at least 100 steps per epoch).
+
+    All mini-batches and per-step learning rates are drawn up front and the whole loop runs in one
+    call of ops.nonneg_mlp_rank_train (compiled; `backend="torch"` runs the same steps eagerly with
+    autograd and torch.optim.SGD, to float tolerance the same parameters)."""
     z = z.detach().float().cpu()
     targets = targets.detach().float().cpu()
     n = z.shape[0]
@@ -78,20 +73,17 @@ def train_meta_model(model: MetaModel, z: torch.Tensor, targets: torch.Tensor, c
     generator = torch.Generator().manual_seed(seed)
     batch = min(config.batch_size, n)
     steps_per_epoch = max(math.ceil(n / config.batch_size), config.min_steps_per_epoch)
-    optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
-    model.train()
-    last_epoch = torch.zeros(steps_per_epoch)
-    for epoch in range(config.epochs):
-        set_lr(optimizer, step_decay(config.lr, epoch, (config.epochs // 2,)))
-        batches = torch.argsort(torch.rand(steps_per_epoch, n, generator=generator), dim=1)[:, :batch]
-        for step in range(steps_per_epoch):
-            rows = batches[step]
-            loss = ranking_loss(model(z[rows]), targets[rows], config.margin)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            last_epoch[step] = loss.detach()
+    batches = torch.cat([torch.argsort(torch.rand(steps_per_epoch, n, generator=generator), dim=1)[:, :batch]
+                         for _ in range(config.epochs)])
+    lr = torch.tensor([step_decay(config.lr, epoch, (config.epochs // 2,))
+                       for epoch in range(config.epochs) for _ in range(steps_per_epoch)])
+    result = ops.nonneg_mlp_rank_train(z, targets, batches, lr, model.weights, model.biases,
+                                       momentum=config.momentum, weight_decay=config.weight_decay,
+                                       margin=config.margin, backend=backend)
+    with torch.no_grad():
+        for param, trained in zip(model.weights + model.biases, result.weights + result.biases):
+            param.copy_(trained)
     model.eval()
     with torch.no_grad():
         accuracy = ranking_accuracy(model(z), targets)
-    return MetaTrainStats(float(last_epoch.mean()), accuracy, config.epochs * steps_per_epoch)
+    return MetaTrainStats(float(result.losses[-steps_per_epoch:].mean()), accuracy, config.epochs * steps_per_epoch)
