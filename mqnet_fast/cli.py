@@ -55,12 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strategies", type=_list(str), default=["mqnet"],
                      help=f"comma-separated, from {','.join(STRATEGIES)} (default mqnet)")
     run.add_argument("--seeds", type=_list(int), default=[0], help="comma-separated seeds (default 0)")
-    defaults = ", ".join(f"{k}: b={b} rounds={r} iterations={i}" for k, (b, r, i) in DEFAULTS.items())
+    defaults = "; ".join(f"{k}: " + " ".join(f"{o}={v}" for o, v in d.items()) for k, d in DEFAULTS.items())
     run.add_argument("--budget", type=int, help=f"examples queried per round (defaults: {defaults})")
     run.add_argument("--rounds", type=int, help="number of queries")
     run.add_argument("--iterations", type=int, help="SGD iterations of each target-model training")
     run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--lr", type=float, default=0.1)
+    run.add_argument("--lr", type=float, help="target-model learning rate (default: per dataset, above)")
+    run.add_argument("--width", type=int, help="target ResNet-18 width, 64 = standard (default: per dataset, above)")
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
             config = ExperimentConfig(
                 dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
-                batch_size=args.batch_size, lr=args.lr,
+                batch_size=args.batch_size, lr=args.lr, width=args.width,
                 options={k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_")},
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)

@@ -12,11 +12,11 @@ from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, tr
 
 def train(num_classes: int, images: DeviceImages, labeled_in: np.ndarray, labels: np.ndarray,
           config: TrainConfig, init_seed: int, train_seed: int, device: torch.device, *, desc: str,
-          show_progress: bool, loss_module: bool = False):
+          show_progress: bool, loss_module: bool = False, width: int = 64):
     """A freshly initialized target model (with the loss-prediction module of learning loss if
     `loss_module`) trained on the labeled IN examples `labeled_in` (global rows) with IN labels
     `labels`. Returns (model, mean loss of the last iterations)."""
-    model = make_model(num_classes, images.images.shape[1], device, init_seed, loss_module=loss_module)
+    model = make_model(num_classes, images.images.shape[1], device, init_seed, loss_module=loss_module, width=width)
     if len(labeled_in) == 0:
         return model, float("nan")  # nothing IN to learn from yet: the model stays at its initialization
     loss = train_model(model, images, torch.from_numpy(labeled_in), torch.from_numpy(labels), config, train_seed,

@@ -186,7 +186,7 @@ class Experiment:
                               TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr),
                               derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
                               desc=f"round {r} train", show_progress=cfg.progress,
-                              loss_module=strategy.uses_loss_module)
+                              loss_module=strategy.uses_loss_module, width=cfg.width)
         if r == 0:
             self._round_zero[key] = result
         return result

@@ -55,14 +55,14 @@ class TrainConfig:
 
 
 def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int, *,
-               loss_module: bool = False) -> ResNet18:
-    """A freshly initialized ResNet-18; its initial weights depend only on `seed`. With
+               loss_module: bool = False, width: int = 64) -> ResNet18:
+    """A freshly initialized ResNet-18 of `width`; its initial weights depend only on `seed`. With
     `loss_module`, it carries a LossPredictionModule as the registered submodule `model.loss_module`
     (so model.parameters() and the one optimizer of train_model cover both), initialized after the
     backbone from the same seed: the backbone starts from the same weights as without it."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ResNet18(num_classes, in_channels)
+        model = ResNet18(num_classes, in_channels, width)
         if loss_module:
             model.loss_module = LossPredictionModule(model.stage_channels)
     model = model.to(device)
