@@ -47,7 +47,7 @@ def informativeness(name: str, view) -> torch.Tensor:
 
 
 # Registration order is the order users see the names in.
-from mqnet_fast.scores import uncertainty, knn, react, ll  # noqa: E402,F401
+from mqnet_fast.scores import uncertainty, knn, csi, react, ll  # noqa: E402,F401
 from mqnet_fast.scores.knn import knn_purity  # noqa: E402
 from mqnet_fast.scores.react import react_energy, react_threshold  # noqa: E402
 from mqnet_fast.scores.uncertainty import entropy, least_confidence, negative_margin  # noqa: E402
