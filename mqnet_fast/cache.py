@@ -19,6 +19,7 @@ class RunCache:
     seed: int
     pool: np.ndarray
     directory: Path | None = None
+    encoder_overrides: dict = field(default_factory=dict)  # EncoderConfig fields the run sets (e.g. epochs)
     memo: dict = field(default_factory=dict)
 
     def get(self, key, build: Callable[[], Any]) -> Any:

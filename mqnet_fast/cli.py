@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iterations", type=int, help="SGD iterations of each target-model training")
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--lr", type=float, help="target-model learning rate (default: per dataset, above)")
+    run.add_argument("--encoder-epochs", type=int, help="epochs of the CSI encoder (default: per dataset; "
+                                                        "paper: 1000 on CIFAR)")
     run.add_argument("--width", type=int, help="target ResNet-18 width, 64 = standard (default: per dataset, above)")
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
@@ -92,7 +94,7 @@ def main(argv=None) -> int:
             config = ExperimentConfig(
                 dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
-                batch_size=args.batch_size, lr=args.lr, width=args.width,
+                batch_size=args.batch_size, lr=args.lr, width=args.width, encoder_epochs=args.encoder_epochs,
                 options={k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_")},
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)

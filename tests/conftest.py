@@ -19,3 +19,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Encoders and decoded image folders go to a fresh cache, never the user's ~/.cache."""
+    os.environ["MQNET_FAST_CACHE"] = str(tmp_path_factory.mktemp("mqnet-fast-cache"))
+    yield

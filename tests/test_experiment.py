@@ -19,7 +19,7 @@ def digits():
 
 
 def tiny(**kw):
-    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, progress=False)
+    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, encoder_epochs=1, progress=False)
     base.update(kw)
     if "mqnet" in base["strategies"]:
         base["options"] = {"meta_epochs": 2, "meta_min_steps": 5, **base.get("options", {})}
@@ -115,6 +115,7 @@ def test_check_selection_catches_broken_strategies():
 def test_cli_run_and_report(tmp_path, capsys):
     run_dir = tmp_path / "cli"
     args = ["run", "--strategies", "mqnet,random", "--rounds", "1", "--budget", "10", "--iterations", "2",
+            "--encoder-epochs", "1",
             "--meta-epochs", "1", "--meta-min-steps", "3", "--quiet", "--run-dir", str(run_dir), "--report"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -148,7 +149,7 @@ def test_end_to_end_on_an_rgb_imagefolder(tmp_path):
     with tarfile.open(tmp_path / "tree.tar.gz", "w:gz") as tar:
         tar.add(tmp_path / "tree", arcname="tree")
     config = ExperimentConfig(dataset=f"imagefolder:{tmp_path / 'tree.tar.gz'}", split="2:2", noise=0.2,
-                              strategies=["mqnet", "coreset"], rounds=1, budget=4, iterations=2,
+                              strategies=["mqnet", "coreset"], rounds=1, budget=4, iterations=2, encoder_epochs=1,
                               options={"meta_epochs": 1, "meta_min_steps": 2}, cache_dir=str(tmp_path / "cache"),
                               progress=False)
     experiment = Experiment(config, tmp_path / "run")
@@ -187,8 +188,9 @@ def test_purity_is_pluggable():
     view = RoundView(torch.arange(50), torch.softmax(torch.randn(50, 3, generator=g), 1), torch.rand(50, 8, generator=g),
                      g, labeled_feats=torch.rand(6, 8, generator=g), labeled_is_in=torch.tensor([1, 0, 1, 0, 1, 0]).bool())
     other = torch.rand(50, generator=g)
-    default = MQNet().meta_inputs(view)
-    plugged = MQNet(purity_fn=lambda v: other).meta_inputs(view)
+    options = MQNet.Options(purity="knn", informativeness="conf")
+    default = MQNet(options).meta_inputs(view)
+    plugged = MQNet(options, purity_fn=lambda v: other).meta_inputs(view)
     assert torch.equal(default[:, 1], plugged[:, 1]) and not torch.equal(default[:, 0], plugged[:, 0])
     assert torch.allclose(plugged[:, 0], (other - other.mean()) / other.std())
 

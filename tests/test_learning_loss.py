@@ -280,13 +280,15 @@ def test_ll_needs_the_predicted_loss():
 def test_which_strategies_use_the_loss_module():
     assert make_strategy("ll").uses_loss_module
     assert not make_strategy("conf").uses_loss_module
-    assert not make_strategy("mqnet").uses_loss_module
+    assert not make_strategy("mqnet", informativeness="conf").uses_loss_module
+    assert make_strategy("mqnet").uses_loss_module  # the paper's default: I = ll
     assert make_strategy("mqnet", informativeness="ll").uses_loss_module
 
 
 def test_ll_end_to_end_on_digits(tmp_path, digits):
     """ll, and MQ-Net with I = ll sharing round 0's model (trained with the module) with it."""
-    config = ExperimentConfig(strategies=["ll", "mqnet"], rounds=2, budget=12, iterations=3, progress=False,
+    config = ExperimentConfig(strategies=["ll", "mqnet"], rounds=2, budget=12, iterations=3, encoder_epochs=1,
+                              progress=False,
                               options={"informativeness": "ll", "meta_epochs": 2, "meta_min_steps": 5})
     experiment = Experiment(config, tmp_path / "run", data=digits)
     records = experiment.run()

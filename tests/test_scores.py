@@ -63,11 +63,12 @@ def test_mqnet_standardizations():
     g = torch.Generator().manual_seed(0)
     view = RoundView(torch.arange(40), torch.softmax(torch.randn(40, 3, generator=g), 1), torch.rand(40, 5, generator=g),
                      g, labeled_feats=torch.rand(4, 5, generator=g), labeled_is_in=torch.tensor([1, 1, 0, 1]).bool())
-    raw = make_strategy("mqnet").raw_scores(view)
+    knn_conf = dict(purity="knn", informativeness="conf")
+    raw = make_strategy("mqnet", **knn_conf).raw_scores(view)
     z = (raw - raw.mean(0)) / raw.std(0)
-    assert torch.allclose(make_strategy("mqnet").meta_inputs(view), z, atol=1e-6)
-    assert torch.allclose(make_strategy("mqnet", standardize="exp-zscore").meta_inputs(view), torch.exp(z), atol=1e-6)
-    selection = make_strategy("mqnet", standardize="exp-zscore").select(view, 5)
+    assert torch.allclose(make_strategy("mqnet", **knn_conf).meta_inputs(view), z, atol=1e-6)
+    assert torch.allclose(make_strategy("mqnet", standardize="exp-zscore", **knn_conf).meta_inputs(view), torch.exp(z), atol=1e-6)
+    selection = make_strategy("mqnet", standardize="exp-zscore", **knn_conf).select(view, 5)
     assert set(selection.indices.tolist()) == set(torch.topk(torch.exp(z).sum(1), 5).indices.tolist())
     assert torch.equal(selection.columns["purity"], raw[:, 0])
     with pytest.raises(ValueError, match="standardize must be one of"):

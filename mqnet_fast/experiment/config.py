@@ -21,7 +21,8 @@ FALLBACK_DEFAULTS = DEFAULTS["cifar10"]
 NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
 # options are part of its run's identity too (stored and checked per run in config.json).
-IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width")
+IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width",
+            "encoder_epochs")
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,7 @@ class ExperimentConfig:
     batch_size: int = 64
     lr: float | None = None
     width: int | None = None      # the target ResNet-18's first-stage channels (64 = the standard network)
+    encoder_epochs: int | None = None  # the CSI encoder's epochs (None: the dataset's default)
     options: dict = field(default_factory=dict)  # strategy options by name, e.g. {"purity": "knn"}
     data_root: str | None = None
     download: bool = False
@@ -77,6 +79,8 @@ class ExperimentConfig:
             low = 0 if name == "rounds" else 1
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.encoder_epochs is not None and (not isinstance(self.encoder_epochs, int) or self.encoder_epochs < 1):
+            raise ConfigError(f"encoder_epochs must be an integer >= 1, got {self.encoder_epochs!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         owners = {name: [s for s in self.strategies if name in option_names(s)] for name in self.options}

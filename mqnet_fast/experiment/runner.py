@@ -164,7 +164,8 @@ class Experiment:
         """One cache per seed: its pool (and so its encoder) is the same for every strategy."""
         if seed not in self._caches:
             directory = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
-            self._caches[seed] = RunCache(self.config.dataset, seed, self.splits[seed].pool, directory)
+            overrides = {} if self.config.encoder_epochs is None else {"epochs": self.config.encoder_epochs}
+            self._caches[seed] = RunCache(self.config.dataset, seed, self.splits[seed].pool, directory, overrides)
         return self._caches[seed]
 
     def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -28,8 +28,8 @@ STANDARDIZE = ("zscore", "exp-zscore")
 
 @dataclass(frozen=True)
 class MQNetOptions:
-    purity: str = field(default="knn", metadata={"help": "P(x): " + ", ".join(PURITY)})
-    informativeness: str = field(default="conf", metadata={"help": "I(x): " + ", ".join(INFORMATIVENESS)})
+    purity: str = field(default="csi", metadata={"help": "P(x): " + ", ".join(PURITY)})
+    informativeness: str = field(default="ll", metadata={"help": "I(x): " + ", ".join(INFORMATIVENESS)})
     standardize: str = field(default="zscore", metadata={"help": "meta-input standardization: " + ", ".join(STANDARDIZE)})
     meta_epochs: int = field(default=100, metadata={"help": "epochs of meta-model training per round"})
     meta_min_steps: int = field(default=100, metadata={"help": "minimum SGD steps per meta-model epoch"})
