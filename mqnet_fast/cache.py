@@ -20,6 +20,7 @@ class RunCache:
     pool: np.ndarray
     directory: Path | None = None
     encoder_overrides: dict = field(default_factory=dict)  # EncoderConfig fields the run sets (e.g. epochs)
+    show_progress: bool = True    # progress bars for what is trained here
     memo: dict = field(default_factory=dict)
 
     def get(self, key, build: Callable[[], Any]) -> Any:

@@ -165,7 +165,8 @@ class Experiment:
         if seed not in self._caches:
             directory = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
             overrides = {} if self.config.encoder_epochs is None else {"epochs": self.config.encoder_epochs}
-            self._caches[seed] = RunCache(self.config.dataset, seed, self.splits[seed].pool, directory, overrides)
+            self._caches[seed] = RunCache(self.config.dataset, seed, self.splits[seed].pool, directory, overrides,
+                                          show_progress=self.config.progress)
         return self._caches[seed]
 
     def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -129,7 +129,7 @@ def pool_embeddings(view, layer: str = PURITY_LAYER) -> torch.Tensor:
 
     def build():
         view.require("images", by="the CSI purity scores")
-        encoder = load_or_train_encoder(view.images, view.cache, config)
+        encoder = load_or_train_encoder(view.images, view.cache, config, show_progress=view.cache.show_progress)
         return embed(encoder, view.images, view.cache.pool, layer=layer)
     return view.cache.get(("csi-pool-embeddings", config, layer), build)
 
@@ -141,7 +141,7 @@ def pool_rotation_embeddings(view, layer: str = FULL_LAYER):
 
     def build():
         view.require("images", by="the CSI purity scores")
-        encoder = load_or_train_encoder(view.images, view.cache, config)
+        encoder = load_or_train_encoder(view.images, view.cache, config, show_progress=view.cache.show_progress)
         return embed_rotations(encoder, view.images, view.cache.pool, layer=layer)
     return view.cache.get(("csi-pool-rotation-embeddings", config, layer), build)
 
