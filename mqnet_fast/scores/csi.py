@@ -122,28 +122,28 @@ def _split(view, table: torch.Tensor, by: str):
     return candidates, labeled[is_in], labeled[~is_in]
 
 
-def pool_embeddings(view, layer: str = PURITY_LAYER) -> torch.Tensor:
-    """(P, d) embeddings of the cache's pool in the run's CSI encoder, computed once per run."""
+def _encoded_pool(view, what: tuple, encode):
+    """encode(encoder, images, pool) for the cache's pool in the run's CSI encoder, once per run."""
     view.require("cache", by="the CSI purity scores")
     config = encoder_config(view)
 
     def build():
         view.require("images", by="the CSI purity scores")
         encoder = load_or_train_encoder(view.images, view.cache, config, show_progress=view.cache.show_progress)
-        return embed(encoder, view.images, view.cache.pool, layer=layer)
-    return view.cache.get(("csi-pool-embeddings", config, layer), build)
+        return encode(encoder, view.images, view.cache.pool)
+    return view.cache.get((*what, config), build)
+
+
+def pool_embeddings(view, layer: str = PURITY_LAYER) -> torch.Tensor:
+    """(P, d) embeddings of the cache's pool in the run's CSI encoder, computed once per run."""
+    return _encoded_pool(view, ("csi-pool-embeddings", layer),
+                         lambda encoder, images, pool: embed(encoder, images, pool, layer=layer))
 
 
 def pool_rotation_embeddings(view, layer: str = FULL_LAYER):
     """(P, 4, d) embeddings and (P, 4, 4) shift logits of the pool's 4 rotations, once per run."""
-    view.require("cache", by="the CSI purity scores")
-    config = encoder_config(view)
-
-    def build():
-        view.require("images", by="the CSI purity scores")
-        encoder = load_or_train_encoder(view.images, view.cache, config, show_progress=view.cache.show_progress)
-        return embed_rotations(encoder, view.images, view.cache.pool, layer=layer)
-    return view.cache.get(("csi-pool-rotation-embeddings", config, layer), build)
+    return _encoded_pool(view, ("csi-pool-rotation-embeddings", layer),
+                         lambda encoder, images, pool: embed_rotations(encoder, images, pool, layer=layer))
 
 
 @register_purity("csi")

@@ -194,6 +194,12 @@ def _rows(index: torch.Tensor | np.ndarray) -> torch.Tensor:
 LAYERS = ("penultimate", "projection")
 
 
+def _layer_dim(encoder: ContrastiveEncoder, layer: str) -> int:
+    if layer not in LAYERS:
+        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
+    return encoder.feature_dim if layer == "penultimate" else encoder.projection_dim
+
+
 def _layer(encoder: ContrastiveEncoder, feats: torch.Tensor, layer: str) -> torch.Tensor:
     return feats if layer == "penultimate" else encoder.project(feats)
 
@@ -204,12 +210,10 @@ def embed(encoder: ContrastiveEncoder, images: DeviceImages, index, *, layer: st
     """Embeddings (n, d) float32 on the images' device of the rows `index`, unaugmented, in eval
     mode: the backbone's penultimate features (layer "penultimate", d = 8 * width) or the projection
     head's unnormalized output (layer "projection", CSI's "simclr" layer, d = projection_dim)."""
-    if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
     encoder.eval()
     device = images.images.device
     index = _rows(index)
-    dim = encoder.feature_dim if layer == "penultimate" else encoder.projection_dim
+    dim = _layer_dim(encoder, layer)
     out = [torch.zeros(0, dim, device=device)]
     for start in range(0, len(index), batch_size):
         with _autocast(device):
@@ -229,12 +233,10 @@ def embed_rotations(encoder: ContrastiveEncoder, images: DeviceImages, index, *,
     """What CSI's detection score reads, for each of the 4 rotations of every row `index`
     (unaugmented, eval mode): the embeddings of `layer` (default CSI's: the projection) and the
     shift logits."""
-    if layer not in LAYERS:
-        raise ValueError(f"layer must be one of {LAYERS}, got {layer!r}")
     encoder.eval()
     device = images.images.device
     index = _rows(index)
-    dim = encoder.feature_dim if layer == "penultimate" else encoder.projection_dim
+    dim = _layer_dim(encoder, layer)
     embeddings = [torch.zeros(0, NUM_ROTATIONS, dim, device=device)]
     logits = [torch.zeros(0, NUM_ROTATIONS, NUM_ROTATIONS, device=device)]
     for start in range(0, len(index), batch_size):
