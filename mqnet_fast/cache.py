@@ -11,6 +11,15 @@ from typing import Any, Callable
 import numpy as np
 
 
+# Bumped whenever what is cached on disk would come out differently from the same inputs (a changed
+# augmentation, loss or architecture), so that older entries are not reused.
+DISK_VERSION = 1
+
+
+def array_digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
 @dataclass
 class RunCache:
     """One run's cache. `dataset`, `seed` and `pool` (global train indices of the pool, sorted)
@@ -19,6 +28,7 @@ class RunCache:
     seed: int
     pool: np.ndarray
     directory: Path | None = None
+    data_digest: str = ""         # a digest of the pool's images: a changed image misses the disk cache
     encoder_overrides: dict = field(default_factory=dict)  # EncoderConfig fields the run sets (e.g. epochs)
     show_progress: bool = True    # progress bars for what is trained here
     memo: dict = field(default_factory=dict)
@@ -30,9 +40,10 @@ class RunCache:
         return self.memo[key]
 
     def disk_key(self, **config) -> str:
-        """A hex key over (dataset, pool, seed, config): equal exactly when all of them are."""
+        """A hex key over (version, dataset, pool, its images, seed, config): equal exactly when all of them are."""
         pool_digest = hashlib.sha256(np.ascontiguousarray(self.pool, dtype=np.int64).tobytes()).hexdigest()
-        text = json.dumps({"dataset": self.dataset, "pool": pool_digest, "seed": self.seed, "config": config},
+        text = json.dumps({"version": DISK_VERSION, "dataset": self.dataset, "pool": pool_digest,
+                           "images": self.data_digest, "seed": self.seed, "config": config},
                           sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 

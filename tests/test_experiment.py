@@ -200,3 +200,21 @@ def test_resume_with_other_strategy_options_is_refused(tmp_path, digits):
     changed = tiny(strategies=["mqnet"], rounds=1, options={"meta_epochs": 3, "meta_min_steps": 5})
     with pytest.raises(ConfigError, match="was made with strategy options"):
         Experiment(changed, tmp_path / "run", data=digits).run()
+
+
+def test_purity_diagnostics_and_the_encoder_epochs_reach_the_run(tmp_path, digits, monkeypatch):
+    from mqnet_fast.metrics import auroc
+    from mqnet_fast.scores import PURITY
+    from mqnet_fast.training import contrastive
+
+    seen = []
+    original = contrastive.train_encoder
+    monkeypatch.setattr(contrastive, "train_encoder", lambda *a, **k: seen.append(a[2]) or original(*a, **k))
+    config = tiny(strategies=["mqnet"], rounds=1, encoder_epochs=2, purity_diagnostics=True)
+    record = Experiment(config, tmp_path / "run", data=digits).run()[0]
+    assert [c.epochs for c in seen] == [2]  # trained once, with the run's epochs
+    with np.load(tmp_path / "run" / "mqnet" / "seed0" / "scores" / "round_000.npz") as f:
+        assert record["auroc_csi"] == auroc(f["purity"], f["is_in"])  # MQ-Net's own purity is csi
+    assert {f"auroc_{name}" for name in PURITY} <= set(record)
+    with pytest.raises(ConfigError, match="encoder_epochs: 2 there, 3 now"):
+        Experiment(tiny(strategies=["mqnet"], rounds=1, encoder_epochs=3), tmp_path / "run", data=digits)

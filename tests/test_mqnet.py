@@ -7,7 +7,7 @@ import torch
 from mqnet_fast import reference
 from mqnet_fast.models import MetaModel
 from mqnet_fast.training.meta import MetaTrainConfig, ranking_accuracy, ranking_loss, train_meta_model
-from testing import assert_close
+from testing import assert_close, needs_cpp
 
 
 def test_ranking_loss_hand_worked_pairs():
@@ -100,6 +100,7 @@ def test_meta_training_is_reproducible():
     assert sa.steps == 3 * 20
 
 
+@needs_cpp
 def test_compiled_meta_training_equals_the_eager_loop():
     """The same mini-batches and update rule through the op and through autograd + torch.optim.SGD:
     parameters equal to float tolerance, the same ranking accuracy and last-epoch loss."""

@@ -73,3 +73,17 @@ def test_mqnet_standardizations():
     assert torch.equal(selection.columns["purity"], raw[:, 0])
     with pytest.raises(ValueError, match="standardize must be one of"):
         make_strategy("mqnet", standardize="minmax")
+
+
+def test_run_cache_disk_key_covers_the_pool_its_images_the_seed_and_the_config():
+    from mqnet_fast.cache import RunCache
+
+    pool = np.arange(10)
+    base = RunCache("digits", 0, pool, data_digest="a").disk_key(epochs=3)
+    assert RunCache("digits", 0, pool.copy(), data_digest="a").disk_key(epochs=3) == base
+    for other in (RunCache("digits", 0, pool, data_digest="b").disk_key(epochs=3),   # an image changed
+                  RunCache("digits", 1, pool, data_digest="a").disk_key(epochs=3),
+                  RunCache("digits", 0, pool[1:], data_digest="a").disk_key(epochs=3),
+                  RunCache("other", 0, pool, data_digest="a").disk_key(epochs=3),
+                  RunCache("digits", 0, pool, data_digest="a").disk_key(epochs=4)):
+        assert other != base

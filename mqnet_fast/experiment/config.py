@@ -55,6 +55,10 @@ class ExperimentConfig:
         """A copy with the dataset defaults filled in and every option checked."""
         defaults = DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
         filled = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in defaults.items()}
+        if self.encoder_epochs is None:
+            from mqnet_fast.training.contrastive import EncoderConfig
+
+            filled["encoder_epochs"] = EncoderConfig.for_dataset(self.dataset).epochs
         out = dataclasses.replace(self, **filled,
                                   strategies=list(self.strategies), seeds=[int(s) for s in self.seeds],
                                   options=dict(self.options))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqnet_fast.cache import RunCache
+from mqnet_fast.cache import RunCache, array_digest
 from mqnet_fast.data import ImageArrays, default_cache_dir, load_dataset, make_open_set
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
@@ -63,6 +63,9 @@ class Experiment:
         self.test_images = DeviceImages(self.data.test_images, mean, std, self.device, self.data.flip)
         self._round_zero = {}
         self._caches = {}
+        for name in self.config.strategies:  # refuse a resume with other options before running anything
+            for seed in self.config.seeds:
+                self.store.run(name, seed).check_options(dataclasses.asdict(self.config.strategy_options(name)))
 
     def run(self, stop_after_rounds: int | None = None) -> list[dict]:
         """Run (or resume) every (strategy, seed) pair; returns all round records. `stop_after_rounds`
@@ -164,8 +167,10 @@ class Experiment:
         """One cache per seed: its pool (and so its encoder) is the same for every strategy."""
         if seed not in self._caches:
             directory = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
-            overrides = {} if self.config.encoder_epochs is None else {"epochs": self.config.encoder_epochs}
-            self._caches[seed] = RunCache(self.config.dataset, seed, self.splits[seed].pool, directory, overrides,
+            overrides = {"epochs": self.config.encoder_epochs}
+            pool = self.splits[seed].pool
+            self._caches[seed] = RunCache(self.config.dataset, seed, pool, directory,
+                                          array_digest(self.data.train_images[pool]), overrides,
                                           show_progress=self.config.progress)
         return self._caches[seed]
 

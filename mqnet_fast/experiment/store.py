@@ -55,15 +55,19 @@ class SingleRun:
         self.store, self.path = store, path
         self.checkpoint_path = path / "checkpoint.pt"
 
-    def write_config(self, config: dict) -> None:
-        """Write the run's configuration; a run resumed with other strategy options is refused."""
+    def check_options(self, options: dict) -> None:
+        """Refuse to resume a run made with other strategy options."""
         saved = self.path / "config.json"
         if saved.exists() and self.checkpoint_path.exists():
             previous = read_json(saved).get("strategy_options")
-            if previous is not None and previous != config["strategy_options"]:
+            if previous is not None and previous != options:
                 raise ConfigError(f"run {str(self.path)!r} was made with strategy options {previous}, not "
-                                  f"{config['strategy_options']}; use another --run-dir or the same options")
-        atomic_write_json(saved, config)
+                                  f"{options}; use another --run-dir or the same options")
+
+    def write_config(self, config: dict) -> None:
+        """Write the run's configuration (after check_options)."""
+        self.check_options(config["strategy_options"])
+        atomic_write_json(self.path / "config.json", config)
 
     def load_checkpoint(self) -> dict | None:
         if not self.checkpoint_path.exists():

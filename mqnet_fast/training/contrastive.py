@@ -4,12 +4,12 @@ every rotation of an image is an instance of its own, plus rotation classificati
 al., NeurIPS 2022) measures purity in this encoder's embedding (mqnet_fast.scores.csi).
 
 Differences from the published code (alinlab/CSI, and MQ-Net's copy of it in kaist-dmlab/MQNet):
-- trained once per (dataset, pool, seed, config) and cached on disk; MQ-Net's code retrains it from
-  scratch in every AL cycle (on the same pool);
-- MQ-Net's code trains it with plain SGD (lr 0.1 x 10 warm-up, wd 5e-4); CSI's with LARS over SGD
-  (momentum 0.9, wd 1e-6, trust 0.001, on every tensor): here LARS, by default with SimCLR's
-  exclusion of biases and normalization parameters from weight decay and the trust ratio
-  (`EncoderConfig.lars_exclude_bias_and_norm`);
+- trained once per (dataset, pool images, seed, config) and cached on disk; MQ-Net's code trains it
+  once too when asked to save it (`ssl_save`), keyed by dataset, noise and trial only;
+- both CSI and MQ-Net's code train it with LARS over SGD (momentum 0.9, wd 1e-6, trust 0.001, on
+  every tensor, lr 0.1 with a x10 warm-up): here LARS, by default with SimCLR's exclusion of biases
+  and normalization parameters from weight decay and the trust ratio
+  (`EncoderConfig.lars_exclude_bias_and_norm`; CSI's way measured the same within noise on digits);
 - the schedule is optim.warmup_cosine per step (linear warm-up from lr / warmup steps to lr, cosine
   to 0 at the end); CSI warms up from lr / 10 to lr over 10 epochs and ends its cosine, which spans
   all epochs from the end of the warm-up, slightly above 0;
