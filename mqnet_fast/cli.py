@@ -32,8 +32,10 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     for option, f in fields.items():
         default = f.default
         help_text = f.metadata.get("help", "")
+        if isinstance(default, bool) or not isinstance(default, (int, float, str)):
+            raise TypeError(f"strategy option {option!r}: the CLI takes int, float and str options")
         group.add_argument("--" + option.replace("_", "-"), dest=f"option_{option}", type=type(default),
-                           default=argparse.SUPPRESS,
+                           default=argparse.SUPPRESS, metavar=option.upper(),
                            help=f"{help_text} ({', '.join(owners[option])}; default {default})".lstrip())
 
 

@@ -1,7 +1,8 @@
-"""Networks: the target model (CIFAR-style ResNet-18), the loss-prediction module of learning loss and
-MQ-Net's meta-model Phi."""
+"""Networks: the target model (CIFAR-style ResNet-18), the loss-prediction module of learning loss, the
+contrastive (CSI) encoder and MQ-Net's meta-model Phi."""
+from mqnet_fast.models.encoder import ContrastiveEncoder
 from mqnet_fast.models.loss_prediction import LossPredictionModule
 from mqnet_fast.models.meta_model import MetaModel
 from mqnet_fast.models.resnet import ResNet18
 
-__all__ = ["LossPredictionModule", "MetaModel", "ResNet18"]
+__all__ = ["ContrastiveEncoder", "LossPredictionModule", "MetaModel", "ResNet18"]

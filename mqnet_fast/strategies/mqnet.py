@@ -10,6 +10,17 @@ copied). Round 0 ranks by the sum of the two meta-inputs; later rounds by Phi(z)
 non-negative MLP op. After each query Phi is trained on the query set with the ranking loss of
 Eq. 10 against the masked cross-entropy of the target model (0 for OOD examples):
 mqnet_fast.training.meta.
+
+Differences from the published code (kaist-dmlab/MQNet), where it differs from the paper's text or
+does something the text leaves open:
+- the meta-inputs of the query set are the candidates' standardized values (one rule for training
+  and selection); the published code re-standardizes over the query set when training Phi, and in
+  its LL mode feeds I unstandardized;
+- Phi trains with SGD momentum 0.9, wd 5e-4, batch 64, margin `meta_margin` (0.1), 100 epochs of
+  at least 100 steps; the published code: plain SGD lr 0.01, batch 32, margin 1, 1,000 epochs of at
+  least 150 steps, weights initialized U(0, 1);
+- pairs with equal targets (two OOD examples) are left out of the ranking loss, where the published
+  code orders them one way.
 """
 from __future__ import annotations
 
@@ -33,6 +44,7 @@ class MQNetOptions:
     standardize: str = field(default="zscore", metadata={"help": "meta-input standardization: " + ", ".join(STANDARDIZE)})
     meta_epochs: int = field(default=100, metadata={"help": "epochs of meta-model training per round"})
     meta_min_steps: int = field(default=100, metadata={"help": "minimum SGD steps per meta-model epoch"})
+    meta_margin: float = field(default=0.1, metadata={"help": "margin of the ranking loss (published code: 1)"})
 
     def __post_init__(self):
         if self.purity not in PURITY:
@@ -40,6 +52,8 @@ class MQNetOptions:
         if self.informativeness not in INFORMATIVENESS:
             raise ValueError(f"informativeness must be one of {', '.join(INFORMATIVENESS)}, "
                              f"got {self.informativeness!r}")
+        if isinstance(self.meta_margin, bool) or not isinstance(self.meta_margin, (int, float)) or not self.meta_margin >= 0:
+            raise ValueError(f"meta_margin must be a number >= 0, got {self.meta_margin!r}")
         if self.standardize not in STANDARDIZE:
             raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         for name in ("meta_epochs", "meta_min_steps"):
@@ -58,8 +72,8 @@ class MQNet(Strategy):
         an embedding of your own)."""
         super().__init__(options, seed)
         self.purity_fn = purity_fn
-        self.meta_config = MetaTrainConfig(epochs=self.options.meta_epochs,
-                                           min_steps_per_epoch=self.options.meta_min_steps)
+        self.meta_config = MetaTrainConfig(epochs=self.options.meta_epochs, min_steps_per_epoch=self.options.meta_min_steps,
+                                           margin=self.options.meta_margin)
         self.model = MetaModel(seed=seed)
         self.trained = False
         self._z = None

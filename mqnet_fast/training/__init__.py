@@ -1,4 +1,5 @@
-"""Trainers: the target model, MQ-Net's meta-model; optimizers and schedules in `optim`."""
+"""Trainers: the target model (optionally with learning loss's module), the CSI encoder (`contrastive`,
+augmentations in `augment`), MQ-Net's meta-model; optimizers and schedules in `optim`."""
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.meta import (MetaTrainConfig, MetaTrainStats, ranking_accuracy, ranking_loss,
                                       train_meta_model)

@@ -1,12 +1,6 @@
 """Training MQ-Net's meta-model Phi (mqnet_fast.models.MetaModel) with the ranking loss of the paper
-(Eq. 10) on the examples it queried.
-
-Standardization (one rule, used at training and at selection time): in every round z is computed
-for all unlabeled pool examples and each column is standardized with that round's mean and std over
-those candidates. The query set is a subset of the candidates, so Phi is trained on exactly the
-standardized values it was scored with, and applied in the next round to values standardized the same
-way. (The published code standardizes one input and not the other; this one does both, always.)
-"""
+(Eq. 10) on the examples it queried, on meta-inputs standardized by the strategy
+(mqnet_fast.strategies.mqnet)."""
 from __future__ import annotations
 
 import math
@@ -60,7 +54,7 @@ def train_meta_model(model: MetaModel, z: torch.Tensor, targets: torch.Tensor, c
     x0.1 at half the epochs. An epoch is max(ceil(n / batch), min_steps_per_epoch) steps, each on a
     random mini-batch of min(batch, n) distinct examples: with a query set of a few dozen examples,
     "100 epochs" of ceil(n / batch) steps would be a few hundred steps, too few for Phi to move
-    (the published code also runs at least 100 steps per epoch).
+    (the published code runs at least 150 steps per epoch).
 
     All mini-batches and per-step learning rates are drawn up front and the whole loop runs in one
     call of ops.nonneg_mlp_rank_train (compiled; `backend="torch"` runs the same steps eagerly with
