@@ -75,3 +75,20 @@ def test_scores():
         make_strategy("nope")
     with pytest.raises(ValueError, match="strategy 'conf' has no option 'purity'"):
         make_strategy("conf", purity="knn")
+
+
+def test_stage_features_of_the_candidates():
+    from mqnet_fast.data import load_digits
+    from mqnet_fast.training import DeviceImages, infer, make_model
+
+    data = load_digits()
+    images = DeviceImages(data.train_images[:40], *DeviceImages.channel_stats(data.train_images), torch.device("cpu"),
+                          False)
+    model = make_model(3, 1, torch.device("cpu"), seed=0, width=4)
+    candidates = torch.tensor([3, 7, 11, 30])
+    out = infer(model, images, candidates)
+    view = RoundView(candidates, torch.softmax(out.logits, 1), out.feats, torch.Generator(), model=model, images=images)
+    stages = view.stage_features()
+    assert [s.shape for s in stages] == [(4, c) for c in (4, 8, 16, 32)]
+    assert torch.allclose(stages[-1], out.feats, atol=1e-6)  # the last stage pooled = the penultimate features
+    assert view.stage_features() is stages  # computed once

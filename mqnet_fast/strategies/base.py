@@ -45,6 +45,16 @@ class RoundView:
         """(L_in, d) penultimate features of the labeled IN examples."""
         return self.labeled_feats[self.labeled_is_in.to(self.labeled_feats.device)]
 
+    def stage_features(self) -> list[torch.Tensor]:
+        """The target model's four stage outputs of the candidates, globally average-pooled ((U, c_s)
+        each), computed on first use and kept in `extras["stage_features"]`."""
+        if "stage_features" not in self.extras:
+            self.require("model", "images", by="stage_features")
+            from mqnet_fast.training.target import infer_stages
+
+            self.extras["stage_features"] = infer_stages(self.model, self.images, self.candidates)
+        return self.extras["stage_features"]
+
     def require(self, *names: str, by: str) -> None:
         missing = [n for n in names if getattr(self, n) is None and n not in self.extras]
         if missing:

@@ -188,3 +188,19 @@ def infer(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor | No
                          torch.zeros(0, model.feature_dim, device=device),
                          None if loss_module is None else torch.zeros(0, device=device))
     return Inference(torch.cat(logits), torch.cat(feats), None if loss_module is None else torch.cat(predicted))
+
+
+@torch.no_grad()
+def infer_stages(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor,
+                 batch_size: int = 1024) -> list[torch.Tensor]:
+    """The four stage outputs of the rows `index`, globally average-pooled: (n, c_s) float32 each, on
+    the images' device, in eval mode."""
+    model.eval()
+    device = images.images.device
+    pooled = [[torch.zeros(0, c, device=device)] for c in model.stage_channels]
+    for start in range(0, len(index), batch_size):
+        with _autocast(device):
+            stages = model.stages(images.batch(index[start:start + batch_size]))
+        for out, stage in zip(pooled, stages):
+            out.append(model.pool(stage).float())
+    return [torch.cat(out) for out in pooled]
