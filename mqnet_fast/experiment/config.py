@@ -11,9 +11,10 @@ from mqnet_fast.strategies import STRATEGIES, make_options, option_names
 
 # Per-dataset defaults. CIFAR follows the paper (b = 500, 10 rounds, 20,000 iterations, lr 0.1,
 # the standard ResNet-18). Digits is sized for a CPU demo in minutes and for a measurable strategy
-# difference: a ResNet-18 of width 16 trained 300 iterations at lr 0.03 varies by 1-2 points of test
-# accuracy between training seeds on a fixed labeled set, where the earlier width 64 / 100 iterations
-# / lr 0.1 varied by 4 and took 10x longer per iteration (benchmarks/digits_training_spread.py).
+# difference: a ResNet-18 of width 16 trained 300 iterations at lr 0.03 varies by 1.9 / 1.1 points
+# (std over 5 training seeds) on fixed labeled sets of 20 / 60 IN examples, where the earlier width 64
+# / 100 iterations / lr 0.1 varied by 5.8 / 2.9 and took 8.6x longer per iteration
+# (benchmarks/digits_training_spread.py, benchmarks/digits_step_profile.py).
 DEFAULTS = {"digits": dict(budget=20, rounds=5, iterations=300, lr=0.03, width=16),
             "cifar10": dict(budget=500, rounds=10, iterations=20000, lr=0.1, width=64),
             "cifar100": dict(budget=500, rounds=10, iterations=20000, lr=0.1, width=64)}
