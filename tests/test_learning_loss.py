@@ -15,7 +15,7 @@ from mqnet_fast.scores import informativeness
 from mqnet_fast.strategies import RoundView, make_strategy
 from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, train_model
 from mqnet_fast.training.optim import set_lr, sgd
-from mqnet_fast.training.target import Inference, _autocast, _shuffled_batches, loss_prediction_loss
+from mqnet_fast.training.target import Inference, device_autocast, shuffled_batches, loss_prediction_loss
 
 CPU = torch.device("cpu")
 
@@ -187,13 +187,13 @@ def _pre_learning_loss_training(model, images, index, labels, config, seed):
     cross-entropy of model(x), step), to check the plain path is unchanged bit for bit."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
-    batches = _shuffled_batches(len(index), config.batch_size, generator)
+    batches = shuffled_batches(len(index), config.batch_size, generator)
     tail = []
     model.train()
     for step in range(config.iterations):
         rows = next(batches)
         set_lr(optimizer, config.lr_at(step))
-        with _autocast(CPU):
+        with device_autocast(CPU):
             loss = F.cross_entropy(model(images.augmented_batch(index[rows], generator)), labels[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

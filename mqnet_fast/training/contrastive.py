@@ -34,7 +34,7 @@ from mqnet_fast.progress import progress_bar
 from mqnet_fast.training.augment import csi_views, rotate
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.optim import lars, set_lr, warmup_cosine
-from mqnet_fast.training.target import _autocast, _shuffled_batches
+from mqnet_fast.training.target import device_autocast, shuffled_batches
 
 
 def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -137,7 +137,7 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     index = torch.as_tensor(np.asarray(pool), dtype=torch.int64)
     per_epoch = config.steps_per_epoch(len(index))
     total, warmup = config.epochs * per_epoch, config.warmup_epochs * per_epoch
-    batches = _shuffled_batches(len(index), min(config.batch_size, len(index)), generator)
+    batches = shuffled_batches(len(index), min(config.batch_size, len(index)), generator)
     crop = (config.crop_min_scale, 1.0)
     encoder.train()
     bar = progress_bar(range(config.epochs), desc="csi encoder", disable=not show_progress)
@@ -148,7 +148,7 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
             set_lr(optimizer, warmup_cosine(config.lr, step, total, warmup))
             views, shift_labels = csi_views(images, index[next(batches)], generator, crop_scale=crop,
                                             jitter=config.jitter, jitter_p=config.jitter_p, grey_p=config.grey_p)
-            with _autocast(device):
+            with device_autocast(device):
                 _, projections, logits = encoder(views)
             loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature)
             optimizer.zero_grad(set_to_none=True)
@@ -216,7 +216,7 @@ def embed(encoder: ContrastiveEncoder, images: DeviceImages, index, *, layer: st
     dim = _layer_dim(encoder, layer)
     out = [torch.zeros(0, dim, device=device)]
     for start in range(0, len(index), batch_size):
-        with _autocast(device):
+        with device_autocast(device):
             feats = encoder.features(images.batch(index[start:start + batch_size]))
             out.append(_layer(encoder, feats, layer).float())
     return torch.cat(out)
@@ -243,7 +243,7 @@ def embed_rotations(encoder: ContrastiveEncoder, images: DeviceImages, index, *,
         batch = images.batch(index[start:start + batch_size])
         per_rotation_embeddings, per_rotation_logits = [], []
         for k in range(NUM_ROTATIONS):
-            with _autocast(device):
+            with device_autocast(device):
                 feats = encoder.features(rotate(batch, k))
                 per_rotation_embeddings.append(_layer(encoder, feats, layer).float())
                 per_rotation_logits.append(encoder.shift_logits(feats).float())

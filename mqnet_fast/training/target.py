@@ -71,13 +71,14 @@ def make_model(num_classes: int, in_channels: int, device: torch.device, seed: i
     return model
 
 
-def _autocast(device: torch.device):
+def device_autocast(device: torch.device):
+    """bf16 autocast on a GPU; full precision on the CPU (the one precision rule of every trainer here)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
 
 
-def _shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
     """Endless batches of `batch_size` positions in 0..n-1, cut from consecutive random permutations
     (a batch may span two permutations; with n < batch_size a batch repeats examples). A new
     permutation is drawn as soon as the last one is used up, before the batch is handed out."""
@@ -121,14 +122,14 @@ def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tenso
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
     labels = labels.to(device)
-    batches = _shuffled_batches(len(index), config.batch_size, generator)
+    batches = shuffled_batches(len(index), config.batch_size, generator)
     loss_module = getattr(model, "loss_module", None)
     tail_losses = []
     model.train()
     for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
         rows = next(batches)
         set_lr(optimizer, config.lr_at(step))
-        with _autocast(device):
+        with device_autocast(device):
             if loss_module is None:
                 loss = F.cross_entropy(model(images.augmented_batch(index[rows], generator)), labels[rows.to(device)])
                 target_loss = loss
@@ -172,7 +173,7 @@ def infer(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor | No
     loss_module = getattr(model, "loss_module", None)
     logits, feats, predicted = [], [], []
     for start in range(0, len(index), batch_size):
-        with _autocast(device):
+        with device_autocast(device):
             batch = images.batch(index[start:start + batch_size])
             if loss_module is None:
                 out, feat = model.forward_with_features(batch)
@@ -199,7 +200,7 @@ def infer_stages(model: torch.nn.Module, images: DeviceImages, index: torch.Tens
     device = images.images.device
     pooled = [[torch.zeros(0, c, device=device)] for c in model.stage_channels]
     for start in range(0, len(index), batch_size):
-        with _autocast(device):
+        with device_autocast(device):
             stages = model.stages(images.batch(index[start:start + batch_size]))
         for out, stage in zip(pooled, stages):
             out.append(model.pool(stage).float())
