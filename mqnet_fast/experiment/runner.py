@@ -111,7 +111,7 @@ class Experiment:
         return state["records"]
 
     def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled: np.ndarray, run):
-        cfg, split, data = self.config, self.splits[seed], self.data
+        cfg, split = self.config, self.splits[seed]
         timings = {}
         train_in_labels, test_in_labels = self._in_labels(seed)
         labeled_in = labeled[split.is_in[labeled]]
