@@ -1,6 +1,10 @@
 """Reports over run directories: a PNG plot (test accuracy and %IN of each query over rounds, one line
 per strategy, mean and spread over seeds) and a table of last-round accuracy laid out like the
-paper's tables (strategies as rows, noise ratios as columns), as markdown and CSV."""
+paper's tables (strategies as rows, settings such as noise ratios as columns), as markdown and CSV.
+
+Runs are grouped by their experiment's full identity (RUN_DIR/experiment.json: dataset, split,
+noise, budget, rounds, iterations, ...) and their strategy's options: runs that differ in any of
+them get separate columns or rows, labeled by what differs."""
 from __future__ import annotations
 
 import math
@@ -8,12 +12,19 @@ from collections import defaultdict
 from pathlib import Path
 
 from mqnet_fast.io import atomic_write_text, read_json
-from mqnet_fast.experiment import records_to_csv
+from mqnet_fast.experiment import ConfigError, records_to_csv
 
 
-def collect_records(run_dirs) -> list[dict]:
-    """Every round record under the run directories (RUN_DIR/<strategy>/seed<k>/metrics.json)."""
-    records = []
+IDENTITY_FIELDS = ("dataset", "split", "noise", "budget")  # in every record, for run dirs without experiment.json
+
+
+def collect_runs(run_dirs) -> list[dict]:
+    """Every (strategy, seed) run under the run directories (RUN_DIR/<strategy>/seed<k>/metrics.json),
+    each as {"setting": the experiment's identity (RUN_DIR/experiment.json), "strategy", "options":
+    the strategy's options (config.json), "seed", "records", "path"}. A run reached twice (the same
+    directory given twice, or through a link) counts once; two different directories holding the
+    same run (same setting, strategy, options and seed) are refused: they would count one seed twice."""
+    runs, seen, owner = [], set(), {}
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -21,9 +32,32 @@ def collect_records(run_dirs) -> list[dict]:
         paths = sorted(run_dir.glob("*/seed*/metrics.json"))
         if not paths:
             raise FileNotFoundError(f"run directory {str(run_dir)!r} holds no results (*/seed*/metrics.json)")
+        experiment = read_json(run_dir / "experiment.json") if (run_dir / "experiment.json").exists() else None
         for path in paths:
-            records += read_json(path)
-    return records
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            records = read_json(path)
+            if not records:
+                continue
+            config = read_json(path.parent / "config.json") if (path.parent / "config.json").exists() else {}
+            setting = experiment or {k: records[0].get(k) for k in IDENTITY_FIELDS}
+            run = {"setting": setting, "strategy": records[0]["strategy"], "seed": records[0]["seed"],
+                   "options": config.get("strategy_options") or {}, "records": records, "path": path.parent}
+            key = (_freeze(setting), run["strategy"], _freeze(run["options"]), run["seed"])
+            if key in owner:
+                raise ConfigError(f"runs {str(owner[key])!r} and {str(path.parent)!r} are the same run (strategy "
+                                 f"{run['strategy']}, seed {run['seed']}, the same experiment and options): "
+                                 "report one of them")
+            owner[key] = path.parent
+            runs.append(run)
+    return runs
+
+
+def collect_records(run_dirs) -> list[dict]:
+    """Every round record of collect_runs(run_dirs), in order."""
+    return [rec for run in collect_runs(run_dirs) for rec in run["records"]]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -35,68 +69,98 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var)
 
 
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per (dataset, split, noise, strategy): last-round test accuracy (mean, std over
-    seeds), %IN over all queries, number of seeds and rounds. Only runs that reached the setting's
-    last round count."""
-    by_run = defaultdict(list)
-    for rec in records:
-        by_run[(rec["dataset"], rec["split"], rec["noise"], rec["strategy"], rec["seed"])].append(rec)
+def _freeze(d: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in d.items()))
+
+
+def _differing(dicts: list[dict]) -> list[str]:
+    """The keys whose values are not the same in all `dicts` (in first-seen order)."""
+    keys = []
+    for d in dicts:
+        keys += [k for k in d if k not in keys]
+    return [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+
+
+def _label_runs(runs: list[dict]) -> None:
+    """Give each run a setting label and a method label that tell apart everything that differs:
+    settings by dataset, split and noise, plus any other identity field (budget, rounds,
+    iterations, ...) that differs between the settings given; methods by strategy, plus the options
+    that differ between that strategy's runs."""
+    settings = list({_freeze(r["setting"]): r["setting"] for r in runs}.values())
+    extra = [k for k in _differing(settings) if k not in ("dataset", "split", "noise")]
+    for run in runs:
+        st = run["setting"]
+        label = f"{st.get('dataset')} {st.get('split')} noise {st.get('noise'):g}"
+        run["setting_label"] = " ".join([label] + [f"{k} {st.get(k)}" for k in extra])
+    for strategy in {r["strategy"] for r in runs}:
+        mine = [r for r in runs if r["strategy"] == strategy]
+        differ = _differing([r["options"] for r in mine])
+        for run in mine:
+            details = ", ".join(f"{k}={run['options'].get(k)}" for k in differ)
+            run["method"] = f"{strategy} ({details})" if details else strategy
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per (setting, method): last-round test accuracy (mean, std over seeds), %IN over
+    all queries, number of seeds and rounds. Only runs that reached the setting's last round count;
+    runs of different experiments (any identity field) or options never share a row."""
+    _label_runs(runs)
     last_round = defaultdict(int)
-    for (dataset, split, noise, _, _), recs in by_run.items():
-        key = (dataset, split, noise)
-        last_round[key] = max(last_round[key], max(r["round"] for r in recs))
+    for run in runs:
+        last_round[run["setting_label"]] = max(last_round[run["setting_label"]], max(r["round"] for r in run["records"]))
     groups = defaultdict(list)
-    for (dataset, split, noise, strategy, seed), recs in by_run.items():
-        final = [r for r in recs if r["round"] == last_round[(dataset, split, noise)]]
+    for run in runs:
+        final = [r for r in run["records"] if r["round"] == last_round[run["setting_label"]]]
         if final:
-            groups[(dataset, split, noise, strategy)].append((final[0], recs))
+            groups[(run["setting_label"], run["method"])].append((final[0], run["records"], run["setting"]))
     rows = []
-    for (dataset, split, noise, strategy), runs in sorted(groups.items()):
-        acc_mean, acc_std = _mean_std([final["test_accuracy"] for final, _ in runs])
-        queried_in = sum(r.get("query_in") or 0 for _, recs in runs for r in recs)
-        queried = sum((r.get("query_in") or 0) + (r.get("query_ood") or 0) for _, recs in runs for r in recs)
-        rows.append({"dataset": dataset, "split": split, "noise": noise, "strategy": strategy,
-                     "seeds": len(runs), "last_round": last_round[(dataset, split, noise)],
-                     "accuracy_mean": acc_mean, "accuracy_std": acc_std,
+    for (setting, method), members in sorted(groups.items()):
+        acc_mean, acc_std = _mean_std([final["test_accuracy"] for final, _, _ in members])
+        queried_in = sum(r.get("query_in") or 0 for _, recs, _ in members for r in recs)
+        queried = sum((r.get("query_in") or 0) + (r.get("query_ood") or 0) for _, recs, _ in members for r in recs)
+        identity = members[0][2]
+        rows.append({"setting": setting, "dataset": identity.get("dataset"), "split": identity.get("split"),
+                     "noise": identity.get("noise"), "strategy": method, "seeds": len(members),
+                     "last_round": last_round[setting], "accuracy_mean": acc_mean, "accuracy_std": acc_std,
                      "query_in_percent": 100.0 * queried_in / queried if queried else float("nan")})
     return rows
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Last-round accuracy (%) as mean±std over seeds, strategies as rows, one column per
-    (dataset, noise); %IN of all queries in brackets."""
-    columns = sorted({(r["dataset"], r["split"], r["noise"]) for r in rows})
-    strategies = sorted({r["strategy"] for r in rows}, key=lambda s: (s != "mqnet", s))
-    cell = {(r["dataset"], r["split"], r["noise"], r["strategy"]): r for r in rows}
-    header = "| strategy | " + " | ".join(f"{d} {s} noise {n:g}" for d, s, n in columns) + " |"
+    """Last-round accuracy (%) as mean±std over seeds, methods as rows, one column per setting;
+    %IN of all queries in brackets."""
+    columns = sorted({r["setting"] for r in rows})
+    methods = sorted({r["strategy"] for r in rows}, key=lambda s: (not s.startswith("mqnet"), s))
+    cell = {(r["setting"], r["strategy"]): r for r in rows}
+    header = "| strategy | " + " | ".join(columns) + " |"
     lines = [header, "|---" * (len(columns) + 1) + "|"]
-    for strategy in strategies:
+    for method in methods:
         cells = []
         for column in columns:
-            r = cell.get((*column, strategy))
+            r = cell.get((column, method))
             if r is None:
                 cells.append("")
             else:
                 spread = f"±{100 * r['accuracy_std']:.1f}" if r["seeds"] > 1 else ""
                 cells.append(f"{100 * r['accuracy_mean']:.1f}{spread} ({r['query_in_percent']:.0f}% IN)")
-        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict], path: Path) -> Path:
-    """Test accuracy and %IN of each query set per round, one line per strategy (mean over seeds,
-    band = min..max), one row of panels per (dataset, split, noise)."""
+def plot(runs: list[dict], path: Path) -> Path:
+    """Test accuracy and %IN of each query set per round, one line per method (mean over seeds,
+    band = min..max), one row of panels per setting (runs labeled by summarize)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = sorted({(r["dataset"], r["split"], r["noise"]) for r in records})
+    settings = sorted({run["setting_label"] for run in runs})
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.8 * len(settings)), squeeze=False)
     for row, setting in enumerate(settings):
-        recs = [r for r in records if (r["dataset"], r["split"], r["noise"]) == setting]
-        for strategy in sorted({r["strategy"] for r in recs}, key=lambda s: (s != "mqnet", s)):
+        recs = [dict(r, strategy=run["method"]) for run in runs if run["setting_label"] == setting
+                for r in run["records"]]
+        for strategy in sorted({r["strategy"] for r in recs}, key=lambda s: (not s.startswith("mqnet"), s)):
             mine = [r for r in recs if r["strategy"] == strategy]
             for col, (key, scale, label) in enumerate((("test_accuracy", 100.0, "test accuracy (%)"),
                                                        ("query_in_percent", 1.0, "IN in query set (%)"))):
@@ -110,14 +174,14 @@ def plot(records: list[dict], path: Path) -> Path:
                     continue
                 mean = [sum(by_round[x]) / len(by_round[x]) for x in rounds]
                 ax = axes[row][col]
-                style = dict(lw=2.5) if strategy == "mqnet" else dict(lw=1.3)
+                style = dict(lw=2.5) if strategy.startswith("mqnet") else dict(lw=1.3)
                 line, = ax.plot(rounds, mean, marker="o", ms=3, label=strategy, **style)
                 if any(len(by_round[x]) > 1 for x in rounds):
                     ax.fill_between(rounds, [min(by_round[x]) for x in rounds], [max(by_round[x]) for x in rounds],
                                     color=line.get_color(), alpha=0.15)
                 ax.set_xlabel("round")
                 ax.set_ylabel(label)
-                ax.set_title(f"{setting[0]}, split {setting[1]}, noise {setting[2]:g}")
+                ax.set_title(setting)
                 ax.grid(alpha=0.3)
         axes[row][0].legend(fontsize=8)
     fig.tight_layout()
@@ -132,13 +196,13 @@ def plot(records: list[dict], path: Path) -> Path:
 def write_report(run_dirs, out_dir=None) -> dict:
     """Writes report.png, report.md and report.csv (one row per setting and strategy) into out_dir
     (default: the first run directory). Returns the paths and the markdown table."""
-    records = collect_records(run_dirs)
+    runs = collect_runs(run_dirs)
     out = Path(out_dir if out_dir is not None else run_dirs[0])
-    rows = summarize(records)
+    rows = summarize(runs)
     table = markdown_table(rows)
     note = ("Last-round test accuracy (%) on the IN test classes, mean±std over seeds where there are "
             "several; in brackets the share of IN examples among all queried examples.\n")
     atomic_write_text(out / "report.md", "# mqnet-fast report\n\n" + note + "\n" + table)
     atomic_write_text(out / "report.csv", records_to_csv(rows))
-    png = plot(records, out / "report.png")
+    png = plot(runs, out / "report.png")
     return {"table": table, "markdown": out / "report.md", "csv": out / "report.csv", "plot": png}

@@ -74,8 +74,8 @@ def test_resume_after_interrupt_gives_the_same_results(tmp_path, digits):
         a = json.loads((tmp_path / "whole" / name / "seed0" / "queries.json").read_text())
         b = json.loads((tmp_path / "cut" / name / "seed0" / "queries.json").read_text())
         assert a == b
-    phi_a = torch.load(tmp_path / "whole" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=False)["strategy"]
-    phi_b = torch.load(tmp_path / "cut" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=False)["strategy"]
+    phi_a = torch.load(tmp_path / "whole" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=True)["strategy"]
+    phi_b = torch.load(tmp_path / "cut" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=True)["strategy"]
     assert all(torch.equal(phi_a["model"][k], phi_b["model"][k]) for k in phi_a["model"])
 
 

@@ -39,26 +39,87 @@ def test_contract(name, budget):
     np.testing.assert_array_equal(picked, again.indices.numpy())
 
 
-def test_uncertainty_strategies_take_the_top_scores():
-    state = _state()
-    for name, score in (("conf", least_confidence), ("entropy", entropy), ("margin", negative_margin)):
-        expected = state.candidates[ops.top_b(score(state.probs), 10)]
-        assert torch.equal(make_strategy(name).select(state, 10).indices, expected)
+def _view(probs, feats=None, labeled_feats=None, labeled_is_in=None):
+    probs = torch.tensor(probs)
+    feats = torch.zeros(len(probs), 1) if feats is None else torch.tensor(feats)
+    return RoundView(torch.arange(100, 100 + len(probs)), probs, feats, torch.Generator().manual_seed(0),
+                     labeled_feats=None if labeled_feats is None else torch.tensor(labeled_feats),
+                     labeled_is_in=None if labeled_is_in is None else torch.tensor(labeled_is_in))
 
 
-def test_coreset_uses_labeled_rows_as_centers():
-    state = _state()
-    x = torch.cat([state.labeled_feats, state.feats])
-    res = ops.kcenter_greedy(x, torch.arange(19), 5, backend="torch")
-    assert torch.equal(make_strategy("coreset").select(state, 5).indices, state.candidates[res.indices - 19])
+def test_uncertainty_strategies_on_a_hand_worked_case():
+    # least confidence 1 - max p: .5 .6 .2 .55; entropy: .693 1.089 .639 1.011; margin -(p1 - p2): 0 -.1 -.7 -.05
+    view = _view([[0.5, 0.5, 0.0], [0.4, 0.3, 0.3], [0.8, 0.1, 0.1], [0.45, 0.4, 0.15]])
+    for name, expected in (("conf", [1, 3]), ("entropy", [1, 3]), ("margin", [0, 3])):
+        selection = make_strategy(name).select(view, 2)
+        assert selection.indices.tolist() == [100 + i for i in expected], name
+    assert torch.allclose(make_strategy("conf").select(view, 1).scores, torch.tensor([0.5, 0.6, 0.2, 0.55]))
 
 
-def test_mqnet_first_round_ranks_by_standardized_p_plus_i():
-    state = _state()
-    z = torch.stack([knn_purity(state.feats, state.labeled_in_feats), least_confidence(state.probs)], 1)
-    z = (z - z.mean(0)) / z.std(0)
-    expected = state.candidates[ops.top_b(z.sum(1), 12)]
-    assert torch.equal(_make("mqnet").select(state, 12).indices, expected)
+def test_coreset_on_a_hand_worked_case():
+    # labeled center (0, 0); candidates (1, 0) (5, 0) (2, 0) (5, 1): farthest first is (5, 1) at
+    # sqrt(26), then (2, 0) at 2, then (1, 0) and (5, 0) both at 1: the tie goes to the lower row.
+    view = _view([[1.0]] * 4, feats=[[1.0, 0.0], [5.0, 0.0], [2.0, 0.0], [5.0, 1.0]], labeled_feats=[[0.0, 0.0]],
+                 labeled_is_in=[True])
+    selection = make_strategy("coreset").select(view, 3)
+    assert selection.indices.tolist() == [103, 102, 100]
+    # each pick scores the radius that ranked it; the unpicked (5, 0) its final distance 1
+    assert torch.allclose(selection.scores, torch.tensor([1.0, 1.0, 2.0, 26.0 ** 0.5]))
+    assert selection.extra["coreset_final_radius"] == 1.0
+
+
+def _mqnet_view():
+    # P = 0 1 2 3 (given), I = least confidence .1 .5 .4 .2. z-scores (sample std): z_P = -1.162 -.387
+    # .387 1.162, z_I = -1.095 1.095 .548 -.548. Sum: -2.257 .708 .935 .614 -> rows 2, 1. With exp:
+    # .647 3.67 3.20 3.77 -> rows 3, 1. P alone would take 3, 2 and I alone 1, 2.
+    return _view([[0.9, 0.1], [0.5, 0.5], [0.6, 0.4], [0.8, 0.2]])
+
+
+@pytest.mark.parametrize("standardize, expected", [("zscore", [102, 101]), ("exp-zscore", [103, 101])])
+def test_mqnet_first_round_on_a_hand_worked_case(standardize, expected):
+    strategy = make_strategy("mqnet", informativeness="conf", standardize=standardize)
+    strategy.purity_fn = lambda view: torch.tensor([0.0, 1.0, 2.0, 3.0])
+    selection = strategy.select(_mqnet_view(), 2)
+    assert selection.indices.tolist() == expected
+    z = torch.tensor([[-1.16190, -1.09545], [-0.38730, 1.09545], [0.38730, 0.54772], [1.16190, -0.54772]])
+    z = z.exp() if standardize == "exp-zscore" else z
+    assert torch.allclose(selection.columns["purity_std"], z[:, 0], atol=1e-4)
+    assert torch.allclose(selection.columns["informativeness_std"], z[:, 1], atol=1e-4)
+
+
+def _observed(losses, selection_change=None, **kw):
+    strategy = make_strategy("mqnet", informativeness="conf", meta_epochs=2, meta_min_steps=5)
+    strategy.purity_fn = lambda view: torch.tensor([0.0, 1.0, 2.0, 3.0])
+    view = _mqnet_view()
+    selection = strategy.select(view, 4)
+    if selection_change is not None:
+        selection = selection_change(selection)
+    record = strategy.observe(view, selection, torch.arange(len(losses)), torch.tensor(losses), seed=0, **kw)
+    return strategy, record
+
+
+def test_mqnet_phi_counts_as_trained_only_after_ranking_signal():
+    for losses in ([0.0, 0.0, 0.0, 0.0], [1.5], [0.7, 0.7]):  # all OOD, one example, all tied
+        strategy, record = _observed(losses)
+        assert not strategy.trained and record["meta_steps"] == 0, losses
+    strategy, record = _observed([0.0, 1.2, 0.3, 0.0])
+    assert strategy.trained and record["meta_steps"] == 2 * 5
+
+
+def test_mqnet_learns_on_the_meta_inputs_its_selection_scored():
+    from mqnet_fast.strategies import Selection
+
+    def flipped(selection):
+        columns = dict(selection.columns, purity_std=-selection.columns["purity_std"])
+        return Selection(selection.indices, selection.scores, columns=columns)
+
+    losses = [0.0, 1.2, 0.3, 0.0]
+    plain, _ = _observed(losses)
+    changed, _ = _observed(losses, flipped)
+    recomputed, _ = _observed(losses, lambda s: Selection(s.indices, s.scores))  # no columns: from the view
+    weights = lambda s: torch.cat([w.flatten() for w in s.model.weights])
+    assert not torch.equal(weights(plain), weights(changed))
+    assert torch.equal(weights(plain), weights(recomputed))
 
 
 def test_scores():

@@ -69,8 +69,9 @@ def label(view: RoundView, query: np.ndarray, positions: np.ndarray, is_in: np.n
     return query_in, losses
 
 
-def learn(strategy: Strategy, view: RoundView, positions: np.ndarray, losses: torch.Tensor, seed: int) -> dict:
-    return strategy.observe(view, torch.from_numpy(positions), losses, seed)
+def learn(strategy: Strategy, view: RoundView, selection: Selection, positions: np.ndarray, losses: torch.Tensor,
+          seed: int) -> dict:
+    return strategy.observe(view, selection, torch.from_numpy(positions), losses, seed)
 
 
 def check_selection(query: np.ndarray, candidates: np.ndarray, budget: int, strategy: str) -> np.ndarray:

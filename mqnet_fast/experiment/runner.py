@@ -28,7 +28,7 @@ from mqnet_fast.metrics import auroc
 from mqnet_fast.scores import PURITY, purity
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.strategies import Strategy, make_strategy
-from mqnet_fast.training import DeviceImages, TrainConfig
+from mqnet_fast.training import DeviceImages, TrainConfig, make_model
 
 
 class Experiment:
@@ -66,6 +66,7 @@ class Experiment:
         for name in self.config.strategies:  # refuse a resume with other options before running anything
             for seed in self.config.seeds:
                 self.store.run(name, seed).check_options(dataclasses.asdict(self.config.strategy_options(name)))
+        self.store.record_experiment(self.config.identity())  # every check passed: the first write
 
     def run(self, stop_after_rounds: int | None = None) -> list[dict]:
         """Run (or resume) every (strategy, seed) pair; returns all round records. `stop_after_rounds`
@@ -89,6 +90,7 @@ class Experiment:
         state = run.load_checkpoint()
         if state is not None:
             strategy.load_state_dict(state["strategy"])
+            run.write_outputs(state)  # the last save may have stopped between the checkpoint and its mirrors
         else:
             state = {"labeled": split.initial_labeled.tolist(), "records": [], "queries": [], "strategy": {}}
         random.seed(seed)
@@ -155,7 +157,7 @@ class Experiment:
 
             query_in, losses = phases.label(view, query, positions, split.is_in, train_in_labels)
             tick = time.perf_counter()
-            record.update(phases.learn(strategy, view, positions, losses, derive_seed(seed, r, "meta-train")))
+            record.update(phases.learn(strategy, view, selection, positions, losses, derive_seed(seed, r, "meta-train")))
             timings["time_meta"] = time.perf_counter() - tick
             record.update({"query_in": int(query_in.sum()), "query_ood": int(len(query) - query_in.sum()),
                            "query_in_percent": 100.0 * float(query_in.mean())})
@@ -183,17 +185,28 @@ class Experiment:
 
     def _train(self, seed: int, r: int, labeled_in: np.ndarray, strategy: Strategy):
         """A fresh target model trained on the labeled IN examples. Round 0 starts from the same
-        initial labeled set for every strategy, so its model is trained once per seed (and recipe)
-        and shared."""
+        initial labeled set for every strategy, so its model is trained once per seed and recipe
+        (with or without the loss module), saved in the run directory and loaded by every strategy
+        of the seed, in this process or a later one: on a GPU, where training is not bit-for-bit
+        repeatable, a resumed run still starts from the very model the others did."""
         cfg = self.config
-        key = (seed, strategy.uses_loss_module)
-        if r == 0 and key in self._round_zero:
-            return self._round_zero[key]
-        result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
-                              TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr),
-                              derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
-                              desc=f"round {r} train", show_progress=cfg.progress,
-                              loss_module=strategy.uses_loss_module, width=cfg.width)
+        recipe = "resnet-loss-module" if strategy.uses_loss_module else "resnet"
+        if r == 0 and (seed, recipe) in self._round_zero:
+            return self._round_zero[(seed, recipe)]
+        make = dict(loss_module=strategy.uses_loss_module, width=cfg.width)
+        saved = self.store.load_round_zero(seed, recipe) if r == 0 else None
+        if saved is not None:
+            model = make_model(self.num_in, self.train_images.images.shape[1], self.device,
+                               derive_seed(seed, r, "model-init"), **make)
+            model.load_state_dict(saved["model"])
+            result = model, float(saved["train_loss"])
+        else:
+            result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
+                                  TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr),
+                                  derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
+                                  desc=f"round {r} train", show_progress=cfg.progress, **make)
+            if r == 0:
+                self.store.save_round_zero(seed, recipe, result[0].state_dict(), result[1])
         if r == 0:
-            self._round_zero[key] = result
+            self._round_zero[(seed, recipe)] = result
         return result

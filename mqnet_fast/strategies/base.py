@@ -91,9 +91,11 @@ class Strategy:
     def select(self, view: RoundView, budget: int) -> Selection:
         raise NotImplementedError
 
-    def observe(self, view: RoundView, positions: torch.Tensor, losses: torch.Tensor, seed: int) -> dict:
-        """Called after the query is labeled: `positions` (b,) rows of the candidates that were
-        queried, `losses` (b,) their masked cross-entropy (0 for OOD). Returns numbers to record."""
+    def observe(self, view: RoundView, selection: Selection, positions: torch.Tensor, losses: torch.Tensor,
+                seed: int) -> dict:
+        """Called after the query is labeled, with the round's `view` and the `selection` this
+        strategy returned for it: `positions` (b,) rows of the candidates that were queried, `losses`
+        (b,) their masked cross-entropy (0 for OOD). Returns numbers to record."""
         return {}
 
     def state_dict(self) -> dict:

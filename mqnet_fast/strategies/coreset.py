@@ -18,6 +18,10 @@ class Coreset(Strategy):
         labeled = torch.arange(num_labeled, device=x.device)
         result = ops.kcenter_greedy(x, labeled, budget)
         positions = result.indices.cpu() - num_labeled
+        # A picked row's score is what ranked it: its distance to the centers when it was picked (the
+        # radius then); every other row's its final distance, which no radius before it was below.
+        # So scores are "higher = preferred" and the picks come in descending score.
         scores = result.min_dist[num_labeled:].float().cpu()
+        scores[positions] = result.radii.float().cpu()
         return Selection(view.candidates[positions], scores,
                          {"coreset_final_radius": float(result.radii[-1]) if budget else float("nan")})

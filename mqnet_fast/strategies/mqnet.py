@@ -76,7 +76,6 @@ class MQNet(Strategy):
                                            margin=self.options.meta_margin)
         self.model = MetaModel(seed=seed)
         self.trained = False
-        self._z = None
 
     @property
     def uses_loss_module(self) -> bool:
@@ -99,16 +98,33 @@ class MQNet(Strategy):
 
     def select(self, view, budget):
         raw = self.raw_scores(view)
-        self._z = self.standardized(raw)
-        scores = self.model.score(self._z) if self.trained else self._z.sum(1)
+        z = self.standardized(raw)
+        scores = self.model.score(z) if self.trained else z.sum(1)
         selection = top_selection(view, scores, budget)
         selection.columns = {"purity": raw[:, 0], "informativeness": raw[:, 1],
-                             "purity_std": self._z[:, 0], "informativeness_std": self._z[:, 1]}
+                             "purity_std": z[:, 0], "informativeness_std": z[:, 1]}
         return selection
 
-    def observe(self, view, positions, losses, seed):
-        z = self._z if self._z is not None else self.meta_inputs(view)
-        stats: MetaTrainStats = train_meta_model(self.model, z[positions], losses, self.meta_config, seed)
+    @staticmethod
+    def selection_meta_inputs(selection) -> torch.Tensor:
+        """The meta-inputs z (U, 2) this strategy's `select` scored, read from the Selection it returned."""
+        return torch.stack([selection.columns["purity_std"], selection.columns["informativeness_std"]], 1)
+
+    def observe(self, view, selection, positions, losses, seed):
+        """Train Phi on the query: the meta-inputs `selection` scored them with (so Phi learns on
+        exactly the values it ranked; a Selection without them, e.g. built by hand, has them
+        recomputed from `view`) against the losses. Phi counts as trained only once a query carried
+        ranking signal, i.e. two examples with different losses: an all-OOD query (all losses 0) or a
+        one-example query leaves it as it was, and the next round still ranks by P + I if Phi never
+        got any."""
+        if selection is not None and "purity_std" in selection.columns:
+            z = self.selection_meta_inputs(selection)
+        else:
+            z = self.meta_inputs(view)
+        losses = losses.detach().float().cpu()
+        if losses.numel() < 2 or bool((losses == losses[0]).all()):
+            return {"meta_loss": float("nan"), "meta_rank_accuracy": float("nan"), "meta_steps": 0}
+        stats: MetaTrainStats = train_meta_model(self.model, z[positions.cpu()], losses, self.meta_config, seed)
         self.trained = True
         return {"meta_loss": stats.loss, "meta_rank_accuracy": stats.rank_accuracy, "meta_steps": stats.steps}
 
