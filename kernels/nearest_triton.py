@@ -9,6 +9,9 @@ BLOCK_N) tile is reduced at once (one value+index reduction), so no N x M matrix
 tiles skip the column mask, the ragged last tile is masked.
 Ties go to the lowest key index: the reduction keeps the first extreme of a tile and a later tile
 replaces the running best only when strictly better.
+Offsets are 64-bit: a row index is cast to int64 before it is multiplied by the row stride, since
+row * stride passes 2^31 on pools of N * d >= 2^31 elements (1.05M x 2048 features) and int32
+arithmetic would wrap to an address outside the tensor without an error.
 DEFER=True (a tile-sweep option, off by default until timed on a GPU) moves the reduction out of
 the loop: each (query, column slot) keeps its best value and the start of the first key tile that
 reached it (strictly better replaces, so the earliest tile wins), three instructions per element and
@@ -30,22 +33,24 @@ def _key_tile_dot(q, q_ptr, k_ptr, rows, row_mask, cols, col_mask, dim, stride_q
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """(BLOCK_M, BLOCK_N) float32 dot products of the query rows with one tile of keys."""
     dims = tl.arange(0, BLOCK_K)
+    key_offsets = cols.to(tl.int64)[:, None] * stride_k  # int64: col * stride can pass 2^31
     if Q_RESIDENT:  # d fits one BLOCK_K: the queries were loaded once, one dot per key tile
         k_mask = (dims < dim)[None, :]
         if MASK_COLS:
             k_mask = k_mask & col_mask[:, None]
-        k = tl.load(k_ptr + cols[:, None] * stride_k + dims[None, :], mask=k_mask, other=0.0)
+        k = tl.load(k_ptr + key_offsets + dims[None, :], mask=k_mask, other=0.0)
         if IEEE:
             acc = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             acc = tl.dot(q, tl.trans(k))
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        query_offsets = rows.to(tl.int64)[:, None] * stride_q
         for start_k in range(0, dim, BLOCK_K):
             d_mask = (start_k + dims) < dim
-            qt = tl.load(q_ptr + rows[:, None] * stride_q + (start_k + dims)[None, :],
+            qt = tl.load(q_ptr + query_offsets + (start_k + dims)[None, :],
                          mask=row_mask[:, None] & d_mask[None, :], other=0.0)
-            k = tl.load(k_ptr + cols[:, None] * stride_k + (start_k + dims)[None, :],
+            k = tl.load(k_ptr + key_offsets + (start_k + dims)[None, :],
                         mask=col_mask[:, None] & d_mask[None, :], other=0.0)
             if IEEE:
                 acc += tl.dot(qt, tl.trans(k), input_precision="ieee")
@@ -148,7 +153,7 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
         slot_start = tl.zeros((1, 1), tl.int32)
     dims = tl.arange(0, BLOCK_K)
     if Q_RESIDENT:  # BLOCK_K >= d: the query tile is read once and stays on chip for all key tiles
-        q = tl.load(q_ptr + rows[:, None].to(tl.int64) * stride_q + dims[None, :],
+        q = tl.load(q_ptr + rows.to(tl.int64)[:, None] * stride_q + dims[None, :],
                     mask=row_mask[:, None] & (dims < dim)[None, :], other=0.0)
     else:
         q = tl.zeros((BLOCK_M, BLOCK_K), q_ptr.dtype.element_ty)  # unused: the K loop reloads chunks

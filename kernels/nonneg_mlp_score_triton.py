@@ -60,7 +60,7 @@ def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b
     pid = tl.program_id(0)
     rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_mask = rows < n_rows
-    offsets = rows.to(tl.int64) * stride_z
+    offsets = rows.to(tl.int64) * stride_z  # int64: row * stride passes 2^31 on pools of 2^31+ elements
     # the first four columns stay in registers (MQ-Net has two); more are re-read per unit (L1 hits)
     z0, bad = _column(z_ptr, offsets, row_mask, mean_ptr, std_ptr, 0, STANDARDIZE)
     z1 = z0

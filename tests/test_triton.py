@@ -1,6 +1,9 @@
 """Triton kernels against the references (marker `triton`). Without a GPU they run on CPU tensors
 under TRITON_INTERPRET=1, which conftest.py sets before anything imports triton; with a GPU they run
 on it. Half-precision inputs are compared with the reference run on the same rounded values."""
+import mmap
+import sys
+
 import pytest
 import torch
 
@@ -158,6 +161,124 @@ def test_nearest_deferred_reduction_is_identical(metric, block_k):
         assert torch.equal(deferred_values.cpu(), values.cpu()), f"{dtype} values differ"
     _, ref_indices = reference.nearest(queries, keys, metric)
     assert_equal_indices(results[True, torch.float32][1][-3:].cpu(), ref_indices[-3:], what="exact ties")
+
+
+# Offsets past 2^31 elements. The kernels cast a row index to int64 before multiplying it by the row
+# stride: in int32, row * stride wraps once N * d reaches 2^31 (1.05M x 2048 features), to an address
+# outside the tensor, and nothing reports it. A pool that large would need 8 GB or more; instead the
+# tests below lay three rows WRAP_STRIDE elements apart in one lazily backed mapping (only the pages
+# written are ever backed, a few KB), so row 2 starts at element 2^32 - 128: the same index * stride
+# arithmetic, past 2^31, on a stride that still travels as an int32 (Triton types an int argument
+# below 2^31 as i32, as it types d). int32 arithmetic wraps row 2's offset to -128, into a pad placed
+# before row 0 that holds decoys (-2 x row 2 - 1), so a kernel with 32-bit offsets returns wrong
+# values (an assertion) rather than reading unmapped memory (a crash). Under the interpreter the
+# kernel's pointers are these host addresses; on a GPU the region is real device memory (16 GB).
+WRAP_STRIDE = 2 ** 31 - 64
+WRAP_PAD = 128  # elements before row 0: int32 wraps row 2's offset 2 * WRAP_STRIDE to -WRAP_PAD
+
+
+def _region(numel: int, dtype: torch.dtype) -> torch.Tensor:
+    """A 1-D tensor of numel elements on DEVICE whose memory is backed only where it is written."""
+    nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    if DEVICE == "cuda":
+        if torch.cuda.mem_get_info()[0] < nbytes + 2 ** 30:
+            pytest.skip(f"needs {nbytes / 2 ** 30:.0f} GB of free GPU memory")
+        return torch.empty(numel, dtype=dtype, device="cuda")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the lazily backed host mapping is Linux's MAP_NORESERVE")
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0x4000)
+    return torch.frombuffer(mmap.mmap(-1, nbytes, flags=flags), dtype=dtype)
+
+
+def _rows_past_2_31(*fields: torch.Tensor) -> list[torch.Tensor]:
+    """Views of the (3, width) fields with a row stride of WRAP_STRIDE elements (the fields side by
+    side in each row, widths summing to at most WRAP_PAD), holding the same values, with decoys
+    where int32 offsets would read row 2."""
+    assert all(f.shape[0] == 3 for f in fields) and sum(f.shape[1] for f in fields) <= WRAP_PAD
+    region = _region(WRAP_PAD + 2 * WRAP_STRIDE + WRAP_PAD, fields[0].dtype)
+    views, column = [], 0
+    for field in fields:
+        width = field.shape[1]
+        view = region.as_strided((3, width), (WRAP_STRIDE, 1), WRAP_PAD + column)
+        view.copy_(field.to(region.device))
+        wrapped = (2 * WRAP_STRIDE + 2 ** 31) % 2 ** 32 - 2 ** 31  # what int32 makes of row 2's offset
+        assert wrapped == -WRAP_PAD
+        region[WRAP_PAD + wrapped + column: WRAP_PAD + wrapped + column + width] = -2 * field[2] - 1
+        views.append(view)
+        column += width
+    return views
+
+
+@pytest.mark.parametrize("block_k", [64, 16])  # query tile resident (keys' offsets) / loop over d (both)
+@pytest.mark.parametrize("l2", [False, True])
+def test_nearest_offsets_past_2_31(block_k, l2):
+    """The nearest kernel's key and query offsets (row * stride) in 64 bits: see WRAP_STRIDE."""
+    from mqnet_fast import _triton
+
+    module = _triton.kernel_module("nearest")
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(3, 40, generator=g)
+    queries = keys[2] + 0.3 * torch.randn(3, 40, generator=g)  # key 2 is every query's best
+    far_keys, far_queries = _rows_past_2_31(keys, queries)
+    qq, kk = (queries ** 2).sum(1).to(DEVICE), (keys ** 2).sum(1).to(DEVICE)
+    values = torch.empty(3, device=DEVICE)
+    indices = torch.empty(3, dtype=torch.int64, device=DEVICE)
+    module._nearest_kernel[(1,)](far_queries, far_keys, qq, kk, values, indices, 3, 3, 40, WRAP_STRIDE,
+                                 WRAP_STRIDE, L2=l2, IEEE=True, Q_RESIDENT=block_k >= 40, DEFER=False,
+                                 BLOCK_M=16, BLOCK_N=16, BLOCK_K=block_k)
+    dots = queries.double() @ keys.double().T
+    if l2:
+        want_values = (qq.cpu().double()[:, None] + kk.cpu().double()[None, :] - 2 * dots).clamp_min(0).sqrt().min(1)
+    else:
+        want_values = dots.max(1)
+    assert want_values.indices.tolist() == [2, 2, 2]
+    assert_equal_indices(indices.cpu(), want_values.indices, what="indices")
+    assert_close(values.cpu(), want_values.values, torch.float32, what="values")
+
+
+def test_badge_update_offsets_past_2_31():
+    """The BADGE update kernel's row offsets of a and h in 64 bits (see WRAP_STRIDE): D^2 of the three
+    rows to center 0, then to center 2, against float64."""
+    from mqnet_fast import _triton
+    from mqnet_fast.reference.badge_kmeanspp import gradient_embedding_sqdist
+
+    module = _triton.kernel_module("badge_kmeanspp")
+    probs, feats = badge_inputs(3, 5, 40, torch.float32, seed=2)
+    a = torch.nn.functional.one_hot(probs.argmax(1), 5).float() - probs
+    far_a, far_h = _rows_past_2_31(a, feats)
+    h2 = (feats * feats).sum(1)
+    g, hnorm = (a * a).sum(1) * h2, h2.sqrt()
+    d2 = torch.full((3,), float("inf"), device=DEVICE)
+    block_sums = torch.empty(1, dtype=torch.float64, device=DEVICE)
+    centers = torch.tensor([0, 2])
+    expected = torch.full((3,), float("inf"), dtype=torch.float64)
+    a64, h64 = a.double(), feats.double()
+    for step, c in enumerate(centers.tolist()):
+        module._update_kernel[(1,)](far_a, far_h, g.to(DEVICE), hnorm.to(DEVICE), d2, centers.to(DEVICE), block_sums,
+                                    step, 3, 5, 40, WRAP_STRIDE, WRAP_STRIDE, (2 * 40 + 5 + 32) * module._EPS32,
+                                    BLOCK_N=32, BLOCK_C=8, BLOCK_D=16)
+        expected = torch.minimum(expected, gradient_embedding_sqdist(a64, h64, (a64 * a64).sum(1) * (h64 * h64).sum(1), c))
+        expected[c] = 0
+        assert_close(d2.cpu(), expected, torch.float32, atol=1e-5 * float(g.max()), what=f"D^2 after center {c}")
+
+
+def test_mlp_offsets_past_2_31():
+    """The MLP kernel's row offsets of z in 64 bits (see WRAP_STRIDE)."""
+    from mqnet_fast import _triton
+
+    module = _triton.kernel_module("nonneg_mlp_score")
+    g = torch.Generator().manual_seed(4)
+    z = torch.randn(3, 2, generator=g)
+    weights = [torch.rand(8, 2, generator=g), torch.rand(1, 8, generator=g)]  # positive: Phi is strictly increasing
+    biases = [torch.randn(8, generator=g), torch.randn(1, generator=g)]
+    (far_z,) = _rows_past_2_31(z)
+    mean, std = torch.tensor([0.1, -0.2]), torch.tensor([1.5, 0.5])
+    scores, flags = module.nonneg_mlp_score(far_z, *(t.to(DEVICE) for t in (weights[0], biases[0], weights[1],
+                                                                          biases[1], mean, std)), True)
+    assert int(flags) == 0
+    want = reference.nonneg_mlp_score(z.double(), [w.double() for w in weights], [b.double() for b in biases],
+                                      mean.double(), std.double())
+    assert_close(scores.cpu(), want, torch.float32, atol=2e-6 * (weights[1].sum().item() + 1))
 
 
 @pytest.mark.parametrize("n, c, d, k", [(1, 2, 1, 1), (9, 3, 4, 9), (123, 10, 33, 40), (700, 100, 65, 30)])
