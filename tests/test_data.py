@@ -102,15 +102,24 @@ def test_open_set_arithmetic(tau):
     assert split.notes == []
 
 
-def test_open_set_keeps_tau_when_ood_runs_short():
-    labels = np.concatenate([np.repeat(np.arange(4), 120), np.repeat(np.arange(4, 10), 70)])  # 480 IN, 420 OOD
-    split = make_open_set(labels, 10, 4, 0.6, budget=20, seed=0)
-    # with 4:6 drawn at random the IN classes may be any four; the ratio must hold whichever they are
-    ood_available = (~split.is_in).sum()
-    assert split.num_ood_pool <= ood_available
-    assert abs(split.num_ood_pool / len(split.pool) - 0.6) < 0.01
-    if num_ood_for(split.is_in.sum(), 0.6) > ood_available:
-        assert split.notes and "keeps" in split.notes[0]
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_open_set_keeps_tau_when_ood_runs_short(seed):
+    # 10 classes of 100: whichever 5 are IN, 500 IN and 500 OOD examples, and tau = 0.6 with all 500
+    # IN examples would need 750 OOD ones: the fallback must subsample IN to 333, the most that 500
+    # OOD examples cover (334 would need 501; 333 needs 499: 333 * 0.6 / 0.4 is 499.4999... in floats).
+    labels = np.repeat(np.arange(10), 100)
+    split = make_open_set(labels, 10, 5, 0.6, budget=20, seed=seed)
+    assert num_ood_for(500, 0.6) == 750 > (~split.is_in).sum() == 500  # the fallback's precondition
+    assert num_ood_for(334, 0.6) > 500 >= num_ood_for(333, 0.6) == 499
+    assert split.num_in_pool == 333 and split.num_ood_pool == 499
+    pool_in = split.is_in[split.pool]
+    assert pool_in.sum() == 333 and (~pool_in).sum() == 499 and len(np.unique(split.pool)) == 832
+    assert abs(split.num_ood_pool / len(split.pool) - 0.6) < 1e-3
+    assert len(split.notes) == 1
+    assert "fewer than the 750 that tau=0.6 needs" in split.notes[0] and "keeps 333 IN examples" in split.notes[0]
+    assert len(split.initial_labeled) == 20 and np.isin(split.initial_labeled, split.pool).all()
+    again = make_open_set(labels, 10, 5, 0.6, budget=20, seed=seed)
+    np.testing.assert_array_equal(split.pool, again.pool)
 
 
 def test_num_ood_for_rounds():
