@@ -2,18 +2,44 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+def _type_name(value) -> str:
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def tensors(*, optional: bool = False, **named) -> None:
+    """Each argument is a torch.Tensor (or None, if optional). The ops take torch tensors only, so a
+    list or a NumPy array is refused here, by name, before anything reads it; row indices are the
+    exception (`indices`, `row_mask`)."""
+    for name, value in named.items():
+        if isinstance(value, torch.Tensor) or (optional and value is None):
+            continue
+        hint = " (torch.from_numpy converts a NumPy array)" if hasattr(value, "__array_interface__") else ""
+        raise TypeError(f"{name} must be a torch.Tensor{' or None' if optional else ''}, "
+                        f"got {_type_name(value)}{hint}")
+
+
+def tensor_list(name: str, value) -> list:
+    """A list or tuple of tensors (one per layer), each checked by its name `name[i]`."""
+    if isinstance(value, (torch.Tensor, str, bytes)) or hasattr(value, "__array__") or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be a list or tuple of torch.Tensor, one per layer, got {_type_name(value)}")
+    value = list(value)
+    tensors(**{f"{name}[{i}]": t for i, t in enumerate(value)})
+    return value
+
+
 def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
            allow_empty: bool = False, check_values: bool = True) -> torch.Tensor:
     """t, checked to be a 2-D float tensor of the given size; its values are checked finite unless
     check_values is False (for a kernel that checks them itself)."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    tensors(**{name: t})
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {tuple(t.shape)}")
     if t.dtype not in FLOAT_DTYPES:
@@ -41,19 +67,39 @@ def finite(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} holds {bad} NaN or Inf value(s)")
 
 
-def same_device(**tensors) -> torch.device:
-    devices = {n: t.device for n, t in tensors.items() if isinstance(t, torch.Tensor)}
+def same_device(**named) -> torch.device:
+    """The one device of the tensors among the arguments; the others (None, index lists) are skipped.
+    The ops check their tensor arguments' types first (`tensors`), so at least one is a tensor."""
+    devices = {n: t.device for n, t in named.items() if isinstance(t, torch.Tensor)}
+    if not devices:
+        raise TypeError(f"none of {', '.join(named)} is a torch.Tensor")
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"all tensors must be on one device, got {listing}")
     return next(iter(devices.values()))
 
 
+def _index_tensor(name: str, idx) -> torch.Tensor:
+    """Row indices or a row mask as a tensor: a tensor as given; a list, tuple, range or NumPy array
+    converted with its own element type (never cast to int64 first, which would turn a bool mask
+    into the indices 0 and 1 and truncate floats)."""
+    if isinstance(idx, torch.Tensor):
+        return idx
+    if isinstance(idx, (str, bytes)) or not isinstance(idx, Iterable):
+        raise TypeError(f"{name} must be row indices (a 1-D integer tensor, list, range or NumPy array) or None, "
+                        f"got {_type_name(idx)}")
+    try:
+        t = torch.as_tensor(idx if hasattr(idx, "__array__") else list(idx))
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{name} must hold integer row indices; {_type_name(idx)} could not be converted: {err}") from None
+    return t.long() if t.numel() == 0 else t  # an empty list converts to float32
+
+
 def indices(name: str, idx, n: int, device: torch.device) -> torch.Tensor:
-    """A 1-D int64 index tensor into n rows (from a tensor, list or range)."""
+    """A 1-D int64 index tensor into n rows (from a tensor, list, range or NumPy array)."""
     if idx is None:
         return torch.empty(0, dtype=torch.long, device=device)
-    t = idx if isinstance(idx, torch.Tensor) else torch.as_tensor(list(idx), dtype=torch.long)
+    t = _index_tensor(name, idx)
     if t.dtype == torch.bool:
         raise TypeError(f"{name} must hold row indices, got a bool tensor")
     if t.is_floating_point() or t.is_complex():
@@ -67,10 +113,11 @@ def indices(name: str, idx, n: int, device: torch.device) -> torch.Tensor:
 
 
 def row_mask(name: str, rows, n: int, device: torch.device) -> torch.Tensor:
-    """A (n,) bool mask from None, a bool mask, or row indices."""
+    """A (n,) bool mask from None, a bool mask, or row indices (tensors, lists or NumPy arrays)."""
     if rows is None:
         return torch.zeros(n, dtype=torch.bool, device=device)
-    if isinstance(rows, torch.Tensor) and rows.dtype == torch.bool:
+    rows = _index_tensor(name, rows)
+    if rows.dtype == torch.bool:
         if rows.shape != (n,):
             raise ValueError(f"{name} as a bool mask must have shape ({n},), got {tuple(rows.shape)}")
         return rows.to(device)

@@ -83,9 +83,11 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
 
     Args:
         x: (N, d) float embeddings (float32/float64; half precision is computed in float32).
-        labeled: (L,) int indices of the rows already labeled (initial centers); may be empty or None.
+        labeled: (L,) int indices of the rows already labeled (initial centers), as a tensor, list,
+            range or NumPy array; may be empty or None.
         budget: number of rows to pick, at most the rows neither labeled nor excluded.
-        exclude: rows never picked, as indices or an (N,) bool mask (their distances are still tracked).
+        exclude: rows never picked, as indices or an (N,) bool mask, in any of labeled's forms (their
+            distances are still tracked).
 
     Math: picks one at a time the eligible row i maximizing min_{c in centers} |x_i - x_c|, which then
     becomes a center; ties go to the lowest index (so with all remaining radii 0, as with duplicate
@@ -102,6 +104,7 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
         >>> kcenter_greedy(x, [0], 2).indices
         tensor([2, 3])
     """
+    checks.tensors(x=x)
     device = checks.same_device(x=x, labeled=labeled, exclude=exclude)
     x = checks.matrix("x", x)
     n = x.shape[0]
@@ -144,6 +147,7 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
         >>> nearest(q, k)[1]
         tensor([1, 0])
     """
+    checks.tensors(queries=queries, keys=keys)
     device = checks.same_device(queries=queries, keys=keys)
     queries = checks.matrix("queries", queries)
     keys = checks.matrix("keys", keys, cols=queries.shape[1])
@@ -186,6 +190,7 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
         >>> badge_kmeanspp(p, h, 5, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([5])
     """
+    checks.tensors(probs=probs, feats=feats)
     device = checks.same_device(probs=probs, feats=feats)
     probs = checks.matrix("probs", probs)
     feats = checks.matrix("feats", feats, rows=probs.shape[0])
@@ -215,9 +220,10 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
 
     Args:
         z: (N, k) meta-inputs (k = 2 for MQ-Net: purity, informativeness).
-        weights: per layer (out, in), as torch.nn.Linear stores them; used as relu(W) (the skyline
-            parametrization: every score is non-decreasing in every input). The last layer has out = 1.
-        biases: per layer (out,).
+        weights: a list or tuple of tensors, per layer (out, in), as torch.nn.Linear stores them; used
+            as relu(W) (the skyline parametrization: every score is non-decreasing in every input). The
+            last layer has out = 1.
+        biases: a list or tuple of tensors, per layer (out,).
         mean, std: optional (k,) per-column standardization, applied as (z - mean) / std; std > 0.
 
     Math: h_0 = (z - mean) / std; h_l = sigmoid(relu(W_l) h_{l-1} + b_l) for hidden layers; the score
@@ -231,7 +237,9 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
         >>> nonneg_mlp_score(torch.rand(1000, 2), w, b).shape
         torch.Size([1000])
     """
-    weights, biases = list(weights), list(biases)
+    checks.tensors(z=z)
+    weights, biases = checks.tensor_list("weights", weights), checks.tensor_list("biases", biases)
+    checks.tensors(optional=True, mean=mean, std=std)
     device = checks.same_device(z=z, mean=mean, std=std, **{f"weights[{i}]": w for i, w in enumerate(weights)},
                                 **{f"biases[{i}]": b for i, b in enumerate(biases)})
     checks.matrix("z", z, check_values=False)
@@ -345,7 +353,8 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
         (torch.Size([64, 2]), torch.Size([100]))
     """
     op = "nonneg_mlp_rank_train"
-    weights, biases = list(weights), list(biases)
+    checks.tensors(z=z, targets=targets, batches=batches, lr=lr)
+    weights, biases = checks.tensor_list("weights", weights), checks.tensor_list("biases", biases)
     device = checks.same_device(z=z, targets=targets, batches=batches, lr=lr,
                                 **{f"weights[{i}]": w for i, w in enumerate(weights)},
                                 **{f"biases[{i}]": b for i, b in enumerate(biases)})
@@ -357,15 +366,13 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
     z = checks.matrix("z", z)
     n, k = z.shape
     for name, t, size in (("targets", targets, n), ("lr", lr, None)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or (size is not None and t.shape[0] != size):
-            raise ValueError(f"{name} must have shape ({size if size is not None else 'S'},), "
-                             f"got {tuple(getattr(t, 'shape', ()))} ({type(t).__name__})")
+        if t.dim() != 1 or (size is not None and t.shape[0] != size):
+            raise ValueError(f"{name} must have shape ({size if size is not None else 'S'},), got {tuple(t.shape)}")
         if t.dtype not in checks.FLOAT_DTYPES:
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
         checks.finite(name, t)
-    if not isinstance(batches, torch.Tensor) or batches.dim() != 2:
-        raise ValueError(f"batches must be a 2-D tensor (steps, batch) of row indices, "
-                         f"got shape {tuple(getattr(batches, 'shape', ()))}")
+    if batches.dim() != 2:
+        raise ValueError(f"batches must be a 2-D tensor (steps, batch) of row indices, got shape {tuple(batches.shape)}")
     batches = checks.indices("batches", batches.reshape(-1), n, device).view(batches.shape)
     if lr.shape[0] != batches.shape[0]:
         raise ValueError(f"lr must have shape ({batches.shape[0]},), one rate per row of batches, got {tuple(lr.shape)}")
@@ -378,12 +385,14 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
     hidden = weights[0].shape[0]
     checks.matrix("weights[1]", weights[1], rows=1, cols=hidden)
     for i, (b, size) in enumerate(zip(biases, (hidden, 1))):
-        if not isinstance(b, torch.Tensor) or b.shape != (size,):
-            raise ValueError(f"biases[{i}] must have shape ({size},), got {tuple(getattr(b, 'shape', ()))}")
+        if b.shape != (size,):
+            raise ValueError(f"biases[{i}] must have shape ({size},), got {tuple(b.shape)}")
         checks.finite(f"biases[{i}]", b)
     for name, value, low in (("momentum", momentum, 0.0), ("weight_decay", weight_decay, 0.0),
                              ("margin", margin, -math.inf)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+        if not math.isfinite(value):
             raise ValueError(f"{name} must be a finite float, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -409,8 +418,9 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
 def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:
     """Indices of the b largest scores, highest first, ties to the lowest index (deterministic,
     unlike a bare torch.topk). scores: (N,) float. Returns (b,) int64."""
-    if not isinstance(scores, torch.Tensor) or scores.dim() != 1:
-        raise ValueError(f"scores must be a 1-D tensor, got {getattr(scores, 'shape', type(scores))}")
+    checks.tensors(scores=scores)
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be a 1-D tensor, got shape {tuple(scores.shape)}")
     checks.finite("scores", scores)
     b = checks.count("b", b, high=scores.shape[0], what=f"the {scores.shape[0]} scores")
     if b == 0:

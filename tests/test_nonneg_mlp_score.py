@@ -1,3 +1,6 @@
+import inspect
+import re
+
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
@@ -135,3 +138,109 @@ BAD = [
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# Every public op against arguments that are not tensors: a list, a NumPy array, None or an int in
+# place of each tensor argument must raise a TypeError that names the argument (before, an op whose
+# tensors were all of another type raised a bare StopIteration, and others an AttributeError). The
+# ops take torch tensors only, NumPy arrays included; only row indices (kcenter_greedy's labeled and
+# exclude) also take lists, ranges and arrays.
+def _op_calls():
+    """op name -> (call taking the arguments by name, valid arguments)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 3, generator=g)
+    z = torch.randn(12, 2, generator=g)
+    layers = {"weights[0]": torch.rand(4, 2, generator=g), "weights[1]": torch.rand(1, 4, generator=g),
+              "biases[0]": torch.rand(4, generator=g), "biases[1]": torch.rand(1, generator=g)}
+    exclude = torch.zeros(12, dtype=torch.bool)
+    exclude[1:4] = True
+
+    def mlp(a):
+        return (a.get("weights", [a["weights[0]"], a["weights[1]"]]),
+                a.get("biases", [a["biases[0]"], a["biases[1]"]]))
+
+    return {
+        "kcenter_greedy": (lambda a: ops.kcenter_greedy(a["x"], a["labeled"], 3, exclude=a["exclude"]).indices,
+                           dict(x=x, labeled=torch.tensor([0, 5]), exclude=exclude)),
+        "nearest": (lambda a: ops.nearest(a["queries"], a["keys"]), dict(queries=x, keys=x[:5])),
+        "badge_kmeanspp": (lambda a: ops.badge_kmeanspp(a["probs"], a["feats"], 3,
+                                                        generator=torch.Generator().manual_seed(1)),
+                           dict(probs=torch.softmax(torch.randn(12, 4, generator=g), 1), feats=x)),
+        "nonneg_mlp_score": (lambda a: ops.nonneg_mlp_score(a["z"], *mlp(a), mean=a["mean"], std=a["std"]),
+                             dict(z=z, mean=z.mean(0), std=z.std(0), **layers)),
+        "nonneg_mlp_rank_train": (lambda a: ops.nonneg_mlp_rank_train(a["z"], a["targets"], a["batches"], a["lr"],
+                                                                      *mlp(a)).losses,
+                                  dict(z=z, targets=torch.rand(12, generator=g), batches=torch.arange(12).view(2, 6),
+                                       lr=torch.full((2,), 0.1), **layers)),
+        "top_b": (lambda a: ops.top_b(a["scores"], 3), dict(scores=z[:, 0])),
+    }
+
+
+OP_CALLS = _op_calls()
+INDEX_LIKE = {"labeled", "exclude"}  # row indices: lists, ranges and NumPy arrays are accepted
+OPTIONAL = {"mean", "std"}           # None is valid (with its partner None too)
+LAYER_LISTS = {"weights", "biases"}
+NON_TENSORS = {"list": lambda t: t.tolist(), "numpy": lambda t: t.numpy(), "None": lambda t: None,
+               "int": lambda t: 3}
+TENSOR_CASES = [(op, name, kind) for op, (_, args) in OP_CALLS.items() for name in args
+                if name not in INDEX_LIKE for kind in NON_TENSORS if not (kind == "None" and name in OPTIONAL)]
+
+
+def test_the_table_covers_every_public_op_and_tensor_argument():
+    public = {name for name, f in vars(ops).items()
+              if inspect.isfunction(f) and f.__module__ == ops.__name__ and not name.startswith("_")}
+    assert set(OP_CALLS) == public
+    for op, (_, args) in OP_CALLS.items():
+        for p in inspect.signature(getattr(ops, op)).parameters.values():
+            if "Tensor" in str(p.annotation):  # "torch.Tensor", "Sequence[torch.Tensor]", "... | None"
+                assert (f"{p.name}[0]" if "Sequence" in str(p.annotation) else p.name) in args, (op, p.name)
+
+
+@pytest.mark.parametrize("op, argument, kind", TENSOR_CASES)
+def test_non_tensor_argument_is_refused_by_name(op, argument, kind):
+    call, args = OP_CALLS[op]
+    call(args)  # the valid arguments pass
+    bad = dict(args, **{argument: NON_TENSORS[kind](args[argument])})
+    with pytest.raises(TypeError, match="^" + re.escape(argument) + r" must be a torch\.Tensor"):
+        call(bad)
+
+
+@pytest.mark.parametrize("kind", ["list", "numpy"])
+@pytest.mark.parametrize("op", sorted(OP_CALLS))
+def test_no_tensor_at_all_is_refused_by_name(op, kind):
+    """Every argument in another form at once (row indices as lists, which they may be): the first
+    tensor argument is named (here kcenter_greedy(x.tolist(), [0, 5], ...) raised StopIteration)."""
+    call, args = OP_CALLS[op]
+    bad = {name: t.tolist() if name in INDEX_LIKE else NON_TENSORS[kind](t) for name, t in args.items()}
+    first = next(name for name in args if name not in INDEX_LIKE)
+    with pytest.raises(TypeError, match="^" + re.escape(first) + r" must be a torch\.Tensor"):
+        call(bad)
+
+
+@pytest.mark.parametrize("op", ["nonneg_mlp_score", "nonneg_mlp_rank_train"])
+@pytest.mark.parametrize("kind", ["None", "int", "tensor", "numpy"])
+@pytest.mark.parametrize("argument", sorted(LAYER_LISTS))
+def test_layer_list_that_is_not_a_list_is_refused_by_name(op, kind, argument):
+    call, args = OP_CALLS[op]
+    first = args[f"{argument}[0]"]
+    value = {"None": None, "int": 3, "tensor": first, "numpy": first.numpy()}[kind]
+    with pytest.raises(TypeError, match=f"^{argument} must be a list or tuple of torch.Tensor"):
+        call(dict(args, **{argument: value}))
+
+
+@pytest.mark.parametrize("argument", sorted(INDEX_LIKE))
+def test_row_indices_take_lists_ranges_and_arrays(argument):
+    """labeled and exclude as a list, tuple or NumPy array select what the tensor does (an exclude
+    mask as a list or array of bools stays a mask: it was once read as the indices 0 and 1)."""
+    call, args = OP_CALLS["kcenter_greedy"]
+    want = call(args)
+    value = args[argument]
+    for form in (value.tolist(), tuple(value.tolist()), value.numpy()):
+        assert_equal_indices(call(dict(args, **{argument: form})), want, what=f"{argument} as {type(form).__name__}")
+    if argument == "labeled":
+        assert_equal_indices(call(dict(args, labeled=range(0, 6, 5))), want, what="labeled as a range")
+    assert_equal_indices(call(dict(args, **{argument: None})), call(dict(args, **{argument: []})), what="None")
+    with pytest.raises(TypeError, match=f"^{argument} must be row indices"):
+        call(dict(args, **{argument: 3}))
+    with pytest.raises(TypeError, match=f"^{argument} must be an integer tensor, got torch.float"):
+        call(dict(args, **{argument: [0.0, 5.0]}))
