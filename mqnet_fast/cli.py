@@ -1,4 +1,6 @@
-"""`mqnet-fast run` and `mqnet-fast report` (also `python -m mqnet_fast`)."""
+"""`mqnet-fast run`, `select`, `report` and `info` (also `python -m mqnet_fast`).
+
+Every wrong value exits with code 2 and a message that names the option."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +42,10 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mqnet_fast import __version__
+
     parser = argparse.ArgumentParser(prog="mqnet-fast", description="Open-set active learning with MQ-Net.")
+    parser.add_argument("--version", action="version", version=f"mqnet-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run (or resume) an open-set AL experiment",
@@ -74,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="record the AUROC (IN vs OOD candidates) of every purity score in every round")
     run.add_argument("--report", action="store_true", help="write and print the report when done")
 
+    select = sub.add_parser("select", help="pick examples from embeddings you have (no training)",
+                            description="Run one strategy on the arrays of an .npz file and write its picks.")
+    select.add_argument("--embeddings", required=True, metavar="FILE.npz",
+                        help="arrays: feats (N, d); optional probs or logits (N, K); labeled (L,) row indices "
+                             "of the labeled rows; optional labeled_is_in (L,) bool; optional purity and "
+                             "informativeness (N,) (MQ-Net's P and I, or LL's predicted loss)")
+    select.add_argument("--strategy", required=True, choices=list(STRATEGIES), metavar="STRATEGY",
+                        help=f"one of {', '.join(STRATEGIES)}")
+    select.add_argument("--budget", type=int, required=True, help="number of rows to pick")
+    select.add_argument("--out", required=True, metavar="PICKS.csv",
+                        help="one row per pick, in pick order: index (row of FILE), score")
+    select.add_argument("--seed", type=int, default=0, help="seed of the random draws (random, badge)")
+    _add_strategy_options(select)
+
+    sub.add_parser("info", help="version, build, backends and devices")
+
     report = sub.add_parser("report", help="plot and tabulate run directories")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     report.add_argument("--out", help="folder for report.png/.md/.csv (default: the first RUN_DIR)")
@@ -89,15 +110,99 @@ def _report(run_dirs, out) -> None:
     print(f"plot:  {result['plot']}")
 
 
+def _options(args) -> dict:
+    return {k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_")}
+
+
+def _select(args) -> None:
+    import numpy as np
+
+    from mqnet_fast.api import select
+    from mqnet_fast.io import atomic_write_text
+
+    path = args.embeddings
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--embeddings {path!r} is not a readable .npz file ({err})") from None
+    known = {"feats", "probs", "logits", "labeled", "labeled_is_in", "purity", "informativeness"}
+    unknown = sorted(set(arrays) - known)
+    if unknown:
+        raise ConfigError(f"--embeddings {path!r}: unknown array(s) {', '.join(unknown)}; expected "
+                          f"{', '.join(sorted(known))}")
+    if "feats" not in arrays:
+        raise ConfigError(f"--embeddings {path!r} has no array 'feats' (N, d)")
+    n = arrays["feats"].shape[0]
+    labeled = arrays.pop("labeled", np.zeros(0, np.int64))
+    if labeled.ndim != 1 or not np.issubdtype(labeled.dtype, np.integer):
+        raise ConfigError(f"--embeddings: 'labeled' must be a 1-D integer array of row indices, got "
+                          f"{labeled.dtype} of shape {labeled.shape}")
+    if labeled.size and (labeled.min() < 0 or labeled.max() >= n):
+        raise ConfigError(f"--embeddings: 'labeled' holds rows outside [0, {n})")
+    if len(np.unique(labeled)) != len(labeled):
+        raise ConfigError("--embeddings: 'labeled' lists a row twice")
+    candidates = np.setdiff1d(np.arange(n), labeled)
+    inputs = {k: v[candidates] for k, v in arrays.items() if k in ("feats", "probs", "logits", "purity",
+                                                                     "informativeness")}
+    inputs["labeled_feats"] = arrays["feats"][labeled]
+    if "labeled_is_in" in arrays:
+        inputs["labeled_is_in"] = arrays["labeled_is_in"]
+    if args.budget < 1 or args.budget > len(candidates):
+        raise ConfigError(f"--budget must be in [1, {len(candidates)}] (the unlabeled rows), got {args.budget}")
+    import torch
+
+    try:
+        selection = select(args.strategy, args.budget, generator=torch.Generator().manual_seed(args.seed),
+                           options=_options(args), **inputs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"select --strategy {args.strategy}: {err}") from None
+    picks = selection.indices.cpu().numpy()
+    scores = (selection.scores.cpu().numpy()[picks] if selection.scores is not None
+              else np.full(len(picks), np.nan))
+    lines = ["index,score"] + [f"{int(candidates[i])},{s:.9g}" for i, s in zip(picks, scores)]
+    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    print(f"{len(picks)} picks of {len(candidates)} unlabeled rows written to {args.out}", file=sys.stderr)
+
+
+def _info() -> None:
+    import platform
+
+    import torch
+
+    from mqnet_fast import __version__, _triton, build_info, compiled_backends
+    from mqnet_fast.scores import INFORMATIVENESS, PURITY
+
+    info = build_info()
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    reason = _triton.unavailable_reason(torch.device("cuda" if cuda else "cpu"))
+    lines = [f"mqnet-fast {__version__}",
+             f"python {platform.python_version()} on {platform.machine()}, torch {torch.__version__} "
+             f"(CUDA {torch.version.cuda})",
+             f"compiled library: {', '.join(compiled_backends()) or 'not built'}"
+             + (f" (built for torch {info.get('torch_full')}, cpu arch {info.get('cpu_arch')})" if info else ""),
+             f"triton: {'usable' if reason is None else reason}",
+             f"GPUs: {', '.join(cuda) or 'none visible'}",
+             f"strategies: {', '.join(STRATEGIES)}",
+             f"purity scores: {', '.join(PURITY)}; informativeness scores: {', '.join(INFORMATIVENESS)}"]
+    print("\n".join(lines))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command == "info":
+            _info()
+        elif args.command == "select":
+            _select(args)
+        elif args.command == "run":
             config = ExperimentConfig(
                 dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
                 batch_size=args.batch_size, lr=args.lr, width=args.width, encoder_epochs=args.encoder_epochs,
-                options={k[len("option_"):]: v for k, v in vars(args).items() if k.startswith("option_")},
+                options=_options(args),
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)
             start = time.perf_counter()

@@ -16,18 +16,30 @@ PURITY: dict[str, Callable] = {}
 INFORMATIVENESS: dict[str, Callable] = {}
 
 
-def register_purity(name: str):
+def register_purity(name: str, inputs: tuple[str, ...] | None = None):
+    """Register `fn(view)` as purity `name`. `inputs`: the arrays of mqnet_fast.select it is computed
+    from (names of its keywords), or None where it needs more than arrays (the pool's images, the
+    model)."""
     def add(fn):
+        fn.array_inputs = inputs
         PURITY[name] = fn
         return fn
     return add
 
 
-def register_informativeness(name: str):
+def register_informativeness(name: str, inputs: tuple[str, ...] | None = None):
+    """Register `fn(view)` as informativeness `name`; `inputs` as for register_purity."""
     def add(fn):
+        fn.array_inputs = inputs
         INFORMATIVENESS[name] = fn
         return fn
     return add
+
+
+def array_inputs(kind: str, name: str) -> tuple[str, ...] | None:
+    """What the registered score `name` (kind "purity" or "informativeness") is computed from in
+    mqnet_fast.select, or None if arrays do not suffice."""
+    return _lookup(PURITY if kind == "purity" else INFORMATIVENESS, kind, name).array_inputs
 
 
 def _lookup(table: dict, kind: str, name: str) -> Callable:
@@ -52,6 +64,6 @@ from mqnet_fast.scores.knn import knn_purity  # noqa: E402
 from mqnet_fast.scores.react import react_energy, react_threshold  # noqa: E402
 from mqnet_fast.scores.uncertainty import entropy, least_confidence, negative_margin  # noqa: E402
 
-__all__ = ["INFORMATIVENESS", "PURITY", "entropy", "informativeness", "knn_purity", "least_confidence",
+__all__ = ["INFORMATIVENESS", "PURITY", "array_inputs", "entropy", "informativeness", "knn_purity", "least_confidence",
            "negative_margin", "purity", "react_energy", "react_threshold", "register_informativeness",
            "register_purity"]

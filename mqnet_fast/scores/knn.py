@@ -16,6 +16,6 @@ def knn_purity(embeddings: torch.Tensor, labeled_in_embeddings: torch.Tensor) ->
     return values.float()
 
 
-@register_purity("knn")
+@register_purity("knn", inputs=("feats", "labeled_feats", "labeled_is_in"))
 def _knn(view) -> torch.Tensor:
     return knn_purity(view.feats, view.labeled_in_feats)

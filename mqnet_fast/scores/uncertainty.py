@@ -24,6 +24,6 @@ def negative_margin(probs: torch.Tensor) -> torch.Tensor:
     return top2[:, 1] - top2[:, 0]
 
 
-register_informativeness("conf")(lambda view: least_confidence(view.probs))
-register_informativeness("entropy")(lambda view: entropy(view.probs))
-register_informativeness("margin")(lambda view: negative_margin(view.probs))
+register_informativeness("conf", inputs=("probs",))(lambda view: least_confidence(view.probs))
+register_informativeness("entropy", inputs=("probs",))(lambda view: entropy(view.probs))
+register_informativeness("margin", inputs=("probs",))(lambda view: negative_margin(view.probs))

@@ -9,6 +9,7 @@ from mqnet_fast.strategies.base import Selection, Strategy, register
 @register
 class Badge(Strategy):
     name = "badge"
+    inputs = ("probs", "feats")
 
     def select(self, view, budget):
         positions = ops.badge_kmeanspp(view.probs.float(), view.feats.float(), budget,

@@ -79,6 +79,9 @@ class Strategy:
     (`Options`) whose fields are the strategy's settings; they are part of a run's identity."""
     name: ClassVar[str] = "strategy"
     Options: ClassVar[type] = NoOptions
+    # What mqnet_fast.select needs to run it on arrays (its keyword names): "probs" (or logits),
+    # "feats", "labeled_feats", "labeled_is_in", "purity", "informativeness"; None: not from arrays.
+    inputs: ClassVar[tuple[str, ...] | None] = ()
 
     def __init__(self, options=None, seed: int = 0):
         self.options = options if options is not None else self.Options()
@@ -87,6 +90,13 @@ class Strategy:
     def uses_loss_module(self) -> bool:
         """Whether the target model must be trained with the loss-prediction module (learning loss)."""
         return False
+
+    def missing_inputs(self, given: set[str]) -> list[str]:
+        """The inputs of mqnet_fast.select this strategy needs and `given` lacks (each named, with
+        why where that helps)."""
+        if self.inputs is None:
+            return [f"(strategy {self.name!r} does not run on arrays alone)"]
+        return [name for name in self.inputs if name not in given]
 
     def select(self, view: RoundView, budget: int) -> Selection:
         raise NotImplementedError

@@ -8,6 +8,7 @@ from mqnet_fast.strategies.base import TopScore, register
 @register
 class Conf(TopScore):
     name = "conf"
+    inputs = ("probs",)
 
     def score(self, view):
         return least_confidence(view.probs)

@@ -11,6 +11,7 @@ from mqnet_fast.strategies.base import Selection, Strategy, register
 @register
 class Coreset(Strategy):
     name = "coreset"
+    inputs = ("feats", "labeled_feats")
 
     def select(self, view, budget):
         num_labeled = view.labeled_feats.shape[0]

@@ -8,6 +8,7 @@ from mqnet_fast.strategies.base import TopScore, register
 @register
 class Entropy(TopScore):
     name = "entropy"
+    inputs = ("probs",)
 
     def score(self, view):
         return entropy(view.probs)

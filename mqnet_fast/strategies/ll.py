@@ -18,10 +18,11 @@ from mqnet_fast.strategies.base import TopScore, register
 @register
 class LearningLoss(TopScore):
     name = "ll"
+    inputs = ("informativeness",)
 
     @property
     def uses_loss_module(self) -> bool:
         return True
 
     def score(self, view):
-        return predicted_loss(view)
+        return predicted_loss(view)  # on arrays (mqnet_fast.select): the informativeness column

@@ -8,6 +8,7 @@ from mqnet_fast.strategies.base import TopScore, register
 @register
 class Margin(TopScore):
     name = "margin"
+    inputs = ("probs",)
 
     def score(self, view):
         return negative_margin(view.probs)

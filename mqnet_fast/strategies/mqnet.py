@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mqnet_fast.models import MetaModel
-from mqnet_fast.scores import INFORMATIVENESS, PURITY, informativeness, purity
+from mqnet_fast.scores import INFORMATIVENESS, PURITY, array_inputs, informativeness, purity
 from mqnet_fast.strategies.base import Strategy, register, top_selection
 from mqnet_fast.training.meta import MetaTrainConfig, MetaTrainStats, train_meta_model
 
@@ -67,11 +67,12 @@ class MQNet(Strategy):
     name = "mqnet"
     Options = MQNetOptions
 
-    def __init__(self, options: MQNetOptions | None = None, seed: int = 0, purity_fn=None):
+    def __init__(self, options: MQNetOptions | None = None, seed: int = 0, purity_fn=None, informativeness_fn=None):
         """purity_fn(view) -> (U,) replaces the registered purity `options.purity` (e.g. a score in
-        an embedding of your own)."""
+        an embedding of your own); informativeness_fn likewise."""
         super().__init__(options, seed)
         self.purity_fn = purity_fn
+        self.informativeness_fn = informativeness_fn
         self.meta_config = MetaTrainConfig(epochs=self.options.meta_epochs, min_steps_per_epoch=self.options.meta_min_steps,
                                            margin=self.options.meta_margin)
         self.model = MetaModel(seed=seed)
@@ -82,10 +83,35 @@ class MQNet(Strategy):
         """With informativeness "ll" the target model carries the loss-prediction module."""
         return self.options.informativeness == "ll"
 
+    def missing_inputs(self, given):
+        """On arrays, P and I are the `purity` and `informativeness` columns given, or else computed
+        by the options' scores where arrays suffice (knn purity; conf, entropy, margin)."""
+        missing = []
+        for kind, name in (("purity", self.options.purity), ("informativeness", self.options.informativeness)):
+            if kind in given:
+                continue
+            needs = array_inputs(kind, name)
+            if needs is None:
+                table = PURITY if kind == "purity" else INFORMATIVENESS
+                usable = [n for n in table if array_inputs(kind, n) is not None]
+                missing.append(f"{kind} ({kind} {name!r} is not computed from arrays: pass the column {kind}=, or "
+                               f"the option {kind}= one of {', '.join(usable)})")
+            else:
+                missing += [f"{need} (for {kind} {name!r})" for need in needs if need not in given]
+        return missing
+
     def raw_scores(self, view) -> torch.Tensor:
-        """<P, I> (U, 2) of the candidates, before standardization."""
-        p = self.purity_fn(view).float() if self.purity_fn is not None else purity(self.options.purity, view)
-        return torch.stack([p.cpu(), informativeness(self.options.informativeness, view).cpu()], 1)
+        """<P, I> (U, 2) of the candidates, before standardization: each from purity_fn /
+        informativeness_fn if set, else the view's precomputed column (extras["purity"],
+        extras["informativeness"], as mqnet_fast.select passes them), else the options' score."""
+        def score(kind, fn, name, registered):
+            if fn is not None:
+                return fn(view)
+            return view.extras[kind] if kind in view.extras else registered(name, view)
+
+        p = score("purity", self.purity_fn, self.options.purity, purity)
+        i = score("informativeness", self.informativeness_fn, self.options.informativeness, informativeness)
+        return torch.stack([p.float().cpu(), i.float().cpu()], 1)
 
     def standardized(self, raw: torch.Tensor) -> torch.Tensor:
         mean, std = raw.mean(0), raw.std(0) if raw.shape[0] > 1 else torch.ones(2)
