@@ -109,19 +109,22 @@ def load_cifar(name: str, data_root: str | None, *, download: bool = False) -> I
 
 def load_imagefolder(path: str | Path, *, cache_dir: str | Path | None = None) -> ImageArrays:
     """An ImageFolder tree with train/ and test/ splits, from a directory or an archive, decoded once
-    and cached as one uint8 array per split (keyed by the path, its size and modification time)."""
+    and cached as one uint8 array per split. The cache key covers what the arrays are made from: for
+    a directory, every image file's relative path, size and modification time (an image edited in
+    place changes neither its folder's size nor its folder's mtime); for an archive, the archive
+    file's size and modification time (any change to a member rewrites the archive)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"imagefolder path {str(path)!r} does not exist")
-    stat = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    listing = None if path.is_file() else _directory_listing(path)
+    key = _imagefolder_key(path, listing)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache / f"imagefolder-{key}.npz"
     if cached.exists():
         with np.load(cached) as f:
             return ImageArrays(f"imagefolder:{path}", list(f["classes"]), f["train_images"], f["train_labels"],
                                f["test_images"], f["test_labels"])
-    files = _archive_images(path) if path.is_file() else _directory_images(path)
+    files = _archive_images(path) if listing is None else _directory_images(path, listing)
     splits = _split_tree(files, str(path))
     classes = splits["train"][0]
     if splits["test"][0] != classes:
@@ -143,6 +146,31 @@ def load_imagefolder(path: str | Path, *, cache_dir: str | Path | None = None) -
                        arrays["test_images"], arrays["test_labels"])
 
 
+def _imagefolder_key(path: Path, listing: list[tuple[str, int, int]] | None) -> str:
+    """16 hex digits over the resolved path and, for an archive (listing None), its size and mtime;
+    for a directory, every listed image's (relative path, size, mtime_ns)."""
+    digest = hashlib.sha1(f"imagefolder-v2|{path.resolve()}".encode())
+    if listing is None:
+        stat = path.stat()
+        digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    else:
+        for name, size, mtime_ns in listing:
+            digest.update(f"|{name}|{size}|{mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _directory_listing(root: Path) -> list[tuple[str, int, int]]:
+    """(relative posix path, size, mtime_ns) of every image file under `root`, sorted by path."""
+    listing = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                full = Path(dirpath) / name
+                stat = full.stat()
+                listing.append((full.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    return sorted(listing)
+
+
 def _decode(data: bytes, where: str) -> np.ndarray:
     from PIL import Image
 
@@ -155,12 +183,9 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return array[..., None] if array.ndim == 2 else array
 
 
-def _directory_images(root: Path):
-    for dirpath, _, names in os.walk(root):
-        for name in sorted(names):
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                full = Path(dirpath) / name
-                yield full.relative_to(root).as_posix(), full.read_bytes
+def _directory_images(root: Path, listing: list[tuple[str, int, int]]):
+    for name, _, _ in listing:
+        yield name, (root / name).read_bytes
 
 
 def _archive_images(archive: Path):

@@ -1,4 +1,5 @@
 """Dataset loaders and the open-set split arithmetic."""
+import os
 import tarfile
 from pathlib import Path
 
@@ -56,6 +57,49 @@ def test_imagefolder_reads_tree_and_caches(tmp_path, as_archive):
     again = load_dataset(f"imagefolder:{source}", cache_dir=tmp_path / "cache")
     np.testing.assert_array_equal(again.train_images, data.train_images)
     assert again.classes == data.classes
+
+
+def test_imagefolder_cache_sees_an_edited_image(tmp_path):
+    """Editing an image in place leaves the folders' own size and mtime as they were (set back here
+    to make sure): the cache key must still change, so the reload decodes the new pixels."""
+    _write_tree(tmp_path / "tree")
+    image = tmp_path / "tree" / "top" / "train" / "ant" / "0.png"
+    folders = [tmp_path / "tree", tmp_path / "tree" / "top", image.parent]
+    folder_times = [f.stat().st_mtime_ns for f in folders]
+    first = load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    old_time = image.stat().st_mtime_ns
+
+    def edit(value: int, mtime_ns: int) -> np.ndarray:
+        pixels = np.full((6, 6, 3), value, np.uint8)
+        Image.fromarray(pixels).save(image)
+        os.utime(image, ns=(mtime_ns, mtime_ns))
+        for folder, ns in zip(folders, folder_times):
+            os.utime(folder, ns=(ns, ns))
+        return pixels
+
+    # another size, the old mtime (as a copy that keeps times would leave it)
+    edited = edit(7, old_time)
+    size = image.stat().st_size
+    again = load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.train_images[0], edited)
+    np.testing.assert_array_equal(again.train_images[1:], first.train_images[1:])
+    # the same size, a later mtime (set: file timestamps can be coarser than the time between writes)
+    edited = edit(8, old_time + 10**9)
+    assert image.stat().st_size == size
+    again = load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.train_images[0], edited)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3
+    # moved to a new class folder (same bytes and times, same place in the sorted listing): new labels
+    for split in ("train", "test"):
+        moved = tmp_path / "tree" / "top" / split / "aardvark"
+        moved.mkdir()
+        (image.parent.parent.parent / split / "ant" / "0.png").rename(moved / "0.png")
+    for folder, ns in zip(folders, folder_times):
+        os.utime(folder, ns=(ns, ns))
+    renamed = load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert renamed.classes == ["aardvark", "ant", "bee", "cat"]
+    np.testing.assert_array_equal(renamed.train_labels, [0, 1, 1, 2, 2, 2, 2, 3, 3])
+    np.testing.assert_array_equal(renamed.train_images, again.train_images)
 
 
 def test_imagefolder_errors(tmp_path):
