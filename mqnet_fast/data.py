@@ -147,15 +147,15 @@ def load_imagefolder(path: str | Path, *, cache_dir: str | Path | None = None) -
 
 
 def _imagefolder_key(path: Path, listing: list[tuple[str, int, int]] | None) -> str:
-    """16 hex digits over the resolved path and, for an archive (listing None), its size and mtime;
-    for a directory, every listed image's (relative path, size, mtime_ns)."""
-    digest = hashlib.sha1(f"imagefolder-v2|{path.resolve()}".encode())
+    """16 hex digits over the resolved path and, for an archive (listing None), its size and mtime
+    (the key this loader always had for archives, so their caches stay valid); for a directory,
+    every listed image's (relative path, size, mtime_ns)."""
     if listing is None:
         stat = path.stat()
-        digest.update(f"|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    else:
-        for name, size, mtime_ns in listing:
-            digest.update(f"|{name}|{size}|{mtime_ns}".encode())
+        return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    digest = hashlib.sha1(f"imagefolder-directory|{path.resolve()}".encode())
+    for name, size, mtime_ns in listing:
+        digest.update(f"|{name}|{size}|{mtime_ns}".encode())
     return digest.hexdigest()[:16]
 
 
