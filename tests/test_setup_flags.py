@@ -1,0 +1,100 @@
+"""setup.py's C++ flags per machine architecture. They were x86's on every machine: -march=native
+and -mprefer-vector-width=512, which GCC for aarch64 (Grace, GH200) rejects ("unrecognized
+command-line option"), so the build failed there. setup.py is imported here as a module: setup()
+runs only when it is run as a script (as pip and `python setup.py` run it)."""
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+# what setup.py passed on every machine before the flags depended on the architecture
+X86_FLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-mprefer-vector-width=512"]
+# an OpenMP loop, so -fopenmp is exercised too
+SOURCE = "int main() {\n  int s = 0;\n#pragma omp parallel for reduction(+ : s)\n  for (int i = 0; i < 8; ++i) s += i;\n  return s != 28;\n}\n"
+
+
+@pytest.fixture(scope="module")
+def setup_py():
+    import setuptools
+
+    calls = []
+    original, setuptools.setup = setuptools.setup, lambda **kwargs: calls.append(kwargs)
+    try:
+        spec = importlib.util.spec_from_file_location("mqnet_fast_setup", ROOT / "setup.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        setuptools.setup = original
+    assert calls == [], "importing setup.py ran setup()"
+    return module
+
+
+def test_x86_64_flags_are_unchanged(setup_py):
+    for machine in ("x86_64", "AMD64"):
+        assert setup_py.cxx_flags(machine) == X86_FLAGS
+        assert setup_py.cxx_flags(machine, "") == X86_FLAGS
+    assert setup_py.cxx_flags("x86_64", "x86-64-v3") == [f.replace("native", "x86-64-v3") for f in X86_FLAGS]
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64", "ppc64le"])
+def test_arm_and_power_take_mcpu_and_no_x86_flag(setup_py, machine):
+    flags = setup_py.cxx_flags(machine)
+    assert flags == ["-O3", "-fopenmp", "-mcpu=native", "-ffp-contract=off", "-fno-trapping-math"]
+    assert setup_py.cxx_flags(machine, "neoverse-v2") == [f.replace("native", "neoverse-v2") for f in flags]
+
+
+def test_other_machines_name_a_cpu_only_when_asked(setup_py):
+    assert setup_py.cxx_flags("riscv64") == ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
+    assert "-march=rv64gc" in setup_py.cxx_flags("riscv64", "rv64gc")
+
+
+@pytest.mark.parametrize("machine, cpu_arch", [("aarch64", None), ("x86_64", None), ("aarch64", "neoverse-v2")])
+def test_the_extension_is_built_with_this_machines_flags(setup_py, monkeypatch, tmp_path, machine, cpu_arch):
+    """_extension() (what setup() builds) asks platform.machine() and MQNET_FAST_CPU_ARCH."""
+    monkeypatch.setattr(setup_py.platform, "machine", lambda: machine)
+    if cpu_arch is None:
+        monkeypatch.delenv("MQNET_FAST_CPU_ARCH", raising=False)
+    else:
+        monkeypatch.setenv("MQNET_FAST_CPU_ARCH", cpu_arch)
+    monkeypatch.setenv("MQNET_FAST_FORCE_CPU", "1")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", os.environ.get("TORCH_CUDA_ARCH_LIST", ""))  # restored after
+    monkeypatch.setattr(setup_py, "ROOT", str(tmp_path))  # the build record goes here, not into the package
+    (tmp_path / "mqnet_fast").mkdir()
+    monkeypatch.chdir(ROOT)
+    ext = setup_py._extension()
+    assert ext.extra_compile_args["cxx"] == setup_py.cxx_flags(machine, cpu_arch)
+    assert (tmp_path / "mqnet_fast" / "_build_info.json").read_text().count(f'"cpu_arch": "{cpu_arch or "native"}"') == 1
+
+
+def _compile(compiler: str, flags: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    source = tmp_path / "omp.cpp"
+    source.write_text(SOURCE)
+    return subprocess.run([compiler, *flags, "-c", str(source), "-o", str(tmp_path / "omp.o")],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_this_machines_compiler_takes_its_flags(setup_py, tmp_path):
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        pytest.skip("no C++ compiler on PATH")
+    flags = setup_py.cxx_flags(platform.machine(), os.environ.get("MQNET_FAST_CPU_ARCH"))
+    done = _compile(compiler, flags, tmp_path)
+    assert done.returncode == 0, f"{compiler} {' '.join(flags)}:\n{done.stderr}"
+
+
+def test_aarch64_cross_compiler_takes_the_aarch64_flags(setup_py, tmp_path):
+    """Where GCC's aarch64 cross compiler is installed (g++-aarch64-linux-gnu): the aarch64 flags
+    compile and the x86 ones do not. A cross compiler has no native CPU to detect, so the CPU is named
+    (generic; GCC 12 knows Grace's Neoverse V2 only as demeter)."""
+    compiler = shutil.which("aarch64-linux-gnu-g++")
+    if compiler is None:
+        pytest.skip("no aarch64-linux-gnu-g++ on PATH")
+    done = _compile(compiler, setup_py.cxx_flags("aarch64", "generic"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    rejected = _compile(compiler, setup_py.cxx_flags("x86_64", "generic"), tmp_path)
+    assert rejected.returncode != 0 and "-mprefer-vector-width" in rejected.stderr
