@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 
@@ -104,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _report(run_dirs, out) -> None:
     from mqnet_fast.report import write_report
 
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out!r} exists and is not a directory")
+
     result = write_report(run_dirs, out)
     print(result["table"], end="")
     print(f"table: {result['markdown']} (CSV: {result['csv']})")
@@ -125,7 +129,7 @@ def _select(args) -> None:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError:
-        raise
+        raise ConfigError(f"--embeddings {path!r}: no such file") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"--embeddings {path!r} is not a readable .npz file ({err})") from None
     known = {"feats", "probs", "logits", "labeled", "labeled_is_in", "purity", "informativeness"}
@@ -150,6 +154,8 @@ def _select(args) -> None:
     inputs["labeled_feats"] = arrays["feats"][labeled]
     if "labeled_is_in" in arrays:
         inputs["labeled_is_in"] = arrays["labeled_is_in"]
+    if os.path.isdir(args.out):
+        raise ConfigError(f"--out {args.out!r} is a directory; give the path of the CSV file to write")
     if args.budget < 1 or args.budget > len(candidates):
         raise ConfigError(f"--budget must be in [1, {len(candidates)}] (the unlabeled rows), got {args.budget}")
     import torch

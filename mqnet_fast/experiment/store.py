@@ -31,6 +31,8 @@ from mqnet_fast.io import atomic_save_npz, atomic_torch_save, atomic_write_json,
 class RunStore:
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"run_dir {str(self.run_dir)!r} exists and is not a directory")
 
     def check_experiment(self, identity: dict) -> None:
         """Refuse a run directory that holds another experiment (reads only: nothing is written before
