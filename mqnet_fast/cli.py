@@ -174,26 +174,12 @@ def _select(args) -> None:
 
 
 def _info() -> None:
-    import platform
-
-    import torch
-
-    from mqnet_fast import __version__, _triton, build_info, compiled_backends
+    from mqnet_fast import info
     from mqnet_fast.scores import INFORMATIVENESS, PURITY
 
-    info = build_info()
-    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    reason = _triton.unavailable_reason(torch.device("cuda" if cuda else "cpu"))
-    lines = [f"mqnet-fast {__version__}",
-             f"python {platform.python_version()} on {platform.machine()}, torch {torch.__version__} "
-             f"(CUDA {torch.version.cuda})",
-             f"compiled library: {', '.join(compiled_backends()) or 'not built'}"
-             + (f" (built for torch {info.get('torch_full')}, cpu arch {info.get('cpu_arch')})" if info else ""),
-             f"triton: {'usable' if reason is None else reason}",
-             f"GPUs: {', '.join(cuda) or 'none visible'}",
-             f"strategies: {', '.join(STRATEGIES)}",
-             f"purity scores: {', '.join(PURITY)}; informativeness scores: {', '.join(INFORMATIVENESS)}"]
-    print("\n".join(lines))
+    info.main()
+    print(f"strategies: {', '.join(STRATEGIES)}")
+    print(f"purity scores: {', '.join(PURITY)}; informativeness scores: {', '.join(INFORMATIVENESS)}")
 
 
 def main(argv=None) -> int:

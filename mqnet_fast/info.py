@@ -15,7 +15,10 @@ def available_backends() -> dict[str, bool]:
 
 
 def main() -> None:
+    import platform
+
     print(f"mqnet-fast {__version__}")
+    print(f"python {platform.python_version()} on {platform.machine()}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), {torch.get_num_threads()} CPU threads, "
           f"GPU visible: {torch.cuda.is_available()}")
     info = build_info()

@@ -171,4 +171,4 @@ def test_version_and_info(capsys):
     assert exit_code.value.code == 0 and mqnet_fast.__version__ in capsys.readouterr().out
     assert main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "compiled library:" in out and "strategies: random" in out and "torch" in out
+    assert "extension built for:" in out and "backend cpp" in out and "strategies: random" in out
