@@ -172,3 +172,15 @@ def test_version_and_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "extension built for:" in out and "backend cpp" in out and "strategies: random" in out
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_same_features_give_the_same_picks_on_a_gpu(name):
+    """Training on a GPU is not bit-for-bit repeatable, selection is: the same arrays on the GPU pick
+    what they pick on the CPU (float64, where every backend's picks are exact)."""
+    arrays = {k: v.double() if v.is_floating_point() else v for k, v in _arrays().items()}
+    cpu = mqnet_fast.select(name, 9, options=_options(name), generator=torch.Generator().manual_seed(3), **arrays)
+    gpu = mqnet_fast.select(name, 9, options=_options(name), generator=torch.Generator().manual_seed(3),
+                            **{k: v.cuda() for k, v in arrays.items()})
+    assert torch.equal(cpu.indices.cpu(), gpu.indices.cpu())
