@@ -14,29 +14,54 @@ def _inputs(n, c, d, dtype, seed, temperature=3.0):
 
 
 def _verify_near_ties(probs, feats, picks, ref_picks, seed, dtype):
-    """Where float32 picks leave the reference, the first differing pick must be a near-tie in float64:
-    the first pick a near-maximal |g|, later ones a row whose float64 cumulative-D^2 interval lies
-    within rounding of the drawn target."""
-    diff = torch.nonzero(picks != ref_picks).flatten()
-    if not diff.numel():
-        return
-    s = int(diff[0])
+    """Every pick, not only the first that leaves the reference: the float64 definition is replayed
+    from the op's own earlier picks (its D^2 to them, the same uniforms), and each pick must be the
+    row that definition takes from there, or else a near-tie of it: for the first pick a |g| within
+    rounding of the largest, for a later one a row whose float64 cumulative-D^2 interval reaches the
+    drawn target to within the rounding of the op's D^2 (when every D^2 is within rounding of 0, as
+    with duplicate rows, that is any unpicked row). ref_picks (the reference's own run) only names
+    where it and the op part, in the message.
+
+    Rounding of a D^2 computed in `dtype`: G_i + G_c - 2 (a_i.a_c)(h_i.h_c) with C- and d-term dots
+    is within gamma (G_i + G_c + 2 |a_i||a_c||h_i||h_c|) = gamma (sqrt(G_i) + sqrt(G_c))^2 of the exact
+    value, gamma = (C + d + 4) eps (the standard bound for sums of products), c the row's nearest pick;
+    the op's running sums can then be off by at most the sum of those over all rows."""
+    n, n_classes = probs.shape
+    gamma = (n_classes + feats.shape[1] + 4) * torch.finfo(dtype).eps
     p64, h64 = probs.double(), feats.double()
-    a = torch.nn.functional.one_hot(p64.argmax(1), p64.shape[1]).double() - p64
+    a = torch.nn.functional.one_hot(p64.argmax(1), n_classes).double() - p64
     g = (a * a).sum(1) * (h64 * h64).sum(1)
-    if s == 0:
-        assert g[picks[0]] >= g.max() * (1 - NEAR_TIE[dtype]), "first pick is not a near-maximal |g|"
-        return
+    uniforms = torch.rand(max(len(picks) - 1, 0), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     d2 = torch.full_like(g, float("inf"))
-    for c in picks[:s].tolist():
-        d2 = torch.minimum(d2, gradient_embedding_sqdist(a, h64, g, c))
-        d2[c] = 0
-    cum = torch.cumsum(d2, 0)
-    u = torch.rand(s, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)[s - 1]
-    target, p = u * cum[-1], int(picks[s])
-    low = cum[p - 1] if p > 0 else cum.new_zeros(())
-    slack = NEAR_TIE[dtype] * cum[-1]
-    assert low - slack <= target <= cum[p] + slack, f"pick {s} (row {p}) is not a near-tie of the draw"
+    nearest = torch.zeros(n, dtype=torch.long)
+    picked = torch.zeros(n, dtype=torch.bool)
+    parted = torch.nonzero(picks.cpu() != ref_picks.cpu()).flatten()
+    where = f" (the op and the reference part at pick {int(parted[0])})" if parted.numel() else ""
+    for s, p in enumerate(picks.tolist()):
+        assert not picked[p], f"pick {s} (row {p}) was picked before"
+        if s == 0:
+            assert g[p] >= g.max() * (1 - 2 * gamma), f"first pick (row {p}) is not a near-maximal |g|{where}"
+        else:
+            cum = torch.cumsum(d2, 0)
+            total = cum[-1]
+            if total > 0:
+                want = int(torch.searchsorted(cum, uniforms[s - 1] * total, right=True))
+                want = want if want < n else int(torch.nonzero(d2 > 0)[-1])
+            else:
+                want = int(torch.nonzero(~picked)[0])
+            if p != want:
+                target = uniforms[s - 1] * total
+                low = cum[p - 1] if p > 0 else cum.new_zeros(())
+                slack = gamma * ((g.sqrt() + g[nearest].sqrt()) ** 2).sum()
+                assert low - slack <= target <= cum[p] + slack, (
+                    f"pick {s} (row {p}) is neither row {want}, the float64 draw from the op's own earlier picks, "
+                    f"nor a near-tie of it: target {float(target):.9g}, row {p} covers "
+                    f"[{float(low):.9g}, {float(cum[p]):.9g}], slack {float(slack):.3g}{where}")
+        picked[p] = True
+        dist = gradient_embedding_sqdist(a, h64, g, p)
+        nearest = torch.where(dist < d2, p, nearest)
+        d2 = torch.minimum(d2, dist)
+        d2[p] = 0
 
 
 SHAPES = [  # N, C, d, k
@@ -66,6 +91,24 @@ def test_matches_reference(backend, dtype, n, c, d, k):
         _verify_near_ties(probs, feats, got, want, seed, dtype)
     if c == 1:
         assert got.tolist() == list(range(k)), "all-zero embeddings: lowest unpicked rows in order"
+
+
+def test_every_pick_is_checked_not_only_the_first_difference():
+    """_verify_near_ties replays every pick: a first pick that is a tie (a copy of the row with the
+    largest |g|) leaves the later picks checked, so a sequence that goes on correctly passes and one
+    whose later picks are reordered fails (the check once stopped at the first pick that differed)."""
+    probs, feats = _inputs(200, 5, 6, torch.float64, seed=8)
+    a = torch.nn.functional.one_hot(probs.argmax(1), 5).double() - probs
+    top = int(((a * a).sum(1) * (feats * feats).sum(1)).argmax())
+    probs[199], feats[199] = probs[top], feats[top]
+    uniforms = torch.rand(19, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ref = reference.badge_kmeanspp(probs, feats, 20, uniforms)
+    assert ref[0] == top and 199 not in ref.tolist()
+    tied = torch.cat([torch.tensor([199]), ref[1:]])  # the copy first: the same D^2 state from there on
+    _verify_near_ties(probs, feats, tied, ref, 0, torch.float64)
+    reordered = torch.cat([tied[:10], tied[10:].flip(0)])
+    with pytest.raises(AssertionError, match="pick 10 .* is neither row"):
+        _verify_near_ties(probs, feats, reordered, ref, 0, torch.float64)
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
