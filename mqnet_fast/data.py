@@ -1,7 +1,10 @@
-"""Datasets as uint8 image arrays with integer labels, and the open-set split of the MQ-Net paper.
+"""Datasets as uint8 image arrays or fixed embeddings with integer labels, and the open-set split of
+the MQ-Net paper.
 
-Every dataset is held as `ImageArrays`: train/test images (N, H, W, C) uint8 and labels (N,) int64,
-read once and cached, so training never decodes an image and labels never come from image files.
+An image dataset is held as `ImageArrays`: train/test images (N, H, W, C) uint8 and labels (N,)
+int64, read once and cached, so training never decodes an image and labels never come from image
+files. An embeddings dataset is held as `FeatureArrays`: train/test features (N, d) float32 and
+labels (N,) int64; the open-set split reads only labels, so it is the same for both.
 
 Names accepted by `load_dataset`:
 - ``digits``: scikit-learn's `load_digits` (1,797 8x8 grey images, shipped inside scikit-learn, no
@@ -11,6 +14,10 @@ Names accepted by `load_dataset`:
 - ``imagefolder:<path>``: a tree ``<path>/[<top>/]train/<class>/*`` and ``.../test/<class>/*``, either a
   directory or a ``.tar``/``.tar.gz``/``.tgz`` archive read in place. Class index = sorted class-folder
   order (torchvision's ImageFolder order); all images must have the same size.
+- ``embeddings:<file.npz>``: fixed embeddings (e.g. a foundation model's, or made from any dataset
+  above by scripts/make_embeddings.py), arrays ``train_feats`` (N, d) and ``test_feats`` (M, d) of
+  floats, ``train_labels`` (N,) and ``test_labels`` (M,) of integers 0..C-1, and optionally
+  ``classes`` (C,) of strings; read without pickles (`load_embeddings`).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import io
 import math
 import os
 import tarfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +35,8 @@ import numpy as np
 from mqnet_fast.io import atomic_save_npz
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>")
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>", "embeddings:<file.npz>")
+EMBEDDING_ARRAYS = ("train_feats", "train_labels", "test_feats", "test_labels")
 
 
 class DataError(ValueError):
@@ -53,12 +62,36 @@ class ImageArrays:
         return tuple(self.train_images.shape[1:])
 
 
+@dataclass
+class FeatureArrays:
+    """Fixed embeddings: the target model is a head over them (mqnet_fast.models.FeatureHead)."""
+    name: str
+    classes: list[str]
+    train_feats: np.ndarray   # (N, d) float32, finite
+    train_labels: np.ndarray  # (N,) int64 in 0..C-1
+    test_feats: np.ndarray    # (M, d) float32
+    test_labels: np.ndarray   # (M,) int64 in 0..C-1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.train_feats.shape[1])
+
+
+def is_embeddings(name: str) -> bool:
+    """Whether the dataset name `name` names an embeddings file (``embeddings:<file.npz>``)."""
+    return str(name).startswith("embeddings:")
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MQNET_FAST_CACHE", Path.home() / ".cache" / "mqnet-fast"))
 
 
 def load_dataset(name: str, data_root: str | None = None, *, download: bool = False,
-                 cache_dir: str | Path | None = None) -> ImageArrays:
+                 cache_dir: str | Path | None = None) -> ImageArrays | FeatureArrays:
     """Load a dataset by name (see the module docstring)."""
     if name == "digits":
         return load_digits()
@@ -69,6 +102,11 @@ def load_dataset(name: str, data_root: str | None = None, *, download: bool = Fa
         if not path:
             raise DataError("dataset 'imagefolder:' needs a path, e.g. imagefolder:../shared/data/cifar10-jpeg.tar.gz")
         return load_imagefolder(path, cache_dir=cache_dir)
+    if is_embeddings(name):
+        path = name[len("embeddings:"):]
+        if not path:
+            raise DataError("dataset 'embeddings:' needs a path, e.g. embeddings:cifar10-pca.npz")
+        return load_embeddings(path)
     raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
@@ -169,6 +207,84 @@ def _directory_listing(root: Path) -> list[tuple[str, int, int]]:
                 stat = full.stat()
                 listing.append((full.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
     return sorted(listing)
+
+
+def load_embeddings(path: str | Path) -> FeatureArrays:
+    """Fixed embeddings from an .npz file (format in the module docstring), loaded with
+    allow_pickle=False and checked: every array present, the features 2-D floats with one width d
+    and only finite values, the labels 1-D integers, one per feature row, in 0..C-1 with every class
+    present in the training split (C = len(classes) if given, else the largest label + 1). A problem
+    raises DataError naming the array. Features are returned as float32."""
+    path = Path(path)
+    where = f"embeddings {str(path)!r}"
+    if not path.is_file():
+        raise DataError(f"{where} does not exist" if not path.exists() else f"{where} is not a file")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{where} is not a readable .npz file ({err})") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{where} holds a single array; expected an .npz with {', '.join(EMBEDDING_ARRAYS)}")
+    with archive:
+        present = set(archive.files)
+        arrays = {}
+        for name in EMBEDDING_ARRAYS + (("classes",) if "classes" in present else ()):
+            if name not in present:
+                holds = ", ".join(sorted(present)) or "nothing"
+                raise DataError(f"{where}: array {name!r} is missing (the file holds {holds}; "
+                                f"expected {', '.join(EMBEDDING_ARRAYS)}, optionally classes)")
+            try:
+                arrays[name] = archive[name]
+            except (ValueError, OSError, zipfile.BadZipFile) as err:  # object arrays need pickles
+                raise DataError(f"{where}: array {name!r} cannot be read without pickles ({err}); "
+                                "save plain numeric arrays") from err
+    dims = {}
+    for split in ("train", "test"):
+        feats, labels = arrays[f"{split}_feats"], arrays[f"{split}_labels"]
+        if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
+            raise DataError(f"{where}: array '{split}_feats' must be 2-D (examples, features) with both sizes >= 1, "
+                            f"got shape {feats.shape}")
+        if not np.issubdtype(feats.dtype, np.floating):
+            raise DataError(f"{where}: array '{split}_feats' must hold floats, got dtype {feats.dtype}")
+        bad = int(np.count_nonzero(~np.isfinite(feats)))
+        if bad:
+            raise DataError(f"{where}: array '{split}_feats' holds {bad} NaN or Inf value(s)")
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"{where}: array '{split}_labels' must be 1-D integers, got shape {labels.shape} "
+                            f"dtype {labels.dtype}")
+        if len(labels) != len(feats):
+            raise DataError(f"{where}: array '{split}_labels' has {len(labels)} labels for the "
+                            f"{len(feats)} rows of '{split}_feats'")
+        if labels.min() < 0:
+            raise DataError(f"{where}: array '{split}_labels' holds negative labels (min {int(labels.min())}); "
+                            "labels must be 0..C-1")
+        dims[split] = feats.shape[1]
+    if dims["train"] != dims["test"]:
+        raise DataError(f"{where}: array 'test_feats' has {dims['test']} features per row, "
+                        f"'train_feats' {dims['train']}")
+    top = int(max(arrays["train_labels"].max(), arrays["test_labels"].max()))
+    if "classes" in arrays:
+        classes = arrays["classes"]
+        if classes.ndim != 1 or classes.dtype.kind not in "US":
+            raise DataError(f"{where}: array 'classes' must be 1-D strings, got shape {classes.shape} "
+                            f"dtype {classes.dtype}")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]
+        if top >= len(classes):
+            raise DataError(f"{where}: labels go up to {top} but array 'classes' names {len(classes)} classes")
+    else:
+        classes = [str(c) for c in range(top + 1)]
+    counts = np.bincount(arrays["train_labels"], minlength=len(classes))
+    if (counts == 0).any():
+        missing = np.flatnonzero(counts == 0)
+        raise DataError(f"{where}: array 'train_labels' has no example of class(es) {missing[:8].tolist()} "
+                        f"of 0..{len(classes) - 1}; labels must be 0..C-1 with every class present")
+    if len(classes) < 2:
+        raise DataError(f"{where}: array 'train_labels' holds one class; an open-set split needs at least 2")
+    return FeatureArrays(f"embeddings:{path}", classes,
+                         np.ascontiguousarray(arrays["train_feats"], dtype=np.float32),
+                         arrays["train_labels"].astype(np.int64),
+                         np.ascontiguousarray(arrays["test_feats"], dtype=np.float32),
+                         arrays["test_labels"].astype(np.int64))
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:

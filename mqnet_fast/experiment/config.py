@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mqnet_fast.data import is_embeddings
+from mqnet_fast.scores.csi import NEEDS_IMAGES
 from mqnet_fast.strategies import STRATEGIES, make_options, option_names
 
 # Per-dataset defaults. CIFAR follows the paper (b = 500, 10 rounds, 20,000 iterations, lr 0.1,
@@ -15,9 +17,15 @@ from mqnet_fast.strategies import STRATEGIES, make_options, option_names
 # (std over 5 training seeds) on fixed labeled sets of 20 / 60 IN examples, where the earlier width 64
 # / 100 iterations / lr 0.1 varied by 5.8 / 2.9 and took 8.6x longer per iteration
 # (benchmarks/digits_training_spread.py, benchmarks/digits_step_profile.py).
+# Embeddings (every embeddings:<file>): the paper's CIFAR budgets (b = 500, 10 rounds, for a CIFAR-size
+# pool) with a linear head (width 0) trained 1,000 iterations at lr 0.03: on CIFAR-10's 256-dim pixel
+# PCA (4 IN classes) within 1.5 points of the best of lr 0.01-0.3 x 300-3,000 iterations at 200 and
+# at 2,000 labeled IN examples, 0.15 s a training on one CPU thread; a hidden layer of 256 units
+# (width=256) gained 2 and 5 points there.
 DEFAULTS = {"digits": dict(budget=20, rounds=5, iterations=300, lr=0.03, width=16),
             "cifar10": dict(budget=500, rounds=10, iterations=20000, lr=0.1, width=64),
-            "cifar100": dict(budget=500, rounds=10, iterations=20000, lr=0.1, width=64)}
+            "cifar100": dict(budget=500, rounds=10, iterations=20000, lr=0.1, width=64),
+            "embeddings": dict(budget=500, rounds=10, iterations=1000, lr=0.03, width=0)}
 FALLBACK_DEFAULTS = DEFAULTS["cifar10"]
 NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
@@ -42,8 +50,9 @@ class ExperimentConfig:
     iterations: int | None = None
     batch_size: int = 64
     lr: float | None = None
-    width: int | None = None      # the target ResNet-18's first-stage channels (64 = the standard network)
-    encoder_epochs: int | None = None  # the CSI encoder's epochs (None: the dataset's default)
+    width: int | None = None      # the target ResNet-18's first-stage channels (64 = the standard network);
+    #                               on embeddings the head's hidden units (0 = a linear head)
+    encoder_epochs: int | None = None  # the CSI encoder's epochs (None: the dataset's default; none on embeddings)
     options: dict = field(default_factory=dict)  # strategy options by name, e.g. {"purity": "knn"}
     data_root: str | None = None
     download: bool = False
@@ -54,9 +63,9 @@ class ExperimentConfig:
 
     def resolved(self) -> "ExperimentConfig":
         """A copy with the dataset defaults filled in and every option checked."""
-        defaults = DEFAULTS.get(self.dataset, FALLBACK_DEFAULTS)
+        defaults = dataset_defaults(self.dataset)
         filled = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in defaults.items()}
-        if self.encoder_epochs is None:
+        if self.encoder_epochs is None and not is_embeddings(self.dataset):
             from mqnet_fast.training.contrastive import EncoderConfig
 
             filled["encoder_epochs"] = EncoderConfig.for_dataset(self.dataset).epochs
@@ -79,11 +88,16 @@ class ExperimentConfig:
         if not 0.0 <= self.noise < 1.0:
             raise ConfigError(f"noise ratio must be in [0, 1) (the paper uses {NOISE_LEVELS}), got {self.noise}")
         parse_split(self.split)
+        embeddings = is_embeddings(self.dataset)
         for name in ("budget", "rounds", "iterations", "batch_size", "width"):
             value = getattr(self, name)
-            low = 0 if name == "rounds" else 1
+            low = 0 if name == "rounds" or (name == "width" and embeddings) else 1
             if not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+                what = " (on embeddings the head's hidden units, 0 = linear)" if name == "width" and embeddings else ""
+                raise ConfigError(f"{name} must be an integer >= {low}{what}, got {value!r}")
+        if self.encoder_epochs is not None and embeddings:
+            raise ConfigError(f"encoder_epochs: dataset {self.dataset!r} is fixed embeddings, which have no CSI "
+                              "encoder to train (purity 'csi' is measured in the given embedding)")
         if self.encoder_epochs is not None and (not isinstance(self.encoder_epochs, int) or self.encoder_epochs < 1):
             raise ConfigError(f"encoder_epochs must be an integer >= 1, got {self.encoder_epochs!r}")
         if not self.lr > 0:
@@ -93,7 +107,12 @@ class ExperimentConfig:
             if not strategies:
                 raise ConfigError(f"option {name!r} belongs to none of the strategies {', '.join(self.strategies)}")
         for strategy in self.strategies:
-            self.strategy_options(strategy)
+            options = self.strategy_options(strategy)
+            if embeddings and getattr(options, "purity", None) in NEEDS_IMAGES:
+                raise ConfigError(f"strategy {strategy!r}: purity {options.purity!r} needs the pool's images "
+                                  f"(rotations and CSI's shift head); dataset {self.dataset!r} is fixed embeddings: "
+                                  "use purity csi (max cosine similarity in the given embedding), csi-ood, knn "
+                                  "or react")
         if self.device != "auto":
             try:
                 device = torch.device(self.device)
@@ -117,6 +136,12 @@ class ExperimentConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+
+def dataset_defaults(dataset: str) -> dict:
+    """The DEFAULTS entry of a dataset name: "embeddings" for every embeddings:<file>, the CIFAR
+    setting for image datasets without one of their own (image folders)."""
+    return DEFAULTS["embeddings"] if is_embeddings(dataset) else DEFAULTS.get(dataset, FALLBACK_DEFAULTS)
 
 
 def parse_split(split: str) -> tuple[int, int]:

@@ -7,16 +7,18 @@ import torch.nn.functional as F
 
 from mqnet_fast.data import OpenSetSplit
 from mqnet_fast.strategies import RoundView, Selection, Strategy
-from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, train_model
+from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, infer, make_model, model_arch, train_model
 
 
-def train(num_classes: int, images: DeviceImages, labeled_in: np.ndarray, labels: np.ndarray,
+def train(num_classes: int, images: DeviceImages | DeviceFeatures, labeled_in: np.ndarray, labels: np.ndarray,
           config: TrainConfig, init_seed: int, train_seed: int, device: torch.device, *, desc: str,
           show_progress: bool, loss_module: bool = False, width: int = 64):
-    """A freshly initialized target model (with the loss-prediction module of learning loss if
-    `loss_module`) trained on the labeled IN examples `labeled_in` (global rows) with IN labels
-    `labels`. Returns (model, mean loss of the last iterations)."""
-    model = make_model(num_classes, images.images.shape[1], device, init_seed, loss_module=loss_module, width=width)
+    """A freshly initialized target model (a ResNet-18 on images, a FeatureHead of hidden width
+    `width` on embeddings; with the loss-prediction module of learning loss if `loss_module`)
+    trained on the labeled IN examples `labeled_in` (global rows) with IN labels `labels`. Returns
+    (model, mean loss of the last iterations)."""
+    model = make_model(num_classes, images.images.shape[1], device, init_seed, loss_module=loss_module, width=width,
+                       arch=model_arch(images))
     if len(labeled_in) == 0:
         return model, float("nan")  # nothing IN to learn from yet: the model stays at its initialization
     loss = train_model(model, images, torch.from_numpy(labeled_in), torch.from_numpy(labels), config, train_seed,
@@ -24,7 +26,8 @@ def train(num_classes: int, images: DeviceImages, labeled_in: np.ndarray, labels
     return model, loss
 
 
-def evaluate(model: torch.nn.Module, images: DeviceImages, rows: np.ndarray, labels: np.ndarray) -> float:
+def evaluate(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, rows: np.ndarray,
+             labels: np.ndarray) -> float:
     """Accuracy on the test rows `rows` with IN labels `labels` (nan with no rows)."""
     if len(rows) == 0:
         return float("nan")
@@ -32,7 +35,7 @@ def evaluate(model: torch.nn.Module, images: DeviceImages, rows: np.ndarray, lab
     return float((logits.argmax(1) == torch.from_numpy(labels).to(logits.device)).float().mean())
 
 
-def infer_view(model: torch.nn.Module, images: DeviceImages, split: OpenSetSplit, labeled: np.ndarray,
+def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, split: OpenSetSplit, labeled: np.ndarray,
                labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None) -> RoundView:
     """The round's view: the model's outputs on the unlabeled candidates and the labeled examples
     (with a loss module, the candidates' predicted loss as extras["predicted_loss"])."""

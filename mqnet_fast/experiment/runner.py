@@ -20,22 +20,26 @@ import numpy as np
 import torch
 
 from mqnet_fast.cache import RunCache, array_digest
-from mqnet_fast.data import ImageArrays, default_cache_dir, load_dataset, make_open_set
+from mqnet_fast.data import FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset, make_open_set
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
 from mqnet_fast.experiment.store import RunStore
 from mqnet_fast.metrics import auroc
 from mqnet_fast.scores import PURITY, purity
+from mqnet_fast.scores.csi import NEEDS_IMAGES
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.strategies import Strategy, make_strategy
-from mqnet_fast.training import DeviceImages, TrainConfig, make_model
+from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, make_model, model_arch
 
 
 class Experiment:
     """Data, split and device for one experiment; `run()` runs every (strategy, seed) pair, resuming
-    whatever the run directory already holds."""
+    whatever the run directory already holds. On images the target model is a ResNet-18; on fixed
+    embeddings (FeatureArrays, dataset ``embeddings:<file>``) a FeatureHead of hidden width
+    `config.width` (0: linear) over the embeddings standardized with the training split's statistics."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: str | Path, data: ImageArrays | None = None):
+    def __init__(self, config: ExperimentConfig, run_dir: str | Path,
+                 data: ImageArrays | FeatureArrays | None = None):
         self.config = config.resolved()
         self.run_dir = Path(run_dir)
         self.store = RunStore(self.run_dir)
@@ -44,6 +48,10 @@ class Experiment:
         self.data = data if data is not None else load_dataset(
             self.config.dataset, self.config.data_root, download=self.config.download,
             cache_dir=self.config.cache_dir)
+        if isinstance(self.data, FeatureArrays) != is_embeddings(self.config.dataset):
+            raise ConfigError(f"dataset {self.config.dataset!r} and the data given "
+                              f"({type(self.data).__name__} {self.data.name!r}) are not the same kind: "
+                              "fixed embeddings are named embeddings:<file.npz>")
         self.num_in = num_in_classes(self.config.split, self.data.num_classes)
         needed = self.config.budget * (self.config.rounds + 1)
         # The pool size depends on the seed only through rounding; check each seed's split up front.
@@ -58,9 +66,14 @@ class Experiment:
                 raise ConfigError(f"budget {self.config.budget} x (rounds {self.config.rounds} + the initial set) = "
                                   f"{needed} examples, more than the pool holds ({len(split.pool)})")
             self.splits[seed] = split
-        mean, std = DeviceImages.channel_stats(self.data.train_images)
-        self.train_images = DeviceImages(self.data.train_images, mean, std, self.device, self.data.flip)
-        self.test_images = DeviceImages(self.data.test_images, mean, std, self.device, self.data.flip)
+        if isinstance(self.data, FeatureArrays):
+            mean, std = DeviceFeatures.feature_stats(self.data.train_feats)
+            self.train_images = DeviceFeatures(self.data.train_feats, mean, std, self.device)
+            self.test_images = DeviceFeatures(self.data.test_feats, mean, std, self.device)
+        else:
+            mean, std = DeviceImages.channel_stats(self.data.train_images)
+            self.train_images = DeviceImages(self.data.train_images, mean, std, self.device, self.data.flip)
+            self.test_images = DeviceImages(self.data.test_images, mean, std, self.device, self.data.flip)
         self._round_zero = {}
         self._caches = {}
         for name in self.config.strategies:  # refuse a resume with other options before running anything
@@ -153,6 +166,8 @@ class Experiment:
                     record[f"{name}_auroc"] = auroc(columns[name], candidate_is_in)
             if cfg.purity_diagnostics:
                 for name in PURITY:
+                    if isinstance(self.data, FeatureArrays) and name in NEEDS_IMAGES:
+                        continue
                     record[f"auroc_{name}"] = auroc(purity(name, view).cpu().numpy(), candidate_is_in)
 
             query_in, losses = phases.label(view, query, positions, split.is_in, train_in_labels)
@@ -171,8 +186,9 @@ class Experiment:
             directory = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
             overrides = {"epochs": self.config.encoder_epochs}
             pool = self.splits[seed].pool
-            self._caches[seed] = RunCache(self.config.dataset, seed, pool, directory,
-                                          array_digest(self.data.train_images[pool]), overrides,
+            train = self.data.train_feats if isinstance(self.data, FeatureArrays) else self.data.train_images
+            self._caches[seed] = RunCache(self.config.dataset, seed, pool, directory, array_digest(train[pool]),
+                                          overrides,
                                           show_progress=self.config.progress)
         return self._caches[seed]
 
@@ -190,14 +206,15 @@ class Experiment:
         of the seed, in this process or a later one: on a GPU, where training is not bit-for-bit
         repeatable, a resumed run still starts from the very model the others did."""
         cfg = self.config
-        recipe = "resnet-loss-module" if strategy.uses_loss_module else "resnet"
+        arch = model_arch(self.train_images)
+        recipe = ("resnet" if arch == "resnet18" else arch) + ("-loss-module" if strategy.uses_loss_module else "")
         if r == 0 and (seed, recipe) in self._round_zero:
             return self._round_zero[(seed, recipe)]
         make = dict(loss_module=strategy.uses_loss_module, width=cfg.width)
         saved = self.store.load_round_zero(seed, recipe) if r == 0 else None
         if saved is not None:
             model = make_model(self.num_in, self.train_images.images.shape[1], self.device,
-                               derive_seed(seed, r, "model-init"), **make)
+                               derive_seed(seed, r, "model-init"), arch=arch, **make)
             model.load_state_dict(saved["model"])
             result = model, float(saved["train_loss"])
         else:

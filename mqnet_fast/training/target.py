@@ -1,6 +1,7 @@
 """Training and inference of the target model on images held on the device (DeviceImages): batches
 are gathered by index, augmented (random crop with zero padding, horizontal flip where the dataset
-allows it) and normalized on the device.
+allows it) and normalized on the device. On fixed embeddings (DeviceFeatures, standardized, not
+augmented) the same functions train and run a FeatureHead.
 
 A target model may carry the loss-prediction module of learning loss (Yoo & Kweon, CVPR 2019) as
 `model.loss_module` (make_model(..., loss_module=True)); the trainer then trains both on the loss of
@@ -9,13 +10,15 @@ predicted loss.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.models import LossPredictionModule, ResNet18
+from mqnet_fast.models import FeatureHead, LossPredictionModule, ResNet18
+from mqnet_fast.training.features import DeviceFeatures
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.optim import set_lr, sgd, step_decay
 from mqnet_fast.progress import progress_bar
@@ -53,21 +56,53 @@ class TrainConfig:
         return round(self.loss_module_detach_fraction * self.iterations)
 
 
+ARCHS = ("resnet18", "head")
+
+
+def model_arch(images: DeviceImages | DeviceFeatures) -> str:
+    """The target model's architecture for a data holder: "head" on embeddings, else "resnet18"."""
+    return "head" if isinstance(images, DeviceFeatures) else "resnet18"
+
+
 def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int, *,
-               loss_module: bool = False, width: int = 64) -> ResNet18:
-    """A freshly initialized ResNet-18 of `width`; its initial weights depend only on `seed`. With
+               loss_module: bool = False, width: int = 64, arch: str = "resnet18") -> ResNet18 | FeatureHead:
+    """A freshly initialized target model; its initial weights depend only on `seed`. arch
+    "resnet18": a ResNet-18 of `width` over `in_channels`-channel images; arch "head": a FeatureHead
+    over `in_channels`-dim embeddings with a hidden layer of `width` units (0: linear). With
     `loss_module`, it carries a LossPredictionModule as the registered submodule `model.loss_module`
     (so model.parameters() and the one optimizer of train_model cover both), initialized after the
-    backbone from the same seed: the backbone starts from the same weights as without it."""
+    model from the same seed: the model starts from the same weights as without it."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ResNet18(num_classes, in_channels, width)
+        if arch == "resnet18":
+            model = ResNet18(num_classes, in_channels, width)
+        else:
+            model = FeatureHead(in_channels, num_classes, width)
         if loss_module:
             model.loss_module = LossPredictionModule(model.stage_channels)
     model = model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and arch == "resnet18":
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+@contextmanager
+def head_threads(model: torch.nn.Module, device: torch.device):
+    """One CPU thread while a FeatureHead trains or infers: its ops ((64, d) x (d, k) products,
+    row-wise softmaxes) are too small to split, and OpenMP's fork and join per op cost more than
+    the op (1,000 steps of a linear head on 256-dim CIFAR-10 embeddings: 0.3 s on one thread,
+    1.4-24 s on two while the 2-core machine was shared). The thread setting is restored after."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or not isinstance(model, FeatureHead) or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def device_autocast(device: torch.device):
@@ -106,8 +141,9 @@ def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: 
     return torch.clamp(margin - sign * predicted_diff, min=0).mean()
 
 
-def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor, labels: torch.Tensor,
-                config: TrainConfig, seed: int, *, desc: str = "train", show_progress: bool = True) -> float:
+def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
+                labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str = "train",
+                show_progress: bool = True) -> float:
     """SGD on the examples `index` (global rows of `images`) with class `labels` (same length), for
     `config.iterations` batches of `config.batch_size` drawn from consecutive shuffles of the set.
     Returns the mean cross-entropy of the last 10% of the iterations.
@@ -116,7 +152,14 @@ def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tenso
     once, the logits from them, loss = mean CE + loss_module_weight x loss_prediction_loss(predicted
     loss, per-example CE); from `config.loss_module_detach_step` on, the module reads detached stage
     outputs, so only its own loss trains it and the backbone learns from the CE alone. One SGD over
-    both (the published code has two SGDs with identical settings and schedules: the same updates)."""
+    both (the published code has two SGDs with identical settings and schedules: the same updates).
+    `images` may be DeviceFeatures (fixed embeddings, no augmentation) with a FeatureHead."""
+    with head_threads(model, images.images.device):
+        return _train_model(model, images, index, labels, config, seed, desc=desc, show_progress=show_progress)
+
+
+def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
+                 labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str, show_progress: bool) -> float:
     device = images.images.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
@@ -144,8 +187,8 @@ def train_model(model: torch.nn.Module, images: DeviceImages, index: torch.Tenso
     return float(torch.stack(tail_losses).float().mean()) if tail_losses else float("nan")
 
 
-def _learning_loss(model: ResNet18, loss_module: LossPredictionModule, batch: torch.Tensor, targets: torch.Tensor,
-                   config: TrainConfig, *, detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _learning_loss(model: ResNet18 | FeatureHead, loss_module: LossPredictionModule, batch: torch.Tensor,
+                   targets: torch.Tensor, config: TrainConfig, *, detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to minimize, its mean cross-entropy part) of one batch under learning loss."""
     stages = model.stages(batch)
     per_example = F.cross_entropy(model.linear(model.pool(stages[-1])), targets, reduction="none")
@@ -162,10 +205,16 @@ class Inference(NamedTuple):
 
 
 @torch.no_grad()
-def infer(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor | None = None,
+def infer(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor | None = None,
           batch_size: int = 1024) -> Inference:
     """Logits (n, K), penultimate features (n, d) and, if the model has a loss module, the predicted
     loss (n,), float32 on the images' device, for the rows `index` (all rows if None), in eval mode."""
+    with head_threads(model, images.images.device):
+        return _infer(model, images, index, batch_size)
+
+
+def _infer(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor | None,
+           batch_size: int) -> Inference:
     model.eval()
     device = images.images.device
     index = torch.arange(len(images)) if index is None else index
@@ -191,10 +240,16 @@ def infer(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor | No
 
 
 @torch.no_grad()
-def infer_stages(model: torch.nn.Module, images: DeviceImages, index: torch.Tensor,
+def infer_stages(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
                  batch_size: int = 1024) -> list[torch.Tensor]:
-    """The four stage outputs of the rows `index`, globally average-pooled: (n, c_s) float32 each, on
-    the images' device, in eval mode."""
+    """The stage outputs of the rows `index` (a ResNet-18's four, a FeatureHead's one or two),
+    globally average-pooled: (n, c_s) float32 each, on the images' device, in eval mode."""
+    with head_threads(model, images.images.device):
+        return _infer_stages(model, images, index, batch_size)
+
+
+def _infer_stages(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
+                  batch_size: int) -> list[torch.Tensor]:
     model.eval()
     device = images.images.device
     pooled = [[torch.zeros(0, c, device=device)] for c in model.stage_channels]
