@@ -206,8 +206,11 @@ def launch_config(queries: torch.Tensor) -> dict:
 @triton_op("mqnet_fast_triton::nearest", mutates_args=())
 def nearest(queries: torch.Tensor, keys: torch.Tensor, l2: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """queries (N, d), keys (M, d), same dtype (float32, bfloat16 or float16), M >= 1. cosine: max
-    similarity of the normalized rows (normalized in float32, then stored in the input dtype);
-    l2: min Euclidean distance. Returns (values (N,) float32, indices (N,) int64)."""
+    similarity of the normalized rows (normalized in float32, then stored in the input dtype: for
+    half-precision input a second rounding, up to 2u + u^2 on a value, u = 2^-8 bf16 / 2^-11 fp16);
+    l2: min Euclidean distance (|q|^2, |k|^2 in float32 from the stored values). Half-precision
+    dots multiply exactly and accumulate in float32; float32 dots are IEEE float32 ("ieee", not
+    tf32). Returns (values (N,) float32, indices (N,) int64)."""
     n, dim = queries.shape
     if not l2:
         queries = F.normalize(queries.float(), dim=1).to(queries.dtype)

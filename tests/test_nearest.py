@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from mqnet_fast import ops, reference
 from testing import CPU_BACKENDS, FLOAT_DTYPES, NEAR_TIE, assert_close, assert_equal_indices, needs_cpp
+from test_nonneg_mlp_score import OP_CALLS  # every public op with valid arguments
 
 
 def _check_against_float64(queries, keys, metric, values, indices, dtype):
@@ -94,11 +95,66 @@ def test_opcheck(metric):
     torch.library.opcheck(torch.ops.mqnet_fast.nearest.default, (torch.randn(33, 5), torch.randn(17, 5), metric))
 
 
+# What torch.compile makes of the ops, as mqnet_fast/ops.py and the README state it (here on CPU;
+# tests/test_triton.py has the Triton ops on a GPU): the registered ops torch.ops.mqnet_fast.* trace
+# into one graph through their fake kernels, so they compile with fullgraph=True; the public
+# functions in mqnet_fast.ops do not, since each value check (finite values, index ranges, the
+# budget against the rows left) reads a tensor on the host: each is a graph break, and without
+# fullgraph=True they compile around the breaks and return what eager mode returns.
 @needs_cpp
 def test_torch_compile():
     fn = torch.compile(lambda q, k: torch.ops.mqnet_fast.nearest(q * 2, k, "l2")[0] + 1, fullgraph=True)
     q, k = torch.randn(64, 8), torch.randn(32, 8)
     assert_close(fn(q, k), ops.nearest(q * 2, k, metric="l2")[0] + 1, what="compiled")
+
+
+def _registered_op_calls():
+    g = torch.Generator().manual_seed(0)
+    x, z = torch.randn(40, 4, generator=g), torch.randn(40, 2, generator=g)
+    probs = torch.softmax(torch.randn(40, 3, generator=g), 1)
+    w, b = [torch.rand(4, 2, generator=g), torch.rand(1, 4, generator=g)], [torch.rand(4, generator=g), torch.rand(1, generator=g)]
+    batches, lr, targets = torch.arange(40).view(4, 10), torch.full((4,), 0.1), torch.rand(40, generator=g)
+    return {
+        "kcenter_greedy": lambda: torch.ops.mqnet_fast.kcenter_greedy(x, torch.tensor([0]), 5,
+                                                                      torch.zeros(40, dtype=torch.bool)),
+        "nearest": lambda: torch.ops.mqnet_fast.nearest(x, x[:7], "cosine"),
+        "badge_kmeanspp": lambda: torch.ops.mqnet_fast.badge_kmeanspp(probs, x, 5, torch.linspace(0, 0.9, 4).double()),
+        "nonneg_mlp_score": lambda: torch.ops.mqnet_fast.nonneg_mlp_score(z, w, b, z.mean(0), z.std(0)),
+        "nonneg_mlp_rank_train": lambda: torch.ops.mqnet_fast.nonneg_mlp_rank_train(
+            z, targets, batches, lr, w[0], b[0], w[1], b[1], 0.9, 5e-4, 0.1),
+    }
+
+
+REGISTERED_OP_CALLS = _registered_op_calls()
+
+
+def _same(got, want):
+    got, want = (got, want) if isinstance(got, (tuple, list)) else ((got,), (want,))
+    return len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@needs_cpp
+@pytest.mark.parametrize("op", sorted(REGISTERED_OP_CALLS))
+def test_every_registered_op_compiles_with_fullgraph(op):
+    """aot_eager: Dynamo's graph capture and AOTAutograd's tracing through the fake kernels, which is
+    what decides whether an op compiles; inductor's code generation is what test_torch_compile adds."""
+    ops_in_namespace = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                        if name.startswith("mqnet_fast::")}
+    assert ops_in_namespace == set(REGISTERED_OP_CALLS)
+    torch._dynamo.reset()
+    call = REGISTERED_OP_CALLS[op]
+    assert _same(torch.compile(call, fullgraph=True, backend="aot_eager")(), call())
+
+
+@pytest.mark.parametrize("op", sorted(OP_CALLS))
+def test_public_ops_break_the_graph_at_their_checks(op):
+    call, args = OP_CALLS[op]
+    torch._dynamo.reset()
+    with pytest.raises((torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
+        torch.compile(call, fullgraph=True, backend="aot_eager")(args)
+    torch._dynamo.reset()
+    assert _same(torch.compile(call, backend="aot_eager")(args), call(args))
+    assert torch._dynamo.explain(call)(args).graph_break_count >= 1
 
 
 BAD = [

@@ -457,6 +457,8 @@ def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="torch.compile of Triton ops needs a GPU (not the interpreter)")
 def test_triton_ops_under_torch_compile():
+    from mqnet_fast import _triton
+
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1000, 2, generator=g).cuda()
     w = [torch.randn(64, 2, generator=g).cuda(), torch.randn(1, 64, generator=g).cuda()]
@@ -472,3 +474,21 @@ def test_triton_ops_under_torch_compile():
         assert_close(got.cpu(), expected.cpu(), torch.float32)
     picks = torch.compile(lambda x: ops.kcenter_greedy(x, [0], 10, backend="triton").indices)(q)
     assert_equal_indices(picks.cpu(), ops.kcenter_greedy(q.cpu(), [0], 10, backend="torch").indices)
+    # fullgraph=True: the registered Triton ops compile into one graph; the public functions do not
+    # (their value checks read tensors on the host), as on CPU (tests/test_nearest.py)
+    torch._dynamo.reset()
+    with pytest.raises((torch._dynamo.exc.Unsupported, torch._dynamo.exc.UserError)):
+        torch.compile(lambda q, k: ops.nearest(q, k, backend="triton"), fullgraph=True)(q, k)
+    torch._dynamo.reset()
+    values, indices = torch.compile(lambda q, k: torch.ops.mqnet_fast_triton.nearest(q, k, False), fullgraph=True)(q, k)
+    want_values, want_indices = ops.nearest(q, k, backend="triton")
+    assert_close(values.cpu(), want_values.cpu(), torch.float32)
+    assert_equal_indices(indices.cpu(), want_indices.cpu())
+    mlp = torch.compile(lambda z: torch.ops.mqnet_fast_triton.nonneg_mlp_score(z, w[0], b[0], w[1], b[1], z, z, False),
+                        fullgraph=True)
+    assert_close(mlp(z)[0].cpu(), ops.nonneg_mlp_score(z, w, b, backend="triton").cpu(), torch.float32)
+    _triton.kernel_module("badge_kmeanspp")  # registers torch.ops.mqnet_fast_triton.badge_kmeanspp
+    probs = torch.softmax(q[:, :10], 1)
+    uniforms = torch.rand(9, dtype=torch.float64, generator=g).cuda()
+    badge = torch.compile(lambda p, h: torch.ops.mqnet_fast_triton.badge_kmeanspp(p, h, 10, uniforms), fullgraph=True)
+    assert_equal_indices(badge(probs, q).cpu(), torch.ops.mqnet_fast_triton.badge_kmeanspp(probs, q, 10, uniforms).cpu())
