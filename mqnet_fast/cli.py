@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run an open-set active-learning experiment; rerunning the same command "
                                      "resumes it after the last completed round.")
     run.add_argument("--dataset", default="digits",
-                     help="digits (default, shipped), cifar10, cifar100, or imagefolder:<dir or .tar.gz>")
+                     help="digits (default, shipped), cifar10, cifar100, imagefolder:<dir or .tar.gz>, or "
+                          "embeddings:<file.npz> (arrays train_feats, train_labels, test_feats, test_labels; the "
+                          "target model is a head of hidden width --width, 0 = linear)")
     run.add_argument("--data-root", help="folder with torchvision's CIFAR files (cifar10/cifar100)")
     run.add_argument("--download", action="store_true", help="download CIFAR into --data-root if missing")
     run.add_argument("--cache-dir", help="where decoded ImageFolder arrays are cached "

@@ -20,6 +20,9 @@ MQ = ["--strategies", "mqnet"]
 RUN_CASES = [
     (["--dataset", "nope"], "dataset"),
     (["--dataset", "cifar10", "--data-root", "/nonexistent"], "data root"),
+    (["--dataset", "embeddings:MISSING"], "embeddings"),
+    (["--dataset", "embeddings:FILE"], "embeddings"),
+    (["--dataset", "imagefolder:MISSING"], "imagefolder"),
     (["--split", "4-6"], "split"),
     (["--split", "0:6"], "split"),
     (["--noise", "1.5"], "noise"),
@@ -74,7 +77,11 @@ def _fill(args, tmp_path):
     (tmp_path / "dir").mkdir(exist_ok=True)
     names = {"FILE": tmp_path / "file.txt", "MISSING": tmp_path / "missing", "DIR": tmp_path / "dir",
              "RUN": tmp_path / "done"}
-    return [str(names.get(a, a)) for a in args]
+    out = []
+    for a in args:
+        prefix, _, rest = a.rpartition(":")
+        out.append(f"{prefix}:{names[rest]}" if prefix and rest in names else str(names.get(a, a)))
+    return out
 
 
 def _exit_code(argv, capsys):

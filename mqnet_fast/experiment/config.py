@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -85,6 +86,11 @@ class ExperimentConfig:
             raise ConfigError(f"strategies: {self.strategies} lists one twice")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds must be distinct and at least one, got {self.seeds}")
+        bad_seeds = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32]
+        if bad_seeds:
+            raise ConfigError(f"seeds must be integers in [0, 2**32), got {bad_seeds}")
+        if self.cache_dir is not None and Path(self.cache_dir).exists() and not Path(self.cache_dir).is_dir():
+            raise ConfigError(f"cache_dir {self.cache_dir!r} exists and is not a directory")
         if not 0.0 <= self.noise < 1.0:
             raise ConfigError(f"noise ratio must be in [0, 1) (the paper uses {NOISE_LEVELS}), got {self.noise}")
         parse_split(self.split)
