@@ -9,7 +9,7 @@ which takes (_resolve_backend):
   and nonneg_mlp_score (their Triton kernels compute in float32), which "torch" computes
   (kcenter_greedy's Triton kernel takes float64); without triton, "torch". "auto" never takes the
   "cuda" kernels: they run only when asked for by name. nonneg_mlp_score with other than one hidden
-  layer is refused by the Triton kernel, under "auto" too: pass backend="torch" for it on CUDA;
+  layer goes to "torch" (the Triton kernel, asked for by name, refuses it);
 - on any other device "torch";
 - nonneg_mlp_rank_train has only "torch" and "cpp": its "auto" is "cpp" whenever _C is built, CUDA
   tensors included (copied to the CPU and back), else "torch".
@@ -287,6 +287,8 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
         for name, t in (("mean", mean), ("std", std)):
             if t.shape != (z.shape[1],):
                 raise ValueError(f"{name} must have shape ({z.shape[1]},), got {tuple(t.shape)}")
+    if chosen == "triton" and len(weights) != 2 and backend == "auto":
+        chosen = "torch"  # the Triton kernel is MQ-Net's shape only; any other depth runs the reference
     if chosen == "triton" and len(weights) != 2:
         raise ValueError(f"nonneg_mlp_score: backend 'triton' takes one hidden layer (2 weight matrices, "
                          f"MQ-Net's shape), got {len(weights)}; use backend='torch'")

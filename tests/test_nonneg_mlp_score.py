@@ -244,3 +244,12 @@ def test_row_indices_take_lists_ranges_and_arrays(argument):
         call(dict(args, **{argument: 3}))
     with pytest.raises(TypeError, match=f"^{argument} must be an integer tensor, got torch.float"):
         call(dict(args, **{argument: [0.0, 5.0]}))
+
+
+@pytest.mark.cuda
+def test_auto_on_cuda_runs_other_depths_through_the_reference():
+    z = torch.randn(300, 2, device="cuda")
+    weights, biases = _mlp([2, 8, 8, 1], torch.float32, seed=0)
+    weights, biases = [w.cuda() for w in weights], [b.cuda() for b in biases]
+    assert torch.equal(ops.nonneg_mlp_score(z, weights, biases),
+                       ops.nonneg_mlp_score(z, weights, biases, backend="torch"))
