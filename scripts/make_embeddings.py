@@ -94,17 +94,20 @@ def pixel_pca(data: ImageArrays, dim: int, rows: np.ndarray, chunk: int = 4096) 
 def csi_features(data: ImageArrays, rows: np.ndarray, *, epochs: int, width: int | None, batch_size: int | None,
                  layer: str, seed: int, device: torch.device,
                  show_progress: bool) -> tuple[np.ndarray, np.ndarray, dict]:
-    """CSI's encoder (the dataset's EncoderConfig with the given epochs, width, batch size) trained
-    on the training rows `rows` with `seed`, then the `layer` features of every train and test image."""
+    """CSI's encoder (the dataset's EncoderConfig with the given epochs, width, batch size, and a
+    warm-up of a tenth of the epochs where the dataset's is longer) trained on the training rows
+    `rows` with `seed`, then the `layer` features of every train and test image."""
     from mqnet_fast.training import DeviceImages
     from mqnet_fast.training.contrastive import EncoderConfig, embed, train_encoder
 
-    changes = {"epochs": epochs}
+    # The dataset's warm-up (CIFAR: CSI's 10 epochs, of 1,000) would fill a short schedule: a tenth of it.
+    default = EncoderConfig.for_dataset(data.name)
+    changes = {"epochs": epochs, "warmup_epochs": min(default.warmup_epochs, max(1, round(epochs / 10)))}
     if width is not None:
         changes["width"] = width
     if batch_size is not None:
         changes["batch_size"] = batch_size
-    config = dataclasses.replace(EncoderConfig.for_dataset(data.name), **changes)
+    config = dataclasses.replace(default, **changes)
     mean, std = DeviceImages.channel_stats(data.train_images)
     train = DeviceImages(data.train_images, mean, std, device, data.flip)
     test = DeviceImages(data.test_images, mean, std, device, data.flip)

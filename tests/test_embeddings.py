@@ -304,6 +304,7 @@ def test_make_embeddings_csi_and_weights(tmp_path, capsys):
     assert data.train_feats.shape == (1198, 32) and data.test_feats.shape == (599, 32)  # 8 x width
     meta = json.loads(str(np.load(out)["meta"]))
     assert meta["encoder"] == "csi" and meta["fit_rows"] == 64 and meta["steps"] == 2 and meta["layer"] == "penultimate"
+    assert meta["config"]["epochs"] == 1 and meta["config"]["warmup_epochs"] == 1 and meta["config"]["width"] == 4
 
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(weights=None, num_classes=7).state_dict(), tmp_path / "r18.pth")
