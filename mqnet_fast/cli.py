@@ -72,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=64)
     run.add_argument("--lr", type=float, help="target-model learning rate (default: per dataset, above)")
     run.add_argument("--encoder-epochs", type=int, help="epochs of the CSI encoder (default: per dataset; "
-                                                        "paper: 1000 on CIFAR)")
-    run.add_argument("--width", type=int, help="target ResNet-18 width, 64 = standard (default: per dataset, above)")
+                                                        "paper: 1000 on CIFAR; not used on embeddings)")
+    run.add_argument("--width", type=int, help="target ResNet-18 width, 64 = standard; on embeddings:<file> the "
+                                               "head's hidden units, 0 = linear (default: per dataset, above)")
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")

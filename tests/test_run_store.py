@@ -139,3 +139,15 @@ def test_report_counts_a_run_reached_twice_once_and_refuses_copies(tmp_path, dig
     shutil.copytree(a, tmp_path / "copy")
     with pytest.raises(ConfigError, match="are the same run"):
         write_report([a, tmp_path / "copy"], tmp_path / "out")
+
+
+def test_other_data_under_the_same_name_is_refused(tmp_path, digits):
+    import dataclasses
+
+    Experiment(tiny(strategies=["random"], rounds=0), tmp_path / "run", data=digits).run()
+    images = digits.train_images.copy()
+    images[0] = 255 - images[0]  # one image rewritten at the same path
+    edited = dataclasses.replace(digits, train_images=images)
+    with pytest.raises(ConfigError, match="holds a different experiment \\(data_digest: "):
+        Experiment(tiny(strategies=["random"], rounds=0), tmp_path / "run", data=edited)
+    Experiment(tiny(strategies=["conf"], rounds=0), tmp_path / "run", data=digits).run()  # the same data resumes

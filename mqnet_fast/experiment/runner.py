@@ -12,6 +12,7 @@ the same results as an uninterrupted run. The run directory's layout: mqnet_fast
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import time
 from pathlib import Path
@@ -52,6 +53,10 @@ class Experiment:
             raise ConfigError(f"dataset {self.config.dataset!r} and the data given "
                               f"({type(self.data).__name__} {self.data.name!r}) are not the same kind: "
                               "fixed embeddings are named embeddings:<file.npz>")
+        # The data are part of the identity too: a rewritten file or folder at the same path is not
+        # the experiment the run directory holds.
+        self.identity = {**self.config.identity(), "data_digest": _data_digest(self.data)}
+        self.store.check_experiment(self.identity)
         self.num_in = num_in_classes(self.config.split, self.data.num_classes)
         needed = self.config.budget * (self.config.rounds + 1)
         # The pool size depends on the seed only through rounding; check each seed's split up front.
@@ -79,7 +84,7 @@ class Experiment:
         for name in self.config.strategies:  # refuse a resume with other options before running anything
             for seed in self.config.seeds:
                 self.store.run(name, seed).check_options(dataclasses.asdict(self.config.strategy_options(name)))
-        self.store.record_experiment(self.config.identity())  # every check passed: the first write
+        self.store.record_experiment(self.identity)  # every check passed: the first write
 
     def run(self, stop_after_rounds: int | None = None) -> list[dict]:
         """Run (or resume) every (strategy, seed) pair; returns all round records. `stop_after_rounds`
@@ -227,3 +232,12 @@ class Experiment:
         if r == 0:
             self._round_zero[(seed, recipe)] = result
         return result
+
+
+def _data_digest(data: ImageArrays | FeatureArrays) -> str:
+    """sha256 over the train and test inputs and labels, in that order."""
+    inputs = ("train_feats", "test_feats") if isinstance(data, FeatureArrays) else ("train_images", "test_images")
+    digest = hashlib.sha256()
+    for name in (inputs[0], "train_labels", inputs[1], "test_labels"):
+        digest.update(array_digest(getattr(data, name)).encode())
+    return digest.hexdigest()[:16]

@@ -40,7 +40,9 @@ class RunStore:
         saved = self.run_dir / "experiment.json"
         if saved.exists():
             previous = read_json(saved)
-            differs = [k for k in IDENTITY if previous.get(k) != identity[k]]
+            # data_digest is checked where both sides have it (run directories from before it was kept lack it)
+            keys = [k for k in identity if k in IDENTITY or (k in previous and k == "data_digest")]
+            differs = [k for k in keys if previous.get(k) != identity[k]]
             if differs:
                 detail = ", ".join(f"{k}: {previous.get(k)!r} there, {identity[k]!r} now" for k in differs)
                 raise ConfigError(f"run directory {str(self.run_dir)!r} holds a different experiment ({detail}); "
