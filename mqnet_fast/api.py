@@ -38,6 +38,16 @@ def _tensor(name: str, value) -> torch.Tensor:
     return value
 
 
+def _column(name: str, value) -> torch.Tensor:
+    """A 1-D tensor from a tensor, an array or a list (what observe takes per labeled row)."""
+    if isinstance(value, (list, tuple)):
+        value = torch.as_tensor(value)
+    t = _tensor(name, value)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D (one value per index), got shape {tuple(t.shape)}")
+    return t
+
+
 def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
     """The given inputs as checked tensors: shapes, dtypes, finite values, rows that agree."""
     unknown = sorted(set(inputs) - set(INPUTS))
@@ -57,6 +67,10 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
         else:
             checks.finite(name, t)
+    # one device for all: the first per-candidate input's (the strategies compute there)
+    device = next((given[k].device for k in _ROWS if k in given), None)
+    if device is not None:
+        given = {k: t.to(device) for k, t in given.items()}
     rows = {name: t.shape[0] for name, t in given.items() if name in _ROWS}
     if len(set(rows.values())) > 1:
         raise ValueError("the per-candidate inputs disagree on the number of candidates: "
@@ -195,10 +209,12 @@ class MQNet:
         n = selection.columns["purity_std"].shape[0]
         rows = checks.indices("indices", _tensor("indices", indices) if isinstance(indices, np.ndarray) else indices,
                               n, torch.device("cpu"))
+        if len(torch.unique(rows)) != len(rows):
+            raise ValueError("indices lists a row twice")
         if losses is not None:
             if is_in is not None or labels is not None:
                 raise ValueError("give losses, or is_in and labels, not both")
-            losses = _tensor("losses", losses).detach().float().cpu()
+            losses = _column("losses", losses).detach().float().cpu()
             if losses.shape != rows.shape:
                 raise ValueError(f"losses must have shape {tuple(rows.shape)} (one per index), got {tuple(losses.shape)}")
             checks.finite("losses", losses)
@@ -216,13 +232,15 @@ class MQNet:
         if probs is None:
             raise ValueError("observe with is_in and labels needs probs or logits in the last select(), "
                              "to compute the losses from; or pass losses")
-        is_in = _tensor("is_in", is_in).cpu()
-        labels = _tensor("labels", labels).cpu()
+        is_in = _column("is_in", is_in).cpu()
+        labels = _column("labels", labels).cpu()
         if is_in.shape != rows.shape or labels.shape != rows.shape:
             raise ValueError(f"is_in and labels must have shape {tuple(rows.shape)} (one per index), got "
                              f"{tuple(is_in.shape)} and {tuple(labels.shape)}")
         if is_in.dtype != torch.bool:
-            raise TypeError(f"is_in must be bool, got {is_in.dtype}")
+            if is_in.is_floating_point() or not bool(((is_in == 0) | (is_in == 1)).all()):
+                raise TypeError(f"is_in must be bool (or 0/1 integers), got {is_in.dtype}")
+            is_in = is_in.bool()
         if labels.is_floating_point():
             raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
         k = probs.shape[1]

@@ -143,6 +143,11 @@ def _select(args) -> None:
     if "feats" not in arrays:
         raise ConfigError(f"--embeddings {path!r} has no array 'feats' (N, d)")
     n = arrays["feats"].shape[0]
+    for name, array in arrays.items():
+        rows_expected = name in ("feats", "probs", "logits", "purity", "informativeness")
+        if rows_expected and (array.ndim == 0 or array.shape[0] != n):
+            raise ConfigError(f"--embeddings: {name!r} must have one row per row of 'feats' ({n}), got shape "
+                              f"{array.shape}")
     labeled = arrays.pop("labeled", np.zeros(0, np.int64))
     if labeled.ndim != 1 or not np.issubdtype(labeled.dtype, np.integer):
         raise ConfigError(f"--embeddings: 'labeled' must be a 1-D integer array of row indices, got "
@@ -157,6 +162,8 @@ def _select(args) -> None:
     inputs["labeled_feats"] = arrays["feats"][labeled]
     if "labeled_is_in" in arrays:
         inputs["labeled_is_in"] = arrays["labeled_is_in"]
+    if not 0 <= args.seed < 2**63:
+        raise ConfigError(f"--seed must be in [0, 2**63), got {args.seed}")
     if os.path.isdir(args.out):
         raise ConfigError(f"--out {args.out!r} is a directory; give the path of the CSV file to write")
     if args.budget < 1 or args.budget > len(candidates):

@@ -24,7 +24,7 @@ def collect_runs(run_dirs) -> list[dict]:
     the strategy's options (config.json), "seed", "records", "path"}. A run reached twice (the same
     directory given twice, or through a link) counts once; two different directories holding the
     same run (same setting, strategy, options and seed) are refused: they would count one seed twice."""
-    runs, seen, owner = [], set(), {}
+    runs, seen = [], set()
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -45,12 +45,6 @@ def collect_runs(run_dirs) -> list[dict]:
             setting = experiment or {k: records[0].get(k) for k in IDENTITY_FIELDS}
             run = {"setting": setting, "strategy": records[0]["strategy"], "seed": records[0]["seed"],
                    "options": config.get("strategy_options") or {}, "records": records, "path": path.parent}
-            key = (_freeze(setting), run["strategy"], _freeze(run["options"]), run["seed"])
-            if key in owner:
-                raise ConfigError(f"runs {str(owner[key])!r} and {str(path.parent)!r} are the same run (strategy "
-                                 f"{run['strategy']}, seed {run['seed']}, the same experiment and options): "
-                                 "report one of them")
-            owner[key] = path.parent
             runs.append(run)
     return runs
 
@@ -82,16 +76,32 @@ def _differing(dicts: list[dict]) -> list[str]:
 
 
 def _label_runs(runs: list[dict]) -> None:
-    """Give each run a setting label and a method label that tell apart everything that differs:
-    settings by dataset, split and noise, plus any other identity field (budget, rounds,
-    iterations, ...) that differs between the settings given; methods by strategy, plus the options
-    that differ between that strategy's runs."""
-    settings = list({_freeze(r["setting"]): r["setting"] for r in runs}.values())
-    extra = [k for k in _differing(settings) if k not in ("dataset", "split", "noise")]
+    """Give each run a setting key and label and a method label that tell apart everything that
+    differs. Settings are compared on the identity fields every run directory records (those from
+    before a field was kept lack it) and labeled by dataset, split and noise plus any other of those
+    fields that differs between them; methods by strategy plus the options that differ between that
+    strategy's runs."""
+    common = set.intersection(*(set(r["setting"]) for r in runs)) if runs else set()
+    owner = {}
     for run in runs:
-        st = run["setting"]
+        run["setting_key"] = _freeze({k: v for k, v in run["setting"].items() if k in common})
+        key = (run["setting_key"], run["strategy"], _freeze(run["options"]), run["seed"])
+        if key in owner:
+            raise ConfigError(f"runs {str(owner[key])!r} and {str(run['path'])!r} are the same run (strategy "
+                              f"{run['strategy']}, seed {run['seed']}, the same experiment and options): "
+                              "report one of them")
+        owner[key] = run["path"]
+    settings = list({r["setting_key"]: {k: v for k, v in r["setting"].items() if k in common} for r in runs}.items())
+    extra = [k for k in _differing([st for _, st in settings]) if k not in ("dataset", "split", "noise")]
+    labels = {}
+    for key, st in settings:
         label = f"{st.get('dataset')} {st.get('split')} noise {st.get('noise'):g}"
-        run["setting_label"] = " ".join([label] + [f"{k} {st.get(k)}" for k in extra])
+        label = " ".join([label] + [f"{k} {st.get(k)}" for k in extra])
+        while label in labels.values():  # printed alike (e.g. noise 0.6 and 0.6000001): keep them apart
+            label += "'"
+        labels[key] = label
+    for run in runs:
+        run["setting_label"] = labels[run["setting_key"]]
     for strategy in {r["strategy"] for r in runs}:
         mine = [r for r in runs if r["strategy"] == strategy]
         differ = _differing([r["options"] for r in mine])
@@ -107,10 +117,10 @@ def summarize(runs: list[dict]) -> list[dict]:
     _label_runs(runs)
     last_round = defaultdict(int)
     for run in runs:
-        last_round[run["setting_label"]] = max(last_round[run["setting_label"]], max(r["round"] for r in run["records"]))
+        last_round[run["setting_key"]] = max(last_round[run["setting_key"]], max(r["round"] for r in run["records"]))
     groups = defaultdict(list)
     for run in runs:
-        final = [r for r in run["records"] if r["round"] == last_round[run["setting_label"]]]
+        final = [r for r in run["records"] if r["round"] == last_round[run["setting_key"]]]
         if final:
             groups[(run["setting_label"], run["method"])].append((final[0], run["records"], run["setting"]))
     rows = []
@@ -121,7 +131,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         identity = members[0][2]
         rows.append({"setting": setting, "dataset": identity.get("dataset"), "split": identity.get("split"),
                      "noise": identity.get("noise"), "strategy": method, "seeds": len(members),
-                     "last_round": last_round[setting], "accuracy_mean": acc_mean, "accuracy_std": acc_std,
+                     "last_round": max(final["round"] for final, _, _ in members), "accuracy_mean": acc_mean,
+                     "accuracy_std": acc_std,
                      "query_in_percent": 100.0 * queried_in / queried if queried else float("nan")})
     return rows
 

@@ -184,3 +184,23 @@ def test_same_features_give_the_same_picks_on_a_gpu(name):
     gpu = mqnet_fast.select(name, 9, options=_options(name), generator=torch.Generator().manual_seed(3),
                             **{k: v.cuda() for k, v in arrays.items()})
     assert torch.equal(cpu.indices.cpu(), gpu.indices.cpu())
+
+
+def test_observe_takes_lists_and_refuses_repeated_rows():
+    mq = mqnet_fast.MQNet(purity="knn", informativeness="conf", meta_epochs=1, meta_min_steps=2)
+    mq.select(4, **{k: v for k, v in _arrays().items() if k != "informativeness"})
+    assert mq.observe([0, 1, 2], is_in=[1, 0, 1], labels=[0, -1, 2])["meta_steps"] == 2
+    with pytest.raises(ValueError, match="indices lists a row twice"):
+        mq.observe([0, 0], losses=[1.0, 2.0])
+
+
+@pytest.mark.cuda
+def test_inputs_on_different_devices_meet_on_the_candidates_device():
+    arrays = _arrays()
+    mixed = dict(arrays, logits=arrays["logits"].cuda(), feats=arrays["feats"].cuda())
+    for name in ("badge", "coreset", "mqnet"):
+        a = mqnet_fast.select(name, 5, options=_options(name), **arrays)
+        b = mqnet_fast.select(name, 5, options=_options(name), **{k: v.numpy() if k == "labeled_feats" else v
+                                                                  for k, v in mixed.items()})
+        assert len(b.indices) == 5 and b.indices.device.type in ("cpu", "cuda")
+        assert a.indices.shape == b.indices.shape

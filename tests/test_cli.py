@@ -62,6 +62,11 @@ SELECT_CASES = [
     (["--budget", "1000"], "--budget"),
     (["--out", "DIR"], "--out"),
     (["--seed", "x"], "--seed"),
+    (["--seed", "100000000000000000000000"], "--seed"),
+    (["--embeddings", "SHORT_PROBS"], "'probs' must have one row per row of 'feats'"),
+    (["--embeddings", "BAD_LABELED"], "'labeled'"),
+    (["--strategy", "mqnet", "--purity", "knn", "--meta-margin", "-1"], "meta_margin"),
+    (["--strategy", "mqnet", "--purity", "knn", "--standardize", "x"], "standardize"),
     (["--purity", "knn"], "purity"),
     (["--strategy", "mqnet", "--purity", "csi"], "purity"),
 ]
@@ -75,8 +80,12 @@ REPORT_CASES = [
 def _fill(args, tmp_path):
     (tmp_path / "file.txt").write_text("not a directory\n")
     (tmp_path / "dir").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "short.npz", feats=rng.normal(size=(30, 4)), probs=rng.dirichlet(np.ones(3), 20))
+    np.savez(tmp_path / "bad-labeled.npz", feats=rng.normal(size=(30, 4)), labeled=np.array([0.5, 2.0]))
     names = {"FILE": tmp_path / "file.txt", "MISSING": tmp_path / "missing", "DIR": tmp_path / "dir",
-             "RUN": tmp_path / "done"}
+             "RUN": tmp_path / "done", "SHORT_PROBS": tmp_path / "short.npz",
+             "BAD_LABELED": tmp_path / "bad-labeled.npz"}
     out = []
     for a in args:
         prefix, _, rest = a.rpartition(":")

@@ -151,3 +151,31 @@ def test_other_data_under_the_same_name_is_refused(tmp_path, digits):
     with pytest.raises(ConfigError, match="holds a different experiment \\(data_digest: "):
         Experiment(tiny(strategies=["random"], rounds=0), tmp_path / "run", data=edited)
     Experiment(tiny(strategies=["conf"], rounds=0), tmp_path / "run", data=digits).run()  # the same data resumes
+
+
+def test_report_compares_settings_on_the_fields_every_run_dir_records(tmp_path, digits):
+    a = _run(tmp_path, "a", digits)
+    b = _run(tmp_path, "b", digits, budget=10)
+    for run_dir in (a, b):  # run directories from before the data digest was recorded
+        identity = json.loads((run_dir / "experiment.json").read_text())
+        identity.pop("data_digest")
+        (run_dir / "experiment.json").write_text(json.dumps(identity))
+    c = _run(tmp_path, "c", digits, budget=10, seeds=[1])  # a new one, with the digest
+    rows = summarize(collect_runs([a, b, c]))
+    assert sorted((r["setting"], r["seeds"]) for r in rows) == [("digits 4:6 noise 0.6 budget 10", 2),
+                                                              ("digits 4:6 noise 0.6 budget 12", 1)]
+    shutil.copytree(c, tmp_path / "c-copy")
+    identity = json.loads((tmp_path / "c-copy" / "experiment.json").read_text())
+    identity.pop("data_digest")
+    (tmp_path / "c-copy" / "experiment.json").write_text(json.dumps(identity))
+    with pytest.raises(ConfigError, match="are the same run"):  # a copy without the digest is still a copy
+        summarize(collect_runs([c, tmp_path / "c-copy"]))
+
+
+def test_a_truncated_checkpoint_is_refused_by_name(tmp_path, digits):
+    config = tiny(strategies=["random"])
+    Experiment(config, tmp_path / "run", data=digits).run(stop_after_rounds=1)
+    path = tmp_path / "run" / "random" / "seed0" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="checkpoint.pt' cannot be read as a saved run state.*delete it"):
+        Experiment(config, tmp_path / "run", data=digits).run()

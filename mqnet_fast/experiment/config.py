@@ -127,6 +127,8 @@ class ExperimentConfig:
                 raise ConfigError(f"device {self.device!r} is not a device name ({err})") from err
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise ConfigError(f"device {self.device!r}: no CUDA GPU is visible")
+            if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+                raise ConfigError(f"device {self.device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible")
 
     def strategy_options(self, strategy: str):
         """The Options of `strategy`: the config's values for the options it has, defaults for the rest."""

@@ -79,7 +79,7 @@ def learn(strategy: Strategy, view: RoundView, selection: Selection, positions: 
 
 def check_selection(query: np.ndarray, candidates: np.ndarray, budget: int, strategy: str) -> np.ndarray:
     """The strategy contract: `budget` distinct unlabeled pool examples. Returns their rows in
-    `candidates` (sorted ascending)."""
+    `candidates` (which is sorted ascending), in query order."""
     if query.shape != (budget,):
         raise RuntimeError(f"strategy {strategy!r} returned {query.shape} indices, expected ({budget},)")
     if len(np.unique(query)) != budget:

@@ -124,6 +124,9 @@ def load_tensors(path: Path) -> dict | None:
         raise ConfigError(f"{str(path)!r} holds pickled objects other than tensors, dicts, lists and numbers, which "
                           "a run never writes; it is not loaded (unpickling it could run code). Delete it to rerun "
                           f"that part from the start. ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError) as err:  # not written by an atomic save: truncated or edited
+        raise ConfigError(f"{str(path)!r} cannot be read as a saved run state ({str(err).splitlines()[0]}); "
+                          "delete it to rerun that part from the start") from None
 
 
 def records_to_csv(records: list[dict]) -> str:

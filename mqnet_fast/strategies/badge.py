@@ -2,6 +2,8 @@
 layer, built from the softmax and the penultimate features (the BADGE op, never materialized)."""
 from __future__ import annotations
 
+import torch
+
 from mqnet_fast import ops
 from mqnet_fast.strategies.base import Selection, Strategy, register
 
@@ -12,6 +14,7 @@ class Badge(Strategy):
     inputs = ("probs", "feats")
 
     def select(self, view, budget):
-        positions = ops.badge_kmeanspp(view.probs.float(), view.feats.float(), budget,
+        dtype = torch.promote_types(view.probs.dtype, view.feats.dtype)  # float64 stays float64
+        positions = ops.badge_kmeanspp(view.probs.to(dtype), view.feats.to(dtype), budget,
                                        generator=view.generator).cpu()
         return Selection(view.candidates[positions])

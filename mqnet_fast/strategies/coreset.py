@@ -15,7 +15,7 @@ class Coreset(Strategy):
 
     def select(self, view, budget):
         num_labeled = view.labeled_feats.shape[0]
-        x = torch.cat([view.labeled_feats.to(view.feats.device), view.feats]).float()
+        x = torch.cat([view.labeled_feats.to(view.feats), view.feats])  # float64 stays float64 (exact picks)
         labeled = torch.arange(num_labeled, device=x.device)
         result = ops.kcenter_greedy(x, labeled, budget)
         positions = result.indices.cpu() - num_labeled
