@@ -9,8 +9,9 @@ eligible (N,) int8. Each pick is two launches:
   2. `_pick_kernel` (one program) reduces the block results, writes the pick, its radius, and marks
      the row ineligible.
 So the Python loop only enqueues kernels; the next update reads the pick the previous kernel wrote.
-The labeled centers enter first (`_init_from_labeled`: the nearest-set kernel's GEMM picks each row's
-nearest labeled center, then the exact distance to it; float64 makes one update pass per center).
+The labeled centers enter first (`_nearest_labeled`: the nearest-set kernel's GEMM picks each row's
+nearest labeled center, then one update pass computes the exact distance to it with the same code as
+a pick's; float64 makes one update pass per center).
 Ties go to the lowest index (tl.argmax keeps the first maximum; blocks are reduced in index order
 and a later block wins only when strictly larger), as in the reference.
 
@@ -38,17 +39,29 @@ PRUNE_BY_DEFAULT = False
 
 
 @triton.jit
-def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ACC: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    """|x_r - x_center|^2 (BLOCK_N,) in ACC for the rows where row_mask holds (0 elsewhere, not read)."""
+def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ROW_CENTERS: tl.constexpr,
+                       ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """|x_r - x_center|^2 (BLOCK_N,) in ACC for the rows where row_mask holds (0 elsewhere, not read).
+    center: one row index, or with ROW_CENTERS one per row (the labeled init). Either way a row's
+    value is the same sum in the same order, whatever the row's place in the block or the grid: the
+    labeled init and the per-pick updates agree, and identical rows get identical distances.
+    Offsets are int64: row * stride_x passes 2^31 on pools of N * d >= 2^31 elements (1.05M x 2048),
+    where int32 arithmetic wraps to an address outside x without an error."""
     dims = tl.arange(0, BLOCK_D)
+    row_offsets = rows.to(tl.int64) * stride_x
+    center_offsets = center.to(tl.int64) * stride_x
     acc = tl.zeros((BLOCK_N,), ACC)
     for start in range(0, dim, BLOCK_D):
         d_mask = (start + dims) < dim
-        c = tl.load(x_ptr + center * stride_x + start + dims, mask=d_mask, other=0.0).to(ACC)
-        xb = tl.load(x_ptr + rows[:, None] * stride_x + (start + dims)[None, :],
+        xb = tl.load(x_ptr + row_offsets[:, None] + (start + dims)[None, :],
                      mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
-        diff = xb - c[None, :]
+        if ROW_CENTERS:
+            c = tl.load(x_ptr + center_offsets[:, None] + (start + dims)[None, :],
+                        mask=row_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+            diff = xb - c
+        else:
+            c = tl.load(x_ptr + center_offsets + start + dims, mask=d_mask, other=0.0).to(ACC)
+            diff = xb - c[None, :]
         acc += tl.sum(diff * diff, axis=1)
     return acc
 
@@ -56,15 +69,18 @@ def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ACC: tl.con
 @triton.jit
 def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val_ptr, block_idx_ptr,
                           assign_ptr, center_d2_ptr, skipped_ptr, new_center_pos, delta,
-                          n, dim, stride_x, HAS_CENTER: tl.constexpr, PRUNE: tl.constexpr,
-                          COUNT_SKIPPED: tl.constexpr, ACC: tl.constexpr,
+                          n, dim, stride_x, HAS_CENTER: tl.constexpr, ROW_CENTERS: tl.constexpr,
+                          PRUNE: tl.constexpr, COUNT_SKIPPED: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
     min_d2 = tl.load(min_d2_ptr + rows, mask=row_mask, other=0.0)
     if HAS_CENTER:
-        center = tl.load(center_ptr)
+        if ROW_CENTERS:  # center_ptr holds a center row per row (the labeled init)
+            center = tl.load(center_ptr + rows, mask=row_mask, other=0)
+        else:
+            center = tl.load(center_ptr)
         needed = row_mask
         if PRUNE:
             assigned = tl.load(assign_ptr + rows, mask=row_mask, other=-1)
@@ -75,7 +91,7 @@ def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val
             needed = row_mask & (~has_center | (center_d2 < 4 * min_d2 + (4 * delta) * min_d2))
             if COUNT_SKIPPED:
                 tl.atomic_add(skipped_ptr, tl.sum((row_mask & ~needed).to(tl.int64), axis=0))
-        dist = _squared_distances(x_ptr, rows, needed, center, dim, stride_x, ACC, BLOCK_N, BLOCK_D)
+        dist = _squared_distances(x_ptr, rows, needed, center, dim, stride_x, ROW_CENTERS, ACC, BLOCK_N, BLOCK_D)
         improved = needed & (dist < min_d2)
         min_d2 = tl.where(improved, dist, min_d2)
         tl.store(min_d2_ptr + rows, min_d2, mask=improved)
@@ -94,7 +110,7 @@ def _center_distances_kernel(x_ptr, centers_ptr, center_ptr, center_d2_ptr, n_ce
     positions = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask = positions < n_centers
     rows = tl.load(centers_ptr + positions, mask=mask, other=0)
-    dist = _squared_distances(x_ptr, rows, mask, tl.load(center_ptr), dim, stride_x, ACC, BLOCK_N, BLOCK_D)
+    dist = _squared_distances(x_ptr, rows, mask, tl.load(center_ptr), dim, stride_x, False, ACC, BLOCK_N, BLOCK_D)
     tl.store(center_d2_ptr + positions, dist, mask=mask)
 
 
@@ -117,15 +133,18 @@ def _pick_kernel(block_val_ptr, block_idx_ptr, n_blocks, eligible_ptr, picks_ptr
     tl.store(eligible_ptr + best_idx, tl.zeros((), tl.int8))
 
 
-def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Tensor, assign: torch.Tensor | None,
-                       chunk: int = 1 << 16) -> None:
-    """Nearest labeled center of every row as on the CPU: a tensor-core GEMM with the argmin fused
-    (the nearest-set kernel, l2) picks the center, then the exact difference-form distance to it is
-    computed. The GEMM's expansion can only mistake one center for another within its rounding
-    (a near-tie), and the stored distance is the exact one to the center it chose (which is all the
-    pruning needs of `assign`, the chosen center's position in `labeled`). (One update pass per
-    center took 0.25 s for 1,000 centers on 1M x 512 bf16 on an H200; a kernel taking 8 centers per
-    pass 0.42 s.)"""
+def _nearest_labeled(x: torch.Tensor, labeled: torch.Tensor, assign: torch.Tensor | None) -> torch.Tensor:
+    """The row of each row's nearest labeled center: a tensor-core GEMM with the argmin fused (the
+    nearest-set kernel, l2) picks it; `run` then computes the exact difference-form distance to it
+    with the update kernel, so the init and a pick's update give a row the same bits. The GEMM's
+    expansion can only mistake one center for another within its rounding, and the stored distance
+    is the exact one to the center it chose (which is all the pruning needs of `assign`, the chosen
+    center's position in `labeled`). That rounding is absolute (eps |x|^2, not eps |x - c|^2): where
+    the norms dwarf the distances (a tight cluster far from the origin) the choice can be a farther
+    center. The CPU kernel keeps every center within the bound and decides by the exact distance;
+    this one would need the nearest kernel to return those candidates. (One update pass per center
+    took 0.25 s for 1,000 centers on 1M x 512 bf16 on an H200; a kernel taking 8 centers per pass
+    0.42 s.)"""
     from mqnet_fast.kernels.nearest_triton import nearest
 
     # Triton's interpreter computes bf16 dots wrongly: widen there (tests only; GPUs use bf16 tiles)
@@ -133,11 +152,7 @@ def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Ten
     _, which = nearest(gemm_x, gemm_x[labeled], True)
     if assign is not None:
         assign.copy_(which)
-    centers = labeled[which]
-    for start in range(0, x.shape[0], chunk):
-        rows = slice(start, start + chunk)
-        diff = x[rows].to(min_d2.dtype) - x[centers[rows]].to(min_d2.dtype)
-        min_d2[rows] = (diff * diff).sum(1)
+    return labeled[which].contiguous()
 
 
 def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Tensor, prune: bool,
@@ -147,7 +162,8 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
     n, dim = x.shape
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     acc = tl.float64 if acc_dtype == torch.float64 else tl.float32
-    x = x.contiguous()
+    if dim > 1 and x.stride(1) != 1:  # the kernels take any row stride (a view is read in place)
+        x = x.contiguous()
     labeled = labeled.contiguous()
     n_labeled = labeled.shape[0]
     min_d2 = torch.full((n,), float("inf"), dtype=acc_dtype, device=x.device)
@@ -172,9 +188,14 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
         delta = 0.0
     count = prune and skipped is not None
 
-    def update(position: int | None, skipped_slot: torch.Tensor | None = None):
-        """Lowers min_d2 with the center at centers[position] (None: only the block maxima)."""
-        center = centers[position:position + 1] if position is not None else centers
+    def update(position: int | None, skipped_slot: torch.Tensor | None = None,
+               row_centers: torch.Tensor | None = None):
+        """Lowers min_d2 with the center at centers[position] (None: only the block maxima), or
+        with row_centers[i] for each row i (the labeled init: the same distance code as a pick's)."""
+        if row_centers is not None:
+            center = row_centers
+        else:
+            center = centers[position:position + 1] if position is not None else centers
         if prune and position:  # position > 0: there are earlier centers to test against
             _center_distances_kernel[(triton.cdiv(position, block_n),)](
                 x, centers, center, center_d2, position, dim, x.stride(0), ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
@@ -182,11 +203,13 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
             x, center, min_d2, eligible, block_val, block_idx, assign if prune else min_d2,
             center_d2 if prune else min_d2, skipped_slot if skipped_slot is not None else block_idx,
             position or 0, delta, n, dim, x.stride(0),
-            HAS_CENTER=position is not None, PRUNE=prune and position is not None,
-            COUNT_SKIPPED=skipped_slot is not None, ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
+            HAS_CENTER=position is not None or row_centers is not None, ROW_CENTERS=row_centers is not None,
+            PRUNE=prune and position is not None, COUNT_SKIPPED=skipped_slot is not None,
+            ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
 
     if n_labeled > 0 and x.dtype != torch.float64:
-        _init_from_labeled(x, labeled, min_d2, assign)
+        update(None, row_centers=_nearest_labeled(x, labeled, assign))
+        min_d2[labeled] = 0  # a center is at distance 0 even where the GEMM chose another one
     else:  # float64 (no tensor-core path): one pass per labeled center
         for j in range(n_labeled):
             update(j)

@@ -29,6 +29,34 @@ def test_kcenter(n, d, n_labeled, budget, dtype):
                    torch.float64 if dtype == torch.float64 else torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_kcenter_copies(dtype):
+    """Exact duplicates (issue 10, defect 11): on the defect's pool (50 distinct rows repeated 20
+    times, one labeled row, five seeds) the picks are the reference's and copies get bit-identical
+    distances; on pools with copies at random places, copies agree and the lowest copy is picked first."""
+    from test_kcenter_greedy import _assert_copies_agree, _pool_with_copies, _repeated_pool
+
+    def run(x, labeled, budget, excluded):
+        got = ops.kcenter_greedy(x.cuda(), labeled.cuda(), budget, exclude=excluded.cuda(), backend="cuda")
+        return type(got)(*(t.cpu() for t in got))
+
+    for seed in range(5):
+        x = _repeated_pool(seed, dtype)
+        ref_x = x.float() if dtype == torch.bfloat16 else x
+        labeled, excluded = torch.tensor([seed]), torch.zeros(1000, dtype=torch.bool)
+        got = run(x, labeled, 55, excluded)
+        assert_equal_indices(got.indices, reference.kcenter_greedy(ref_x, labeled, 55, excluded)[0], f"seed {seed}")
+        _assert_copies_agree(ref_x, got, labeled, excluded, f"seed {seed}")
+    for case in range(20):
+        x, labeled, excluded, budget = _pool_with_copies(case, torch.float64, 1200)
+        x = x.to(dtype)
+        ref_x = x.float() if dtype == torch.bfloat16 else x
+        got = run(x, labeled, budget, excluded)
+        _assert_copies_agree(ref_x, got, labeled, excluded, f"case {case}")
+        if dtype == torch.float64:
+            assert_equal_indices(got.indices, reference.kcenter_greedy(x, labeled, budget, excluded)[0], f"case {case}")
+
+
 @pytest.mark.parametrize("n", [1, 123, 100_003])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_mlp(n, dtype):
