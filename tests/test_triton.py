@@ -12,7 +12,7 @@ from mqnet_fast import ops, reference
 from testing import NEAR_TIE, assert_close, assert_equal_indices, triton_device
 from test_badge_kmeanspp import _inputs as badge_inputs, _verify_near_ties
 from test_kcenter_greedy import _verify_greedy
-from test_nearest import _check_against_float64
+from test_nearest import _check_against_float64, check_half_precision
 
 pytestmark = pytest.mark.triton
 DEVICE = triton_device()
@@ -129,29 +129,7 @@ def test_nearest_ties_and_half_storage(metric):
     for half in (torch.bfloat16, torch.float16) if DEVICE == "cuda" else (torch.float16,):
         q, k = torch.randn(90, 48, generator=g).to(half), torch.randn(130, 48, generator=g).to(half)
         values, indices = ops.nearest(q.to(DEVICE), k.to(DEVICE), metric=metric, backend="triton")
-        values, indices = values.cpu(), indices.cpu()
-        if metric == "l2":
-            # |q|^2, |k|^2 in float32 and half x half products (exact in float32) summed in float32:
-            # the float32 definition on the rounded inputs, to float32 accumulation error
-            _check_against_float64(q.float(), k.float(), "l2", values, indices, torch.float32)
-            continue
-        # cosine: the rows are normalized in float32 and stored back in half precision (one more
-        # rounding, relative u per entry), then the same float32-accumulated dots. To float32
-        # accumulation error, the values are the float64 dots of those rounded unit rows; and each
-        # is within 2u + u^2 (plus that accumulation error) of the true cosine of the inputs, since
-        # |sum q_i k_i (d_i + e_i + d_i e_i)| <= (2u + u^2) |q| |k| for unit rows.
-        rounded_q = F.normalize(q.float(), dim=1).to(half).double()
-        rounded_k = F.normalize(k.float(), dim=1).to(half).double()
-        dots = rounded_q @ rounded_k.T
-        assert_close(values, dots.max(1).values, torch.float32, what=f"{half} cosine values")
-        chosen = dots.gather(1, indices[:, None]).squeeze(1)
-        assert torch.all(chosen >= dots.max(1).values - NEAR_TIE[torch.float32]), f"{half}: an index is no near-tie"
-        u = torch.finfo(half).eps / 2  # unit roundoff
-        true_cosine = F.normalize(q.double(), dim=1) @ F.normalize(k.double(), dim=1).T
-        bound = 2 * u + u * u + 1e-5
-        assert_close(values, true_cosine.max(1).values, rtol=0, atol=bound, what=f"{half} cosine vs the inputs'")
-        true_chosen = true_cosine.gather(1, indices[:, None]).squeeze(1)
-        assert torch.all(true_chosen >= true_cosine.max(1).values - 2 * bound), f"{half}: an index is not within rounding"
+        check_half_precision(q, k, metric, values, indices, half)
 
 
 @pytest.mark.parametrize("block_k", [64, 16])  # query tile resident / loop over d
