@@ -9,9 +9,10 @@ eligible (N,) int8. Each pick is two launches:
   2. `_pick_kernel` (one program) reduces the block results, writes the pick, its radius, and marks
      the row ineligible.
 So the Python loop only enqueues kernels; the next update reads the pick the previous kernel wrote.
-The labeled centers enter first (`_nearest_labeled`: the nearest-set kernel's GEMM picks each row's
-nearest labeled center, then one update pass computes the exact distance to it with the same code as
-a pick's; float64 makes one update pass per center).
+The labeled centers enter first (`_init_from_labeled`: a float32 GEMM narrows each row's labeled
+centers to the few within its rounding bound of the row's smallest value, and the exact distance to
+each of those, computed by the same code as a pick's, decides; float64 makes one update pass per
+center).
 Ties go to the lowest index (tl.argmax keeps the first maximum; blocks are reduced in index order
 and a later block wins only when strictly larger), as in the reference.
 
@@ -26,6 +27,9 @@ prune=True gives bit-identical results. What it costs per pick where nothing pru
 one small kernel over the centers and 8 bytes per row (assign, and D2 gathered from a small array).
 """
 from __future__ import annotations
+
+import contextlib
+import math
 
 import torch
 import triton
@@ -42,7 +46,7 @@ PRUNE_BY_DEFAULT = False
 def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ROW_CENTERS: tl.constexpr,
                        ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """|x_r - x_center|^2 (BLOCK_N,) in ACC for the rows where row_mask holds (0 elsewhere, not read).
-    center: one row index, or with ROW_CENTERS one per row (the labeled init). Either way a row's
+    center: one row index, or with ROW_CENTERS one per row (the labeled init's pairs). Either way a row's
     value is the same sum in the same order, whatever the row's place in the block or the grid: the
     labeled init and the per-pick updates agree, and identical rows get identical distances.
     Offsets are int64: row * stride_x passes 2^31 on pools of N * d >= 2^31 elements (1.05M x 2048),
@@ -69,7 +73,7 @@ def _squared_distances(x_ptr, rows, row_mask, center, dim, stride_x, ROW_CENTERS
 @triton.jit
 def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val_ptr, block_idx_ptr,
                           assign_ptr, center_d2_ptr, skipped_ptr, new_center_pos, delta,
-                          n, dim, stride_x, HAS_CENTER: tl.constexpr, ROW_CENTERS: tl.constexpr,
+                          n, dim, stride_x, HAS_CENTER: tl.constexpr,
                           PRUNE: tl.constexpr, COUNT_SKIPPED: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
@@ -77,10 +81,7 @@ def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val
     row_mask = rows < n
     min_d2 = tl.load(min_d2_ptr + rows, mask=row_mask, other=0.0)
     if HAS_CENTER:
-        if ROW_CENTERS:  # center_ptr holds a center row per row (the labeled init)
-            center = tl.load(center_ptr + rows, mask=row_mask, other=0)
-        else:
-            center = tl.load(center_ptr)
+        center = tl.load(center_ptr)
         needed = row_mask
         if PRUNE:
             assigned = tl.load(assign_ptr + rows, mask=row_mask, other=-1)
@@ -91,7 +92,7 @@ def _update_argmax_kernel(x_ptr, center_ptr, min_d2_ptr, eligible_ptr, block_val
             needed = row_mask & (~has_center | (center_d2 < 4 * min_d2 + (4 * delta) * min_d2))
             if COUNT_SKIPPED:
                 tl.atomic_add(skipped_ptr, tl.sum((row_mask & ~needed).to(tl.int64), axis=0))
-        dist = _squared_distances(x_ptr, rows, needed, center, dim, stride_x, ROW_CENTERS, ACC, BLOCK_N, BLOCK_D)
+        dist = _squared_distances(x_ptr, rows, needed, center, dim, stride_x, False, ACC, BLOCK_N, BLOCK_D)
         improved = needed & (dist < min_d2)
         min_d2 = tl.where(improved, dist, min_d2)
         tl.store(min_d2_ptr + rows, min_d2, mask=improved)
@@ -115,6 +116,19 @@ def _center_distances_kernel(x_ptr, centers_ptr, center_ptr, center_d2_ptr, n_ce
 
 
 @triton.jit
+def _pair_distances_kernel(x_ptr, rows_ptr, centers_ptr, out_ptr, n_pairs, dim, stride_x,
+                           ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out[p] = |x_rows[p] - x_centers[p]|^2 for p < n_pairs (the labeled init's candidates), by the
+    same `_squared_distances` (and block shape) as a pick's update: the same bits for a row."""
+    positions = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = positions < n_pairs
+    rows = tl.load(rows_ptr + positions, mask=mask, other=0)
+    centers = tl.load(centers_ptr + positions, mask=mask, other=0)
+    dist = _squared_distances(x_ptr, rows, mask, centers, dim, stride_x, True, ACC, BLOCK_N, BLOCK_D)
+    tl.store(out_ptr + positions, dist, mask=mask)
+
+
+@triton.jit
 def _pick_kernel(block_val_ptr, block_idx_ptr, n_blocks, eligible_ptr, picks_ptr, radii_ptr, step,
                  BLOCK: tl.constexpr):
     offsets = tl.arange(0, BLOCK)
@@ -133,26 +147,92 @@ def _pick_kernel(block_val_ptr, block_idx_ptr, n_blocks, eligible_ptr, picks_ptr
     tl.store(eligible_ptr + best_idx, tl.zeros((), tl.int8))
 
 
-def _nearest_labeled(x: torch.Tensor, labeled: torch.Tensor, assign: torch.Tensor | None) -> torch.Tensor:
-    """The row of each row's nearest labeled center: a tensor-core GEMM with the argmin fused (the
-    nearest-set kernel, l2) picks it; `run` then computes the exact difference-form distance to it
-    with the update kernel, so the init and a pick's update give a row the same bits. The GEMM's
-    expansion can only mistake one center for another within its rounding, and the stored distance
-    is the exact one to the center it chose (which is all the pruning needs of `assign`, the chosen
-    center's position in `labeled`). That rounding is absolute (eps |x|^2, not eps |x - c|^2): where
-    the norms dwarf the distances (a tight cluster far from the origin) the choice can be a farther
-    center. The CPU kernel keeps every center within the bound and decides by the exact distance;
-    this one would need the nearest kernel to return those candidates. (One update pass per center
-    took 0.25 s for 1,000 centers on 1M x 512 bf16 on an H200; a kernel taking 8 centers per pass
-    0.42 s.)"""
-    from mqnet_fast.kernels.nearest_triton import nearest
+# Entries of one row-chunk x centers tile of the labeled init's GEMM (float32: 64 MiB; the candidate
+# list of a chunk where no center can be told apart is at most 16 bytes per entry).
+_INIT_TILE = 1 << 24
 
-    # Triton's interpreter computes bf16 dots wrongly: widen there (tests only; GPUs use bf16 tiles)
-    gemm_x = x if x.is_cuda else x.float()
-    _, which = nearest(gemm_x, gemm_x[labeled], True)
+
+@contextlib.contextmanager
+def _ieee_float32_matmul():
+    """float32 matmuls in full float32 (no TF32 on CUDA, no bf16 on oneDNN) for the block: the
+    init's bound is float32's. The setting is process-wide; the previous one is restored."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Tensor,
+                       assign: torch.Tensor | None, block_n: int, block_d: int) -> None:
+    """min_d2[i] = min_j |x_i - x_labeled[j]|^2, each distance computed by the pick's arithmetic (so
+    the init, the per-pick updates and the reference's definition agree), and assign[i] the first
+    position j that attains it; a labeled row gets 0 and its own position. Float32 accumulation
+    (bf16/fp16 rows widened), as the update kernel's.
+
+    The GEMM expansion |a|^2 + |b|^2 - 2 a.b on mean-centred rows narrows the centers, in chunks of
+    rows; it does not decide. Its error is absolute (eps (|a| + |b|)^2, not eps |a - b|^2), so where
+    the centred norms dwarf the distances (a tight cluster far from the pool's mean) it cannot rank
+    the centers: the nearest kernel's argmin gave rows up to 3.9x the nearest center's distance.
+    The test keeps every center that can be the exact minimum, as the CPU kernel's does
+    (csrc/cpu/kcenter_greedy.cpp, init_from_labeled). Let a, b_j be the centred rows as rounded (the
+    mean cancels, whatever its value, so only their rounding counts) and t_j = |x - c_j|^2. The
+    expansion's value v_j is within E = (d + 5) eps (|a| + |b_j|)^2 of t_j (gamma_d for each norm
+    and the dot, in any summation order, 2 eps for rounding the centred rows, 2 eps for the two
+    final adds); the difference form s_j (the kernel's, any order) is within g = (d + 2) eps of t_j,
+    relatively. With V the row's smallest v (from center m), s_min <= s_m <= (1 + g)(V + E) and so
+    v_j* <= (V + E)(1 + 3g) + E for the exact minimizer j* (g small). As on the CPU the test doubles
+    E (it is formed from the computed norms, and |b_j| <= max |b|) and takes 4g; the threshold is
+    formed in float64 and rounded up to float32, and a NaN v (overflow) counts as a candidate.
+    Candidates are usually the argmin alone; each (row, candidate) pair's distance comes from
+    `_pair_distances_kernel`, so the cost beyond the GEMM is one read of x plus the ambiguous pairs,
+    not a pass over x per center."""
+    n, dim = x.shape
+    n_labeled = labeled.numel()
+    acc = torch.float32
+    eps = torch.finfo(acc).eps
+    expansion_err = 2 * (dim + 5) * eps
+    exact_err = 4 * (dim + 2) * eps
+    mean = torch.mean(x, 0, dtype=acc)
+    b = x[labeled].to(acc) - mean
+    b_norms = (b * b).sum(1)
+    b_max = math.sqrt(b_norms.max().item())
+    chunk = max(1, min(n, _INIT_TILE // n_labeled))
+    positions = torch.arange(n_labeled, device=x.device)
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        a = x[r0:r1].to(acc) - mean
+        a_norms = (a * a).sum(1)
+        with _ieee_float32_matmul():
+            v = torch.matmul(a, b.T)
+        v.mul_(-2).add_(a_norms[:, None]).add_(b_norms[None, :])  # |a|^2 + |b|^2 - 2 a.b, two adds
+        best = v.amin(1).double()
+        reach = a_norms.double().sqrt() + b_max
+        err = expansion_err * reach * reach
+        bound = (best + err) * (1 + exact_err) + err
+        threshold = bound.to(acc)
+        threshold = torch.where(threshold.double() < bound, torch.nextafter(threshold, threshold.new_tensor(math.inf)),
+                                threshold)
+        local, which = torch.nonzero(~(v > threshold[:, None]), as_tuple=True)
+        del v
+        rows = local + r0
+        dist = torch.empty(rows.numel(), dtype=acc, device=x.device)
+        if rows.numel():
+            _pair_distances_kernel[(triton.cdiv(rows.numel(), block_n),)](
+                x, rows, labeled[which], dist, rows.numel(), dim, x.stride(0),
+                ACC=tl.float32, BLOCK_N=block_n, BLOCK_D=block_d)
+        nearest = torch.full((r1 - r0,), math.inf, dtype=acc, device=x.device)
+        nearest.scatter_reduce_(0, local, dist, "amin")
+        min_d2[r0:r1] = nearest
+        if assign is not None:  # the first position at the minimum (candidates are in position order)
+            first = torch.full((r1 - r0,), n_labeled, dtype=torch.int64, device=x.device)
+            at_min = dist == nearest[local]
+            first.scatter_reduce_(0, local[at_min], which[at_min], "amin")
+            assign[r0:r1] = first.to(assign.dtype)
+    min_d2[labeled] = 0  # a center is at distance 0, exactly (its own pair is always a candidate)
     if assign is not None:
-        assign.copy_(which)
-    return labeled[which].contiguous()
+        assign[labeled] = positions.to(assign.dtype)
 
 
 def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Tensor, prune: bool,
@@ -188,14 +268,9 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
         delta = 0.0
     count = prune and skipped is not None
 
-    def update(position: int | None, skipped_slot: torch.Tensor | None = None,
-               row_centers: torch.Tensor | None = None):
-        """Lowers min_d2 with the center at centers[position] (None: only the block maxima), or
-        with row_centers[i] for each row i (the labeled init: the same distance code as a pick's)."""
-        if row_centers is not None:
-            center = row_centers
-        else:
-            center = centers[position:position + 1] if position is not None else centers
+    def update(position: int | None, skipped_slot: torch.Tensor | None = None):
+        """Lowers min_d2 with the center at centers[position] (None: only the block maxima)."""
+        center = centers[position:position + 1] if position is not None else centers
         if prune and position:  # position > 0: there are earlier centers to test against
             _center_distances_kernel[(triton.cdiv(position, block_n),)](
                 x, centers, center, center_d2, position, dim, x.stride(0), ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
@@ -203,13 +278,12 @@ def run(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded: torch.Ten
             x, center, min_d2, eligible, block_val, block_idx, assign if prune else min_d2,
             center_d2 if prune else min_d2, skipped_slot if skipped_slot is not None else block_idx,
             position or 0, delta, n, dim, x.stride(0),
-            HAS_CENTER=position is not None or row_centers is not None, ROW_CENTERS=row_centers is not None,
+            HAS_CENTER=position is not None,
             PRUNE=prune and position is not None, COUNT_SKIPPED=skipped_slot is not None,
             ACC=acc, BLOCK_N=block_n, BLOCK_D=block_d)
 
     if n_labeled > 0 and x.dtype != torch.float64:
-        update(None, row_centers=_nearest_labeled(x, labeled, assign))
-        min_d2[labeled] = 0  # a center is at distance 0 even where the GEMM chose another one
+        _init_from_labeled(x, labeled, min_d2, assign, block_n, block_d)
     else:  # float64 (no tensor-core path): one pass per labeled center
         for j in range(n_labeled):
             update(j)
