@@ -14,9 +14,9 @@ from mqnet_fast.models import FeatureHead, LossPredictionModule
 from mqnet_fast.strategies import STRATEGIES, make_strategy
 from mqnet_fast.training import DeviceFeatures, TrainConfig, infer, make_model, model_arch, train_model
 from mqnet_fast.training.target import head_threads
+from testing import strip_timing, tiny_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_embeddings.py"
-TIMING = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
 CPU = torch.device("cpu")
 
 
@@ -181,16 +181,10 @@ def test_head_trains_and_infers_on_features():
 
 
 def tiny(dataset, **kw):
-    base = dict(dataset=dataset, strategies=list(STRATEGIES), rounds=2, budget=12, iterations=30, lr=0.03, width=0,
-                progress=False)
-    base.update(kw)
-    if "mqnet" in base["strategies"]:
-        base["options"] = {"meta_epochs": 2, "meta_min_steps": 5, **base.get("options", {})}
-    return ExperimentConfig(**base)
+    return tiny_config(**{"dataset": dataset, "iterations": 30, "lr": 0.03, "width": 0, "encoder_epochs": None, **kw})
 
 
-def _strip(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+_strip = strip_timing
 
 
 def test_every_strategy_runs_on_embeddings(tmp_path, digits_embeddings):

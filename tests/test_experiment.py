@@ -9,25 +9,14 @@ from mqnet_fast.cli import main
 from mqnet_fast.data import load_digits
 from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, check_selection
 from mqnet_fast.strategies import STRATEGIES, make_strategy
+from testing import strip_timing, tiny_config
 
-TIMING = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
+tiny, _strip = tiny_config, strip_timing
 
 
 @pytest.fixture(scope="module")
 def digits():
     return load_digits()
-
-
-def tiny(**kw):
-    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, encoder_epochs=1, progress=False)
-    base.update(kw)
-    if "mqnet" in base["strategies"]:
-        base["options"] = {"meta_epochs": 2, "meta_min_steps": 5, **base.get("options", {})}
-    return ExperimentConfig(**base)
-
-
-def _strip(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
 def test_end_to_end_every_strategy(tmp_path, digits):

@@ -11,9 +11,7 @@ from mqnet_fast.data import load_digits
 from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, store
 from mqnet_fast.experiment import phases
 from mqnet_fast.report import collect_runs, summarize, write_report
-
-TIMING = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
-
+from testing import strip_timing, tiny_config
 
 @pytest.fixture(scope="module")
 def digits():
@@ -21,13 +19,10 @@ def digits():
 
 
 def tiny(**kw):
-    base = dict(strategies=["random", "conf"], rounds=2, budget=12, iterations=3, progress=False)
-    base.update(kw)
-    return ExperimentConfig(**base)
+    return tiny_config(**{"strategies": ["random", "conf"], **kw})
 
 
-def _strip(records):
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+_strip = strip_timing
 
 
 class _RunsCode:

@@ -62,3 +62,21 @@ def assert_equal_indices(actual: torch.Tensor, expected: torch.Tensor, what="") 
         i = int(diff[0])
         raise AssertionError(f"{what}: {diff.numel()} positions differ, first at {i}: got "
                              f"{actual[max(0, i - 2): i + 3].tolist()}, expected {expected[max(0, i - 2): i + 3].tolist()}")
+
+
+def tiny_config(**kw):
+    """An ExperimentConfig for tests: tiny rounds, budget, iterations and encoder; MQ-Net's Phi
+    trained briefly. Keywords override."""
+    from mqnet_fast.experiment import ExperimentConfig
+    from mqnet_fast.strategies import STRATEGIES
+
+    base = dict(strategies=list(STRATEGIES), rounds=2, budget=12, iterations=3, encoder_epochs=1, progress=False)
+    base.update(kw)
+    if "mqnet" in base["strategies"]:
+        base["options"] = {"meta_epochs": 2, "meta_min_steps": 5, **base.get("options", {})}
+    return ExperimentConfig(**base)
+
+
+def strip_timing(records):
+    """Round records without their wall-clock times (the only part a rerun may change)."""
+    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
