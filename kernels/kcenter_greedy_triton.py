@@ -187,7 +187,10 @@ def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Ten
     formed in float64 and rounded up to float32, and a NaN v (overflow) counts as a candidate.
     Candidates are usually the argmin alone; each (row, candidate) pair's distance comes from
     `_pair_distances_kernel`, so the cost beyond the GEMM is one read of x plus the ambiguous pairs,
-    not a pass over x per center."""
+    not a pass over x per center. (On CPU tensors: 1.003 pairs per row on a Gaussian pool, 3,000 x 64
+    with 200 labeled; the rows of a spread far from a labeled cluster keep every center. Not yet
+    timed on a GPU: the float32 GEMM without TF32 is 2 N d L flops, ~0.1 s for 1.28M x 2048 x 1,000
+    at H200's float32 rate, against ~1 s of memory traffic for a pass per center.)"""
     n, dim = x.shape
     n_labeled = labeled.numel()
     acc = torch.float32
@@ -225,7 +228,7 @@ def _init_from_labeled(x: torch.Tensor, labeled: torch.Tensor, min_d2: torch.Ten
         nearest = torch.full((r1 - r0,), math.inf, dtype=acc, device=x.device)
         nearest.scatter_reduce_(0, local, dist, "amin")
         min_d2[r0:r1] = nearest
-        if assign is not None:  # the first position at the minimum (candidates are in position order)
+        if assign is not None:  # the lowest position at the minimum, as the CPU kernel's strict <
             first = torch.full((r1 - r0,), n_labeled, dtype=torch.int64, device=x.device)
             at_min = dist == nearest[local]
             first.scatter_reduce_(0, local[at_min], which[at_min], "amin")

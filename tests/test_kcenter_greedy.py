@@ -354,6 +354,11 @@ def test_labeled_init_far_from_the_mean(backend, dtype):
     ref = reference.kcenter_greedy(x, labeled, 0, torch.zeros(600, dtype=torch.bool))
     assert_close(got.min_dist[:300], ref[2][:300], dtype, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0,
                  what="cluster rows' min_dist")
+    # and exactly the minimum of the backend's own distances: no center was dropped, however close
+    singles = torch.stack([_kcenter(backend, x, [c], 0).min_dist[:300] for c in labeled.tolist()]).amin(0)
+    differ = torch.nonzero(got.min_dist[:300] != singles).flatten()
+    assert differ.numel() == 0, (f"{differ.numel()} cluster rows' min_dist is not the minimum over the centers, "
+                                 f"e.g. row {int(differ[0])}" if differ.numel() else "")
 
 
 @needs_triton
