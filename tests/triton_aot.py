@@ -49,6 +49,9 @@ def variants():
             yield (f"kcenter update {x_type} center={has_center} prune={prune}", kcenter._update_argmax_kernel, types,
                    dict(HAS_CENTER=has_center, PRUNE=prune, COUNT_SKIPPED=count, **blocks))
         yield f"kcenter center distances {x_type}", kcenter._center_distances_kernel, types, blocks
+        if acc == tl.float32:  # the float32 labeled init's exact distances of its candidate pairs
+            pair_types = dict(x_ptr=x_type, rows_ptr="*i64", centers_ptr="*i64", out_ptr="*fp32")
+            yield f"kcenter pair distances {x_type}", kcenter._pair_distances_kernel, pair_types, blocks
         yield f"kcenter pick {acc_type}", kcenter._pick_kernel, types, dict(BLOCK=1024)
     for dtype, q_type in ((torch.bfloat16, "*bf16"), (torch.float16, "*fp16"), (torch.float32, "*fp32")):
         for dim in (128, 512):  # query tile resident / loop over d
