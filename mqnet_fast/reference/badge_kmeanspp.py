@@ -3,17 +3,24 @@ from __future__ import annotations
 import torch
 
 
-def _gradient_factors(probs: torch.Tensor, feats: torch.Tensor):
+def gradient_factors(probs: torch.Tensor, feats: torch.Tensor):
+    """(a, G): a_i = onehot(argmax p_i) - p_i and G_i = |a_i|^2 |h_i|^2 = |g_i|^2 for every row."""
     a = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).to(probs.dtype) - probs
     g = (a * a).sum(1) * (feats * feats).sum(1)
     return a, g
 
 
+def sqdist_to(a, feats, g, a_c, h_c, g_c) -> torch.Tensor:
+    """|g_i - g_c|^2 for every row i to the embedding of (a_c, h_c, G_c), without forming g:
+    G_i + G_c - 2 (a_i . a_c)(h_i . h_c), clamped at 0."""
+    ad = (a * a_c).sum(1)
+    hd = (feats * h_c).sum(1)
+    return ((g + g_c) - 2 * (ad * hd)).clamp_min(0)
+
+
 def gradient_embedding_sqdist(a, feats, g, c: int) -> torch.Tensor:
-    """|g_i - g_c|^2 for every row i without forming g: G_i + G_c - 2 (a_i . a_c)(h_i . h_c), clamped at 0."""
-    ad = (a * a[c]).sum(1)
-    hd = (feats * feats[c]).sum(1)
-    return ((g + g[c]) - 2 * (ad * hd)).clamp_min(0)
+    """|g_i - g_c|^2 for every row i to row c (sqdist_to of row c)."""
+    return sqdist_to(a, feats, g, a[c], feats[c], g[c])
 
 
 def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, uniforms: torch.Tensor) -> torch.Tensor:
@@ -26,7 +33,7 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, uniforms: t
     Returns the picks (k,) int64.
     """
     n = probs.shape[0]
-    a, g = _gradient_factors(probs, feats)
+    a, g = gradient_factors(probs, feats)
     picks = []
     d2 = torch.full((n,), float("inf"), dtype=probs.dtype, device=probs.device)
     picked = torch.zeros(n, dtype=torch.bool, device=probs.device)

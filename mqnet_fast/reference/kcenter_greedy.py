@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 
 
-def _squared_distances(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+def squared_distances(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """|x_i - center|^2 for every row i (the distance of the definition)."""
     return ((x - center) ** 2).sum(1)
 
 
@@ -18,7 +19,7 @@ def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded
     n = x.shape[0]
     min_d2 = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     for j in labeled.tolist():
-        min_d2 = torch.minimum(min_d2, _squared_distances(x, x[j]))
+        min_d2 = torch.minimum(min_d2, squared_distances(x, x[j]))
     eligible = ~excluded.clone()
     eligible[labeled] = False
     picks, radii = [], []
@@ -28,6 +29,6 @@ def kcenter_greedy(x: torch.Tensor, labeled: torch.Tensor, budget: int, excluded
         picks.append(c)
         radii.append(min_d2[c].sqrt())
         eligible[c] = False
-        min_d2 = torch.minimum(min_d2, _squared_distances(x, x[c]))
+        min_d2 = torch.minimum(min_d2, squared_distances(x, x[c]))
     radii = torch.stack(radii) if radii else torch.empty(0, dtype=x.dtype, device=x.device)
     return torch.tensor(picks, dtype=torch.long, device=x.device), radii, min_d2.sqrt()

@@ -1,0 +1,134 @@
+"""The distributed ops against the single-process ops on the concatenated pool: 2 and 3 gloo processes
+on the CPU, shards of unequal size and a shard with no rows."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from mqnet_fast import ops
+
+SHARDS = {2: [100, 57], 3: [60, 0, 97]}
+N = 157
+
+
+def _pools():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(50, 13, generator=g, dtype=torch.float64)
+    return {
+        "gauss64": torch.randn(N, 13, generator=g, dtype=torch.float64),
+        "gauss32": torch.randn(N, 13, generator=g),
+        "dupes32": torch.cat([base.float(), base.float(), base.float(), base[:7].float()]),  # exact copies
+    }
+
+
+def _cases():
+    """(name, pool, labeled, exclude rows, budget) for k-center."""
+    pools = _pools()
+    labeled = torch.tensor([3, 61, 99, 140])  # in every shard that has rows
+    return [("gauss64", pools["gauss64"], labeled, [5, 6, 120], 40), ("gauss32", pools["gauss32"], labeled, [], 60),
+            ("dupes32", pools["dupes32"], torch.tensor([30]), [], 70), ("nolabels64", pools["gauss64"],
+                                                                         torch.empty(0, dtype=torch.long), [], 12)]
+
+
+def _badge_inputs(dtype):
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(N, 4, generator=g, dtype=torch.float64) * 3, 1).to(dtype)
+    feats = torch.randn(N, 9, generator=g, dtype=torch.float64).to(dtype)
+    return probs, feats
+
+
+def _worker(rank, world, init_file, out_file):
+    sys.path.insert(0, os.path.dirname(__file__))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    from mqnet_fast import distributed
+
+    sizes = SHARDS[world]
+    start = sum(sizes[:rank])
+    rows = slice(start, start + sizes[rank])
+    results = {}
+    for name, pool, labeled, exclude, budget in _cases():
+        local_exclude = [i - start for i in exclude if start <= i < start + sizes[rank]]
+        res = distributed.kcenter_greedy(pool[rows], labeled, budget, exclude=local_exclude)
+        results[f"kcenter/{name}"] = (res.indices, res.radii, res.min_dist)
+    for dtype in (torch.float64, torch.float32):
+        probs, feats = _badge_inputs(dtype)
+        results[f"badge/{dtype}"] = distributed.badge_kmeanspp(probs[rows], feats[rows], 30,
+                                                               generator=torch.Generator().manual_seed(5))
+    pools = _pools()
+    keys = pools["gauss32"][:41]
+    key_rows = slice(sum([20, 21][:rank]) if world == 2 else [0, 10, 10][rank], None)
+    key_sizes = [20, 21] if world == 2 else [10, 0, 31]
+    key_start = sum(key_sizes[:rank])
+    for metric in ("cosine", "l2"):
+        results[f"nearest/{metric}"] = distributed.nearest(pools["gauss32"][rows],
+                                                           keys[key_start:key_start + key_sizes[rank]], metric=metric)
+    scores = torch.round(pools["gauss32"][:, 0] * 4) / 4  # many ties
+    results["top_b"] = distributed.top_b(scores[rows], 50)
+    distributed.bytes_communicated(reset=True)
+    distributed.kcenter_greedy(pools["gauss32"][rows], torch.tensor([3]), 10)
+    results["bytes/kcenter10"] = distributed.bytes_communicated()
+    all_results = [None] * world
+    dist.all_gather_object(all_results, results)
+    if rank == 0:
+        torch.save(all_results, out_file)
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def per_rank(request, tmp_path_factory):
+    world = request.param
+    folder = tmp_path_factory.mktemp(f"dist{world}")
+    mp.spawn(_worker, args=(world, str(folder / "init"), str(folder / "out.pt")), nprocs=world, join=True)
+    return world, torch.load(folder / "out.pt", weights_only=False)
+
+
+def test_kcenter_equals_the_single_process_picks(per_rank):
+    world, results = per_rank
+    for name, pool, labeled, exclude, budget in _cases():
+        mask = torch.zeros(N, dtype=torch.bool)
+        mask[exclude] = True
+        expected = ops.kcenter_greedy(pool, labeled, budget, exclude=mask, backend="torch")
+        for rank in range(world):
+            indices, radii, _ = results[rank][f"kcenter/{name}"]
+            assert torch.equal(indices, expected.indices), (name, rank)
+            assert torch.equal(radii, expected.radii), (name, rank)
+        min_dist = torch.cat([results[rank][f"kcenter/{name}"][2] for rank in range(world)])
+        assert torch.equal(min_dist, expected.min_dist), name
+        if pool.dtype == torch.float64 or name == "dupes32":  # the compiled kernel's picks: bit-for-bit here
+            assert torch.equal(ops.kcenter_greedy(pool, labeled, budget, exclude=mask).indices, expected.indices)
+
+
+def test_badge_equals_the_single_process_picks(per_rank):
+    world, results = per_rank
+    for dtype in (torch.float64, torch.float32):
+        probs, feats = _badge_inputs(dtype)
+        expected = ops.badge_kmeanspp(probs, feats, 30, generator=torch.Generator().manual_seed(5), backend="torch")
+        for rank in range(world):
+            assert torch.equal(results[rank][f"badge/{dtype}"], expected), (dtype, rank)
+
+
+def test_nearest_and_top_b_equal_the_single_process_results(per_rank):
+    world, results = per_rank
+    pools = _pools()
+    for metric in ("cosine", "l2"):
+        values = torch.cat([results[r][f"nearest/{metric}"][0] for r in range(world)])
+        indices = torch.cat([results[r][f"nearest/{metric}"][1] for r in range(world)])
+        want_values, want_indices = ops.nearest(pools["gauss32"], pools["gauss32"][:41], metric=metric)
+        assert torch.equal(indices, want_indices), metric
+        torch.testing.assert_close(values, want_values, rtol=2e-6, atol=1e-6)
+    scores = torch.round(pools["gauss32"][:, 0] * 4) / 4
+    for rank in range(world):
+        assert torch.equal(results[rank]["top_b"], ops.top_b(scores, 50))
+
+
+def test_bytes_per_pick_do_not_grow_with_the_pool(per_rank):
+    world, results = per_rank
+    for rank in range(world):
+        sent = results[rank]["bytes/kcenter10"]
+        # per pick: the (radius, index) pair to each other rank, the winner's row (13 float32) once
+        per_pick_bound = 16 * (world - 1) + 13 * 4
+        assert sent["sent"] + sent["received"] <= 10 * 2 * per_pick_bound + 2 * 16 * world + 2 * 13 * 4 + 64, sent
