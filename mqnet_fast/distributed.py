@@ -1,30 +1,29 @@
 """The selection ops over a pool sharded across the ranks of a torch.distributed process group.
 
 Each rank holds a contiguous shard of the pool, in rank order (rank 0 the first rows): the
-concatenation of the shards is the pool the single-process op would see, and indices in and out are
-global rows of it. No rank ever holds another rank's rows; per pick only O(d) bytes move (the
-winner's row) plus O(world size) bytes of candidates. Launch with torchrun (NCCL on GPUs, gloo on
-CPUs); every function is a collective: every rank of `group` calls it with the same arguments
-except its own shard.
+concatenation of the shards is the pool the single-process op would see, and row indices in and out
+are global rows of it (except `exclude`, which names rows of the caller's own shard). Per pick only
+the winner's row (O(d) bytes) and O(W) bytes of candidates move; the pool's other rows never leave
+their rank (k-center's labeled rows, L x d, are gathered once per call). Launch with torchrun
+(NCCL on GPUs: call torch.cuda.set_device(LOCAL_RANK) first; gloo on CPUs); every function is a
+collective that every rank of `group` calls, with its own shard. An argument refused on one rank
+is refused on every rank (no rank is left waiting in a collective).
 
     kcenter_greedy   per pick: an all-gather of each shard's (max radius, lowest global index), then
-                     the winner's row broadcast by its owner; initial distances to the labeled set
-                     shard-locally.                                    bytes/pick: 16 W + d e
-    badge_kmeanspp   per pick: an all-gather of the shards' float64 D^2 sums, one draw from the
-                     shared generator, an all-reduce of the first row past it, the winner's (a, h, G)
-                     broadcast.                                   bytes/pick: 8 W + 16 + (C + d + 1) e
+                     the winner's row broadcast by its owner.
+    badge_kmeanspp   per pick: the float64 cumulative D^2 sums chained rank to rank (each rank
+                     continues the previous rank's running sum, so they are the single-process
+                     sums), the total broadcast, one draw from the shared generator, an all-reduce
+                     of the first row past it, the winner's (a, h, G) broadcast.
     nearest          queries stay local; the keys are all-gathered once (or given whole).
     top_b            local top b, an all-gather of b (score, index) pairs, the global top b.
 
-(W the world size, e the element size, d the feature width, C the classes.) The per-row arithmetic is
-that of the plain-PyTorch references in mqnet_fast.reference, and the selection rules (ties to the
-lowest global index, first maximum, inverse-CDF draw) are theirs:
-- kcenter_greedy and top_b give exactly the single-process reference's picks (a row's distance does
-  not depend on which shard holds it; maxima and ties are resolved globally).
-- badge_kmeanspp: the draw compares u x total with float64 cumulative D^2 sums, whose association
-  differs from one sequential sum over the pool (each rank sums its shard, then the shard sums are
-  added in rank order). A pick can differ from the single-process one only where u x total falls
-  within float64 rounding (about 1e-16 relative) of a row's cumulative boundary.
+Bytes per pick are in docs/distributed.md (measured by benchmarks/distributed_bench.py). The per-row
+arithmetic is that of the plain-PyTorch references in mqnet_fast.reference, and the selection rules
+(first maximum, ties to the lowest global index, the inverse-CDF draw and its fallbacks) are theirs:
+on the CPU every op gives exactly the single-process reference's picks (backend="torch") on the
+concatenated pool, as tests/test_distributed.py checks with 2 and 3 gloo processes. On CUDA a row's
+reduction may round differently with its shard's size (not checked on a GPU yet).
 `bytes_communicated()` counts what the calls here sent and received on this rank.
 """
 from __future__ import annotations
@@ -44,17 +43,28 @@ _BYTES = {"sent": 0, "received": 0}
 
 
 def bytes_communicated(reset: bool = False) -> dict[str, int]:
-    """Bytes this rank sent and received through this module's collectives since the last reset (a
-    broadcast counts its payload once on every rank; an all-gather W - 1 pieces received, one sent
-    to each other rank)."""
+    """Bytes this rank sent and received through this module's collectives since the last reset,
+    counted as the plain algorithms move them: an all-gather of S bytes sends S to and receives S
+    from each other rank; a broadcast's root sends S to each other rank, the others receive S once;
+    an all-reduce counts 2 (W - 1) / W S each way (a ring); a point-to-point message its size. One
+    process (W = 1) moves nothing."""
     out = dict(_BYTES)
     if reset:
         _BYTES["sent"] = _BYTES["received"] = 0
     return out
 
 
+def _count(sent: float, received: float) -> None:
+    _BYTES["sent"] += int(sent)
+    _BYTES["received"] += int(received)
+
+
 def _world(group):
     return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _global(rank: int, group) -> int:
+    return dist.get_global_rank(group, rank) if group is not None else rank
 
 
 def _all_gather(t: torch.Tensor, group) -> list[torch.Tensor]:
@@ -62,33 +72,67 @@ def _all_gather(t: torch.Tensor, group) -> list[torch.Tensor]:
     out = [torch.empty_like(t) for _ in range(world)]
     dist.all_gather(out, t.contiguous(), group=group)
     size = t.numel() * t.element_size()
-    _BYTES["sent"] += size * (world - 1)
-    _BYTES["received"] += size * (world - 1)
+    _count(size * (world - 1), size * (world - 1))
     return out
 
 
 def _broadcast(t: torch.Tensor, src: int, group) -> torch.Tensor:
+    world, rank = _world(group)
     t = t.contiguous()
-    dist.broadcast(t, src=dist.get_global_rank(group, src) if group is not None else src, group=group)
+    dist.broadcast(t, src=_global(src, group), group=group)
     size = t.numel() * t.element_size()
-    _BYTES["sent" if dist.get_rank(group) == src else "received"] += size
+    _count(size * (world - 1), 0) if rank == src else _count(0, size)
     return t
 
 
 def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
+    world, _ = _world(group)
     dist.all_reduce(t, op=op, group=group)
     size = t.numel() * t.element_size()
-    _BYTES["sent"] += size
-    _BYTES["received"] += size
+    _count(2 * (world - 1) / world * size, 2 * (world - 1) / world * size)
     return t
 
 
-def shard_offsets(n_local: int, device: torch.device, group=None) -> list[int]:
-    """The global row where each rank's shard starts, and the pool size last ((W + 1,) ints)."""
-    sizes = _all_gather(torch.tensor([n_local], dtype=torch.long, device=device), group)
+def _agree(check, group, device) -> None:
+    """Run `check()` (the local argument checks) on every rank, then raise on every rank if it
+    raised on any: on the failing rank its own error, on the others one naming the rank."""
+    error = None
+    try:
+        check()
+    except (TypeError, ValueError, IndexError) as err:
+        error = err
+    world, rank = _world(group)
+    failed = _all_reduce(torch.tensor([rank if error is not None else world], device=device), dist.ReduceOp.MIN,
+                         group)
+    if error is not None:
+        raise error
+    if int(failed) < world:
+        raise ValueError(f"rank {int(failed)} refused its arguments (its error says why)")
+
+
+def _device(*tensors) -> torch.device:
+    return next((t.device for t in tensors if isinstance(t, torch.Tensor)), torch.device("cpu"))
+
+
+_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+
+def shard_offsets(n_local: int, device: torch.device, group=None, *, width: int = 0,
+                  dtype: torch.dtype | None = None) -> list[int]:
+    """The global row where each rank's shard starts, and the pool size last ((W + 1,) ints). With
+    `width` and `dtype` it also checks that every rank's shard has those (the same on every rank)."""
+    code = _DTYPES.index(dtype) if dtype in _DTYPES else -1
+    shapes = _all_gather(torch.tensor([n_local, width, code], dtype=torch.long, device=device), group)
     offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + int(s))
+    for shape in shapes:
+        offsets.append(offsets[-1] + int(shape[0]))
+    widths = {int(shape[1]) for shape in shapes}
+    codes = {int(shape[2]) for shape in shapes}
+    if len(widths) > 1 or len(codes) > 1:
+        listing = ", ".join(f"rank {r}: {int(shape[1])} columns, "
+                            f"{_DTYPES[int(shape[2])] if int(shape[2]) >= 0 else 'other dtype'}"
+                            for r, shape in enumerate(shapes))
+        raise ValueError(f"the ranks' shards must have the same columns and dtype (an empty shard too), got {listing}")
     return offsets
 
 
@@ -99,10 +143,10 @@ def _owner(index: int, offsets: list[int]) -> int:
     raise IndexError(f"row {index} is outside the pool of {offsets[-1]} rows")
 
 
-def _best(local_value: torch.Tensor, local_index: int, group) -> tuple[float, int]:
+def _best(local_value: float, local_index: int, device, group) -> tuple[float, int]:
     """The global (max value, lowest global index at it) from each rank's candidate (value -inf and
     index -1 for a rank without one)."""
-    pair = torch.tensor([float(local_value), float(local_index)], dtype=torch.float64, device=local_value.device)
+    pair = torch.tensor([local_value, float(local_index)], dtype=torch.float64, device=device)
     best_value, best_index = -math.inf, -1
     for candidate in _all_gather(pair, group):
         value, index = float(candidate[0]), int(candidate[1])
@@ -115,7 +159,7 @@ def _best(local_value: torch.Tensor, local_index: int, group) -> tuple[float, in
 
 def _gather_rows(x: torch.Tensor, rows_global: torch.Tensor, offsets: list[int], rank: int, group) -> torch.Tensor:
     """The rows `rows_global` (the same on every rank) of the sharded x, on every rank, in that order:
-    each owner fills its rows and a sum all-reduce assembles them (L x d; the labeled set)."""
+    each owner fills its rows and a sum all-reduce assembles them (L x d: the labeled set)."""
     out = torch.zeros(rows_global.numel(), x.shape[1], dtype=x.dtype, device=x.device)
     mine = (rows_global >= offsets[rank]) & (rows_global < offsets[rank + 1])
     out[mine] = x[rows_global[mine] - offsets[rank]]
@@ -124,21 +168,26 @@ def _gather_rows(x: torch.Tensor, rows_global: torch.Tensor, offsets: list[int],
 
 def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group=None) -> KCenterResult:
     """ops.kcenter_greedy over the pool sharded by rank: `x` (n_r, d) this rank's rows; `labeled`
-    (L,) global row indices of the labeled rows (the same on every rank); `exclude` this rank's
-    rows never picked (indices into the shard or an (n_r,) bool mask). Returns (indices (budget,)
+    (L,) global row indices of the labeled rows (the same on every rank); `exclude` rows of this
+    rank's shard never picked (shard indices or an (n_r,) bool mask). Returns (indices (budget,)
     global, in pick order, and radii (budget,), the same on every rank; min_dist (n_r,) of this
-    rank's rows), the picks of the single-process reference on the concatenated pool."""
+    rank's rows): the picks of the single-process reference on the concatenated pool."""
     world, rank = _world(group)
-    checks.tensors(x=x)
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D (rows x features), got shape {tuple(x.shape)}")
-    x = x.to(checks.compute_dtype(x)) if x.dtype.is_floating_point else x
-    checks.matrix("x", x, allow_empty=True)
-    n_local, device = x.shape[0], x.device
-    offsets = shard_offsets(n_local, device, group)
-    n = offsets[-1]
-    labeled = checks.indices("labeled", labeled, n, device)
-    excluded = checks.row_mask("exclude", exclude, n_local, device)
+    device = _device(x)
+    state = {}
+
+    def check():
+        checks.tensors(x=x)
+        if x.dim() != 2:
+            raise ValueError(f"x must be 2-D (rows x features), got shape {tuple(x.shape)}")
+        state["x"] = checks.matrix("x", x, allow_empty=True).to(checks.compute_dtype(x))
+        state["excluded"] = checks.row_mask("exclude", exclude, x.shape[0], device)
+
+    _agree(check, group, device)
+    x, excluded = state["x"], state["excluded"]
+    n_local = x.shape[0]
+    offsets = shard_offsets(n_local, device, group, width=x.shape[1], dtype=x.dtype)
+    labeled = checks.indices("labeled", labeled, offsets[-1], device)  # the same on every rank
     eligible = ~excluded
     mine = (labeled >= offsets[rank]) & (labeled < offsets[rank + 1])
     eligible[labeled[mine] - offsets[rank]] = False
@@ -146,22 +195,21 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
     budget = checks.count("budget", budget, high=available,
                           what=f"the {available} rows that are neither labeled nor excluded")
     min_d2 = torch.full((n_local,), math.inf, dtype=x.dtype, device=device)
-    centers = _gather_rows(x, labeled, offsets, rank, group)
-    for center in centers:  # shard-local: the reference's sequential minimum (order-free: min is exact)
-        min_d2 = torch.minimum(min_d2, squared_distances(x, center))
+    for center in _gather_rows(x, labeled, offsets, rank, group):
+        min_d2 = torch.minimum(min_d2, squared_distances(x, center))  # min is exact: any order
     picks, radii = [], []
     minus_inf = torch.tensor(-math.inf, dtype=x.dtype, device=device)
     for _ in range(budget):
-        if eligible.any():
+        value, index = -math.inf, -1
+        if n_local:
             masked = torch.where(eligible, min_d2, minus_inf)
             local = int(torch.argmax(masked))  # the first maximum of the shard
-            value, index = masked[local], offsets[rank] + local
-        else:
-            value, index = minus_inf, -1
-        best_value, best = _best(value, index, group)
+            if bool(eligible[local]):
+                value, index = float(masked[local]), offsets[rank] + local
+        best_value, best = _best(value, index, device, group)
         owner = _owner(best, offsets)
-        row = x[best - offsets[rank]].clone() if owner == rank else torch.empty(x.shape[1], dtype=x.dtype,
-                                                                                  device=device)
+        row = (x[best - offsets[rank]].clone() if owner == rank
+               else torch.empty(x.shape[1], dtype=x.dtype, device=device))
         row = _broadcast(row, owner, group)
         if owner == rank:
             eligible[best - offsets[rank]] = False
@@ -173,54 +221,72 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
     return KCenterResult(torch.tensor(picks, dtype=torch.long, device=device), radii, min_d2.sqrt())
 
 
-def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *, generator: torch.Generator | None = None,
+def _chained_cumsum(d2: torch.Tensor, rank: int, world: int, group) -> tuple[torch.Tensor, float]:
+    """This rank's float64 cumulative D^2 sums as one running sum over the pool in index order (each
+    rank continues from the previous rank's last sum: the very sums of the single-process cumsum),
+    and the pool's total, from the last rank. W - 1 messages of 8 bytes in sequence, one broadcast."""
+    start = torch.zeros(1, dtype=torch.float64, device=d2.device)
+    if rank > 0:
+        dist.recv(start, src=_global(rank - 1, group), group=group)
+        _count(0, 8)
+    cum = torch.cumsum(torch.cat([start, d2.double()]), 0)[1:]
+    end = cum[-1:].clone() if cum.numel() else start
+    if rank < world - 1:
+        dist.send(end, dst=_global(rank + 1, group), group=group)
+        _count(8, 0)
+    total = _broadcast(end.clone(), world - 1, group)
+    return cum, float(total)
+
+
+def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *, generator: torch.Generator,
                    group=None) -> torch.Tensor:
     """ops.badge_kmeanspp over the pool sharded by rank: `probs` (n_r, C) and `feats` (n_r, d) this
     rank's rows; `generator` a CPU generator in the same state on every rank (its k - 1 float64
-    uniforms are the single-process op's). Returns the k global picks, the same on every rank."""
+    uniforms are the single-process op's; required, as each rank's global RNG would draw its own).
+    Returns the k global picks, the same on every rank."""
     world, rank = _world(group)
-    checks.tensors(probs=probs, feats=feats)
-    if probs.dim() != 2 or feats.dim() != 2 or probs.shape[0] != feats.shape[0]:
-        raise ValueError(f"probs (n, C) and feats (n, d) must be 2-D with the same rows, got {tuple(probs.shape)} "
-                         f"and {tuple(feats.shape)}")
-    dtype = torch.promote_types(checks.compute_dtype(probs), checks.compute_dtype(feats))
-    probs, feats = probs.to(dtype), feats.to(dtype)
-    n_local, device = probs.shape[0], probs.device
-    offsets = shard_offsets(n_local, device, group)
+    device = _device(probs, feats)
+    state = {}
+
+    def check():
+        checks.tensors(probs=probs, feats=feats)
+        if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise TypeError("generator must be a CPU torch.Generator in the same state on every rank, got "
+                            f"{type(generator).__name__}")
+        p = checks.matrix("probs", probs, allow_empty=True)
+        h = checks.matrix("feats", feats, rows=probs.shape[0], allow_empty=True)
+        dtype = torch.promote_types(checks.compute_dtype(p), checks.compute_dtype(h))
+        state["probs"], state["feats"] = p.to(dtype), h.to(dtype)
+
+    _agree(check, group, device)
+    probs, feats = state["probs"], state["feats"]
+    n_local, dtype = probs.shape[0], probs.dtype
+    shard_offsets(n_local, device, group, width=probs.shape[1], dtype=dtype)  # the classes agree
+    offsets = shard_offsets(n_local, device, group, width=feats.shape[1], dtype=dtype)
     k = checks.count("k", k, high=offsets[-1], what=f"the {offsets[-1]} rows of the pool")
     uniforms = torch.rand(max(k - 1, 0), generator=generator, dtype=torch.float64)
     a, g = gradient_factors(probs, feats)
     d2 = torch.full((n_local,), math.inf, dtype=dtype, device=device)
     picked = torch.zeros(n_local, dtype=torch.bool, device=device)
-    big = torch.iinfo(torch.long).max
+    none = torch.iinfo(torch.long).max
     picks = []
     for step in range(k):
         if step == 0:
             local = int(torch.argmax(g)) if n_local else -1
-            c = _best(g[local] if n_local else torch.tensor(-math.inf), offsets[rank] + local if n_local else -1,
-                      group)[1]
+            c = _best(float(g[local]) if n_local else -math.inf, offsets[rank] + local if n_local else -1,
+                      device, group)[1]
         else:
-            local_cum = torch.cumsum(d2.double(), 0)
-            local_total = local_cum[-1:] if n_local else torch.zeros(1, dtype=torch.float64, device=device)
-            totals = [float(t) for t in _all_gather(local_total, group)]
-            prefix = 0.0
-            for t in totals[:rank]:
-                prefix += t
-            total = 0.0
-            for t in totals:
-                total += t
+            cum, total = _chained_cumsum(d2, rank, world, group)
             if total == 0:  # every D^2 is 0: the lowest unpicked row
                 first = torch.nonzero(~picked)
-                candidate = offsets[rank] + int(first[0]) if first.numel() else big
+                candidate = offsets[rank] + int(first[0]) if first.numel() else none
                 c = int(_all_reduce(torch.tensor([candidate], device=device), dist.ReduceOp.MIN, group))
             else:
-                target = float(uniforms[step - 1]) * total
-                cum = prefix + local_cum  # this rank's rows' cumulative sums over the pool
-                hit = int(torch.searchsorted(cum, torch.tensor([target], dtype=torch.float64, device=device),
-                                             right=True)) if n_local else 0
-                candidate = offsets[rank] + hit if hit < n_local else big
+                target = torch.tensor([float(uniforms[step - 1]) * total], dtype=torch.float64, device=device)
+                hit = int(torch.searchsorted(cum, target, right=True)) if n_local else 0
+                candidate = offsets[rank] + hit if hit < n_local else none
                 c = int(_all_reduce(torch.tensor([candidate], device=device), dist.ReduceOp.MIN, group))
-                if c == big:  # rounding put the target at the total: the last row with D^2 > 0
+                if c == none:  # rounding put the target at the total: the last row with D^2 > 0
                     positive = torch.nonzero(d2 > 0)
                     last = offsets[rank] + int(positive[-1]) if positive.numel() else -1
                     c = int(_all_reduce(torch.tensor([last], device=device), dist.ReduceOp.MAX, group))
@@ -245,33 +311,44 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
     """ops.nearest for this rank's queries against the keys of every rank (`keys_sharded`: each rank
     passes its shard, in rank order; else every rank passes all keys). Returns this rank's (values,
     global key indices)."""
-    checks.tensors(queries=queries, keys=keys)
+    device = _device(queries, keys)
+
+    def check():
+        checks.tensors(queries=queries, keys=keys)
+        checks.matrix("queries", queries, allow_empty=True, check_values=False)
+        checks.matrix("keys", keys, allow_empty=keys_sharded, cols=queries.shape[1], check_values=False)
+
+    _agree(check, group, device)
     if keys_sharded:
-        world, _ = _world(group)
-        sizes = [int(s) for s in _all_gather(torch.tensor([keys.shape[0]], device=keys.device), group)]
-        padded = torch.zeros(max(sizes), keys.shape[1], dtype=keys.dtype, device=keys.device)
+        offsets = shard_offsets(keys.shape[0], device, group, width=keys.shape[1], dtype=keys.dtype)
+        sizes = [offsets[r + 1] - offsets[r] for r in range(len(offsets) - 1)]
+        padded = torch.zeros(max(sizes), keys.shape[1], dtype=keys.dtype, device=device)
         padded[:keys.shape[0]] = keys
         keys = torch.cat([part[:size] for part, size in zip(_all_gather(padded, group), sizes)])
-    if queries.dim() == 2 and queries.shape[0] == 0:  # a rank without rows
+    if queries.shape[0] == 0:  # a rank without rows
         dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
-        return (torch.empty(0, dtype=dtype, device=queries.device),
-                torch.empty(0, dtype=torch.long, device=queries.device))
+        return torch.empty(0, dtype=dtype, device=device), torch.empty(0, dtype=torch.long, device=device)
     return ops.nearest(queries, keys, metric=metric, backend=backend)
 
 
 def top_b(scores: torch.Tensor, b: int, *, group=None) -> torch.Tensor:
     """ops.top_b over the scores of every rank's shard: the b largest, highest first, ties to the
     lowest global index; (b,) global indices, the same on every rank."""
-    checks.tensors(scores=scores)
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be a 1-D tensor, got shape {tuple(scores.shape)}")
-    checks.finite("scores", scores)
-    offsets = shard_offsets(scores.shape[0], scores.device, group)
+    device = _device(scores)
+
+    def check():
+        checks.tensors(scores=scores)
+        if scores.dim() != 1:
+            raise ValueError(f"scores must be a 1-D tensor, got shape {tuple(scores.shape)}")
+        checks.finite("scores", scores)
+
+    _agree(check, group, device)
+    offsets = shard_offsets(scores.shape[0], device, group)
     b = checks.count("b", b, high=offsets[-1], what=f"the {offsets[-1]} scores of the pool")
     _, rank = _world(group)
     local = ops.top_b(scores, min(b, scores.shape[0]))
-    values = torch.full((b,), -math.inf, dtype=torch.float64, device=scores.device)
-    index = torch.full((b,), -1, dtype=torch.long, device=scores.device)
+    values = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
+    index = torch.full((b,), -1, dtype=torch.long, device=device)
     values[:local.numel()] = scores[local].double()
     index[:local.numel()] = local + offsets[rank]
     all_values = torch.cat(_all_gather(values, group))

@@ -68,9 +68,40 @@ def _worker(rank, world, init_file, out_file):
                                                            keys[key_start:key_start + key_sizes[rank]], metric=metric)
     scores = torch.round(pools["gauss32"][:, 0] * 4) / 4  # many ties
     results["top_b"] = distributed.top_b(scores[rows], 50)
-    distributed.bytes_communicated(reset=True)
-    distributed.kcenter_greedy(pools["gauss32"][rows], torch.tensor([3]), 10)
-    results["bytes/kcenter10"] = distributed.bytes_communicated()
+    for name, pool in (("small", pools["gauss32"]), ("large", torch.cat([pools["gauss32"]] * 8))):
+        bounds = [len(pool) * r // world for r in range(world + 1)]
+        shard = pool[bounds[rank]:bounds[rank + 1]]
+        for picks in (1, 11):
+            distributed.bytes_communicated(reset=True)
+            distributed.kcenter_greedy(shard, torch.tensor([3]), picks)
+            results[f"bytes/kcenter/{name}/{picks}"] = distributed.bytes_communicated()
+            distributed.bytes_communicated(reset=True)
+            distributed.badge_kmeanspp(shard[:, :4].softmax(1), shard, picks, generator=torch.Generator())
+            results[f"bytes/badge/{name}/{picks}"] = distributed.bytes_communicated()
+    # the all-zero branch: more picks than distinct rows; an empty first shard; exclude as a mask
+    dupes = pools["dupes32"]
+    other = [0, 97, 60] if world == 3 else [57, 100]
+    o_start = sum(other[:rank])
+    o_rows = slice(o_start, o_start + other[rank])
+    probs = torch.softmax(dupes[:, :4] * 3, 1)
+    results["badge/dupes"] = distributed.badge_kmeanspp(probs[o_rows], dupes[o_rows], 60,
+                                                        generator=torch.Generator().manual_seed(2))
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[::7] = True
+    res = distributed.kcenter_greedy(dupes[o_rows], torch.tensor([1, 120]), 30, exclude=mask[o_rows])
+    results["kcenter/mask"] = res.indices
+    # a refusal on one rank is a refusal on every rank (nobody is left waiting)
+    bad = pools["gauss32"][rows].clone()
+    if rank == world - 1:
+        bad[-1, 0] = float("nan")
+    for name, call in (("nan", lambda: distributed.kcenter_greedy(bad, torch.tensor([3]), 2)),
+                       ("generator", lambda: distributed.badge_kmeanspp(probs[o_rows], dupes[o_rows], 3,
+                                                                        generator=None))):
+        try:
+            call()
+            results[f"refused/{name}"] = None
+        except (TypeError, ValueError) as err:
+            results[f"refused/{name}"] = str(err)
     all_results = [None] * world
     dist.all_gather_object(all_results, results)
     if rank == 0:
@@ -127,8 +158,43 @@ def test_nearest_and_top_b_equal_the_single_process_results(per_rank):
 
 def test_bytes_per_pick_do_not_grow_with_the_pool(per_rank):
     world, results = per_rank
+    d, c, e = 13, 4, 4
+    # per pick, on every rank, sent + received, with flat collectives (bytes_communicated):
+    # k-center: the (radius, index) pair to and from each other rank, the winner's row (root: to
+    # each other rank; others: once); BADGE: the chained running sum (8 bytes in, 8 out), the total
+    # broadcast, the min all-reduce of the row (2 (W - 1) / W x 8 each way), the (a, h, G) broadcast.
+    # A broadcast's root sends (W - 1) S and the others receive S, so a rank's share depends on which
+    # ranks own the winners; the sum over the ranks does not, and neither does it depend on N.
+    for op in ("kcenter", "badge"):
+        per_pick = {}
+        for size in ("small", "large"):
+            total = 0
+            for rank in range(world):
+                ten, one = results[rank][f"bytes/{op}/{size}/11"], results[rank][f"bytes/{op}/{size}/1"]
+                total += ten["sent"] + ten["received"] - one["sent"] - one["received"]
+            per_pick[size] = total / 10
+        assert per_pick["small"] == per_pick["large"], (op, per_pick)  # 8x the pool, the same bytes
+        if op == "kcenter":  # pairs: W (W - 1) sent and received; the row: (W - 1) S sent, (W - 1) S received
+            assert per_pick["small"] == 2 * 16 * world * (world - 1) + 2 * (world - 1) * d * e, per_pick
+    # one process moves nothing: checked by the formulas' (W - 1) factors above at W = 2, 3
+
+
+def test_all_zero_branch_masks_and_an_empty_first_shard(per_rank):
+    world, results = per_rank
+    dupes = _pools()["dupes32"]
+    probs = torch.softmax(dupes[:, :4] * 3, 1)
+    expected = ops.badge_kmeanspp(probs, dupes, 60, generator=torch.Generator().manual_seed(2), backend="torch")
+    mask = torch.zeros(N, dtype=torch.bool)
+    mask[::7] = True
+    expected_k = ops.kcenter_greedy(dupes, torch.tensor([1, 120]), 30, exclude=mask, backend="torch")
     for rank in range(world):
-        sent = results[rank]["bytes/kcenter10"]
-        # per pick: the (radius, index) pair to each other rank, the winner's row (13 float32) once
-        per_pick_bound = 16 * (world - 1) + 13 * 4
-        assert sent["sent"] + sent["received"] <= 10 * 2 * per_pick_bound + 2 * 16 * world + 2 * 13 * 4 + 64, sent
+        assert torch.equal(results[rank]["badge/dupes"], expected)
+        assert torch.equal(results[rank]["kcenter/mask"], expected_k.indices)
+
+
+def test_a_refusal_on_one_rank_is_a_refusal_on_all(per_rank):
+    world, results = per_rank
+    for rank in range(world):
+        nan = results[rank]["refused/nan"]
+        assert nan is not None and ("NaN" in nan if rank == world - 1 else f"rank {world - 1} refused" in nan)
+        assert "generator must be a CPU torch.Generator" in results[rank]["refused/generator"]
