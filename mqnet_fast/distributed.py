@@ -35,8 +35,7 @@ import torch.distributed as dist
 
 from mqnet_fast import _checks as checks
 from mqnet_fast import ops
-from mqnet_fast.reference.badge_kmeanspp import gradient_factors, sqdist_to
-from mqnet_fast.reference.kcenter_greedy import squared_distances
+from mqnet_fast.reference.badge_kmeanspp import gradient_factors
 from mqnet_fast.ops import KCenterResult
 
 _BYTES = {"sent": 0, "received": 0}
@@ -157,6 +156,51 @@ def _best(local_value: float, local_index: int, device, group) -> tuple[float, i
     return best_value, best_index
 
 
+class _Distances:
+    """|x_i - c|^2 for this rank's rows by the reference's expression ((x - c) ** 2).sum(1), the same
+    bits, but in row chunks through one reused buffer: a fresh n_r x d temporary per pick costs more
+    in page faults than the arithmetic."""
+
+    CHUNK = 4096
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        self.buffer = torch.empty(min(self.CHUNK, x.shape[0]), x.shape[1], dtype=x.dtype, device=x.device)
+        self.out = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def __call__(self, center: torch.Tensor) -> torch.Tensor:
+        for start in range(0, self.x.shape[0], self.CHUNK):
+            rows = self.x[start:start + self.CHUNK]
+            buffer = self.buffer[:rows.shape[0]]
+            torch.sub(rows, center, out=buffer)
+            torch.pow(buffer, 2, out=buffer)
+            torch.sum(buffer, 1, out=self.out[start:start + rows.shape[0]])
+        return self.out
+
+
+class _GradientDistances:
+    """sqdist_to of the reference (|g_i - g_c|^2 = G_i + G_c - 2 (a_i . a_c)(h_i . h_c), clamped at 0),
+    the same bits, in row chunks through reused buffers (as _Distances)."""
+
+    CHUNK = 4096
+
+    def __init__(self, a: torch.Tensor, feats: torch.Tensor, g: torch.Tensor):
+        self.a, self.feats, self.g = a, feats, g
+        rows = min(self.CHUNK, a.shape[0])
+        self.a_buffer = torch.empty(rows, a.shape[1], dtype=a.dtype, device=a.device)
+        self.h_buffer = torch.empty(rows, feats.shape[1], dtype=a.dtype, device=a.device)
+        self.out = torch.empty(a.shape[0], dtype=a.dtype, device=a.device)
+
+    def __call__(self, a_c, h_c, g_c) -> torch.Tensor:
+        for start in range(0, self.a.shape[0], self.CHUNK):
+            stop = min(start + self.CHUNK, self.a.shape[0])
+            a_buffer, h_buffer = self.a_buffer[:stop - start], self.h_buffer[:stop - start]
+            ad = torch.mul(self.a[start:stop], a_c, out=a_buffer).sum(1)
+            hd = torch.mul(self.feats[start:stop], h_c, out=h_buffer).sum(1)
+            self.out[start:stop] = ((self.g[start:stop] + g_c) - 2 * (ad * hd)).clamp_min(0)
+        return self.out
+
+
 def _gather_rows(x: torch.Tensor, rows_global: torch.Tensor, offsets: list[int], rank: int, group) -> torch.Tensor:
     """The rows `rows_global` (the same on every rank) of the sharded x, on every rank, in that order:
     each owner fills its rows and a sum all-reduce assembles them (L x d: the labeled set)."""
@@ -195,8 +239,9 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
     budget = checks.count("budget", budget, high=available,
                           what=f"the {available} rows that are neither labeled nor excluded")
     min_d2 = torch.full((n_local,), math.inf, dtype=x.dtype, device=device)
+    distances = _Distances(x)
     for center in _gather_rows(x, labeled, offsets, rank, group):
-        min_d2 = torch.minimum(min_d2, squared_distances(x, center))  # min is exact: any order
+        torch.minimum(min_d2, distances(center), out=min_d2)  # min is exact: any order
     picks, radii = [], []
     minus_inf = torch.tensor(-math.inf, dtype=x.dtype, device=device)
     for _ in range(budget):
@@ -216,7 +261,7 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
         picks.append(best)
         # torch's sqrt, as the reference takes it (on the CPU it is not always correctly rounded)
         radii.append(torch.tensor(best_value, dtype=x.dtype, device=device).sqrt())
-        min_d2 = torch.minimum(min_d2, squared_distances(x, row))
+        torch.minimum(min_d2, distances(row), out=min_d2)
     radii = torch.stack(radii) if radii else torch.empty(0, dtype=x.dtype, device=device)
     return KCenterResult(torch.tensor(picks, dtype=torch.long, device=device), radii, min_d2.sqrt())
 
@@ -268,6 +313,7 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *, generato
     a, g = gradient_factors(probs, feats)
     d2 = torch.full((n_local,), math.inf, dtype=dtype, device=device)
     picked = torch.zeros(n_local, dtype=torch.bool, device=device)
+    distances = _GradientDistances(a, feats, g)
     none = torch.iinfo(torch.long).max
     picks = []
     for step in range(k):
@@ -299,7 +345,7 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *, generato
         packed = _broadcast(packed, owner, group)
         a_c, h_c, g_c = packed[:a.shape[1]], packed[a.shape[1]:-1], packed[-1]
         picks.append(c)
-        d2 = torch.minimum(d2, sqdist_to(a, feats, g, a_c, h_c, g_c))
+        torch.minimum(d2, distances(a_c, h_c, g_c), out=d2)
         if owner == rank:
             d2[c - offsets[rank]] = 0
             picked[c - offsets[rank]] = True

@@ -198,3 +198,29 @@ def test_a_refusal_on_one_rank_is_a_refusal_on_all(per_rank):
         nan = results[rank]["refused/nan"]
         assert nan is not None and ("NaN" in nan if rank == world - 1 else f"rank {world - 1} refused" in nan)
         assert "generator must be a CPU torch.Generator" in results[rank]["refused/generator"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n, d", [(1, 3), (157, 13), (4096, 5), (9000, 130)])
+def test_chunked_distances_are_the_reference_expression_bit_for_bit(n, d, dtype):
+    from mqnet_fast.distributed import _Distances
+    from mqnet_fast.reference.kcenter_greedy import squared_distances
+
+    g = torch.Generator().manual_seed(n)
+    x, center = torch.randn(n, d, generator=g, dtype=dtype), torch.randn(d, generator=g, dtype=dtype)
+    assert torch.equal(_Distances(x)(center), squared_distances(x, center))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 157, 9000])
+def test_chunked_gradient_distances_are_the_reference_expression_bit_for_bit(n, dtype):
+    from mqnet_fast.distributed import _GradientDistances
+    from mqnet_fast.reference.badge_kmeanspp import gradient_factors, sqdist_to
+
+    g = torch.Generator().manual_seed(n)
+    probs = torch.softmax(torch.randn(n, 6, generator=g, dtype=dtype), 1)
+    feats = torch.randn(n, 70, generator=g, dtype=dtype)
+    a, norms = gradient_factors(probs, feats)
+    c = n // 2
+    assert torch.equal(_GradientDistances(a, feats, norms)(a[c], feats[c], norms[c]),
+                       sqdist_to(a, feats, norms, a[c], feats[c], norms[c]))
