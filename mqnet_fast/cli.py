@@ -200,6 +200,11 @@ def main(argv=None) -> int:
         elif args.command == "select":
             _select(args)
         elif args.command == "run":
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # every rank would run the whole experiment and write the same run directory
+                raise ConfigError(f"run: launched as {os.environ['WORLD_SIZE']} processes (torchrun), which the engine "
+                                  "does not split work across yet; run one process (the selection ops for sharded "
+                                  "pools are in mqnet_fast.distributed, docs/distributed.md)")
             config = ExperimentConfig(
                 dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,

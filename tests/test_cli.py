@@ -174,3 +174,9 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_results(tm
     whole_csv = (tmp_path / "whole" / "results.csv").read_text().splitlines()
     killed_csv = (tmp_path / "killed" / "results.csv").read_text().splitlines()
     assert len(whole_csv) == len(killed_csv) == 1 + 3 * 4
+
+
+def test_run_under_torchrun_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = _exit_code(RUN + ["--run-dir", str(tmp_path / "run")], capsys)
+    assert code == 2 and "torchrun" in err and not (tmp_path / "run").exists()
