@@ -9,7 +9,8 @@ their rank (k-center's labeled rows, L x d, are gathered once per call). Launch 
 collective that every rank of `group` calls, with its own shard. An argument refused on one rank
 is refused on every rank (no rank is left waiting in a collective).
 
-    kcenter_greedy   per pick: an all-gather of each shard's (max radius, lowest global index), then
+    kcenter_greedy   per pick: one max all-reduce of each shard's (max radius, lowest global index),
+                     packed into an int64 in float32 (an all-gather of the pairs in float64), then
                      the winner's row broadcast by its owner.
     badge_kmeanspp   per pick: the float64 cumulative D^2 sums chained rank to rank (each rank
                      continues the previous rank's running sum, so they are the single-process
@@ -47,15 +48,15 @@ def bytes_communicated(reset: bool = False) -> dict[str, int]:
     from each other rank; a broadcast's root sends S to each other rank, the others receive S once;
     an all-reduce counts 2 (W - 1) / W S each way (a ring); a point-to-point message its size. One
     process (W = 1) moves nothing."""
-    out = dict(_BYTES)
+    out = {k: round(v) for k, v in _BYTES.items()}
     if reset:
         _BYTES["sent"] = _BYTES["received"] = 0
     return out
 
 
 def _count(sent: float, received: float) -> None:
-    _BYTES["sent"] += int(sent)
-    _BYTES["received"] += int(received)
+    _BYTES["sent"] += sent
+    _BYTES["received"] += received
 
 
 def _world(group):
@@ -201,6 +202,26 @@ class _GradientDistances:
         return self.out
 
 
+_LOW32 = (1 << 32) - 1
+
+
+def _best_float32(local_value: float, local_index: int, device, group) -> tuple[float, int]:
+    """_best for float32 values >= 0 (or +inf) and fewer than 2^32 rows, in one max all-reduce of 8
+    bytes: a non-negative float32's bits order as its value, so (bits << 32) | (2^32 - 1 - index)
+    is largest for the largest value and, among equal values, the lowest index; -1 (below every
+    packed pair) stands for a rank without a candidate."""
+    if local_index < 0:
+        packed = -1
+    else:
+        bits = int(torch.tensor(local_value, dtype=torch.float32).view(torch.int32))
+        packed = (bits << 32) | (_LOW32 - local_index)
+    best = int(_all_reduce(torch.tensor([packed], dtype=torch.long, device=device), dist.ReduceOp.MAX, group))
+    if best < 0:
+        return -math.inf, -1
+    value = float(torch.tensor(best >> 32, dtype=torch.int32).view(torch.float32))
+    return value, _LOW32 - (best & _LOW32)
+
+
 def _gather_rows(x: torch.Tensor, rows_global: torch.Tensor, offsets: list[int], rank: int, group) -> torch.Tensor:
     """The rows `rows_global` (the same on every rank) of the sharded x, on every rank, in that order:
     each owner fills its rows and a sum all-reduce assembles them (L x d: the labeled set)."""
@@ -242,6 +263,8 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
     distances = _Distances(x)
     for center in _gather_rows(x, labeled, offsets, rank, group):
         torch.minimum(min_d2, distances(center), out=min_d2)  # min is exact: any order
+    # float32 radii and the index pack into one int64 max all-reduce; float64 gathers the pairs
+    best_of = _best_float32 if x.dtype == torch.float32 and offsets[-1] < _LOW32 else _best
     picks, radii = [], []
     minus_inf = torch.tensor(-math.inf, dtype=x.dtype, device=device)
     for _ in range(budget):
@@ -251,7 +274,7 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
             local = int(torch.argmax(masked))  # the first maximum of the shard
             if bool(eligible[local]):
                 value, index = float(masked[local]), offsets[rank] + local
-        best_value, best = _best(value, index, device, group)
+        best_value, best = best_of(value, index, device, group)
         owner = _owner(best, offsets)
         row = (x[best - offsets[rank]].clone() if owner == rank
                else torch.empty(x.shape[1], dtype=x.dtype, device=device))

@@ -174,8 +174,9 @@ def test_bytes_per_pick_do_not_grow_with_the_pool(per_rank):
                 total += ten["sent"] + ten["received"] - one["sent"] - one["received"]
             per_pick[size] = total / 10
         assert per_pick["small"] == per_pick["large"], (op, per_pick)  # 8x the pool, the same bytes
-        if op == "kcenter":  # pairs: W (W - 1) sent and received; the row: (W - 1) S sent, (W - 1) S received
-            assert per_pick["small"] == 2 * 16 * world * (world - 1) + 2 * (world - 1) * d * e, per_pick
+        if op == "kcenter":  # float32: the packed 8-byte max all-reduce; the row: (W - 1) S sent and received
+            # (a rank's all-reduce share, 2 (W - 1) / W x 8 bytes, is fractional: counts are rounded per rank)
+            assert abs(per_pick["small"] - (32 * (world - 1) + 2 * (world - 1) * d * e)) < 1, per_pick
     # one process moves nothing: checked by the formulas' (W - 1) factors above at W = 2, 3
 
 
