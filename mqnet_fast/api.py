@@ -25,7 +25,8 @@ from mqnet_fast import _checks as checks
 from mqnet_fast.strategies import RoundView, Selection, Strategy, make_strategy
 
 INPUTS = ("probs", "logits", "feats", "labeled_feats", "labeled_is_in", "purity", "informativeness")
-_ROWS = {"probs": 2, "logits": 2, "feats": 2, "purity": 1, "informativeness": 1}  # one row per candidate
+PER_CANDIDATE = ("probs", "logits", "feats", "purity", "informativeness")  # one row per candidate
+_MATRICES = ("probs", "logits", "feats", "labeled_feats")
 
 
 def _tensor(name: str, value) -> torch.Tensor:
@@ -36,6 +37,15 @@ def _tensor(name: str, value) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
     return value
+
+
+def _flags(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A bool tensor from bool or 0/1 integers."""
+    if t.dtype == torch.bool:
+        return t
+    if t.is_floating_point() or not bool(((t == 0) | (t == 1)).all()):
+        raise TypeError(f"{name} must be bool (or 0/1 integers), got {t.dtype}")
+    return t.bool()
 
 
 def _column(name: str, value) -> torch.Tensor:
@@ -59,7 +69,7 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
     for name, t in given.items():
         if name == "labeled_is_in":
             continue
-        if _ROWS.get(name, 2) == 2 or name == "labeled_feats":
+        if name in _MATRICES:
             checks.matrix(name, t, allow_empty=name == "labeled_feats")
         elif t.dim() != 1:
             raise ValueError(f"{name} must be 1-D (one value per candidate), got shape {tuple(t.shape)}")
@@ -68,10 +78,10 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
         else:
             checks.finite(name, t)
     # one device for all: the first per-candidate input's (the strategies compute there)
-    device = next((given[k].device for k in _ROWS if k in given), None)
+    device = next((given[k].device for k in PER_CANDIDATE if k in given), None)
     if device is not None:
         given = {k: t.to(device) for k, t in given.items()}
-    rows = {name: t.shape[0] for name, t in given.items() if name in _ROWS}
+    rows = {name: t.shape[0] for name, t in given.items() if name in PER_CANDIDATE}
     if len(set(rows.values())) > 1:
         raise ValueError("the per-candidate inputs disagree on the number of candidates: "
                          + ", ".join(f"{k} has {v} rows" for k, v in rows.items()))
@@ -82,10 +92,7 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
         flags = given["labeled_is_in"]
         if flags.dim() != 1:
             raise ValueError(f"labeled_is_in must be 1-D, got shape {tuple(flags.shape)}")
-        if flags.dtype != torch.bool:
-            if flags.is_floating_point() or not bool(((flags == 0) | (flags == 1)).all()):
-                raise TypeError(f"labeled_is_in must be bool (or 0/1 integers), got {flags.dtype}")
-            given["labeled_is_in"] = flags.bool()
+        given["labeled_is_in"] = _flags("labeled_is_in", flags)
         if "labeled_feats" not in given:
             raise ValueError("labeled_is_in is given without labeled_feats: it flags their rows")
         if given["labeled_is_in"].shape[0] != given["labeled_feats"].shape[0]:
@@ -97,7 +104,7 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
 def _view(given: dict[str, torch.Tensor], generator: torch.Generator | None) -> RoundView:
     """A RoundView of the candidates from the given arrays (absent ones as empty placeholders, which
     the strategy's missing_inputs check has ruled out reading)."""
-    per_candidate = [given[k] for k in ("probs", "logits", "feats", "purity", "informativeness") if k in given]
+    per_candidate = [given[k] for k in PER_CANDIDATE if k in given]
     if not per_candidate:
         raise ValueError("no per-candidate input given: pass probs, logits, feats, purity or informativeness")
     n = per_candidate[0].shape[0]
@@ -149,15 +156,22 @@ def select(strategy: str | Strategy, budget: int, *, probs=None, logits=None, fe
         tensor([1])
     """
     chosen = _strategy(strategy, options)
-    given = _arrays(dict(probs=probs, logits=logits, feats=feats, labeled_feats=labeled_feats,
-                         labeled_is_in=labeled_is_in, purity=purity, informativeness=informativeness))
+    view, budget = _prepare(chosen, budget, generator, dict(
+        probs=probs, logits=logits, feats=feats, labeled_feats=labeled_feats, labeled_is_in=labeled_is_in,
+        purity=purity, informativeness=informativeness))
+    return chosen.select(view, budget)
+
+
+def _prepare(chosen: Strategy, budget, generator, inputs: dict) -> tuple[RoundView, int]:
+    """The checked view of the inputs for `chosen`, and the checked budget."""
+    given = _arrays(inputs)
     missing = chosen.missing_inputs(_given_names(given))
     if missing:
         raise ValueError(f"strategy {chosen.name!r} needs " + ", ".join(missing))
     view = _view(given, generator)
     budget = checks.count("budget", budget, high=len(view.candidates),
                           what=f"the {len(view.candidates)} candidates given")
-    return chosen.select(view, budget)
+    return view, budget
 
 
 class MQNet:
@@ -190,10 +204,10 @@ class MQNet:
         """The top `budget` candidates by Phi(z) (inputs as for mqnet_fast.select). Remembers the
         candidates' meta-inputs and softmax for the next `observe`."""
         generator = inputs.pop("generator", None)
-        selection = select(self.strategy, budget, generator=generator, **inputs)
-        given = _arrays(inputs)
-        probs = (torch.softmax(given["logits"].float(), 1) if "logits" in given else given.get("probs"))
-        self._last = {"selection": selection, "probs": probs}
+        view, budget = _prepare(self.strategy, budget, generator, inputs)
+        selection = self.strategy.select(view, budget)
+        has_probs = view.probs.shape[1] > 0  # an empty placeholder when neither probs nor logits came
+        self._last = {"selection": selection, "probs": view.probs if has_probs else None}
         return selection
 
     def observe(self, indices, *, is_in=None, labels=None, losses=None) -> dict:
@@ -237,10 +251,7 @@ class MQNet:
         if is_in.shape != rows.shape or labels.shape != rows.shape:
             raise ValueError(f"is_in and labels must have shape {tuple(rows.shape)} (one per index), got "
                              f"{tuple(is_in.shape)} and {tuple(labels.shape)}")
-        if is_in.dtype != torch.bool:
-            if is_in.is_floating_point() or not bool(((is_in == 0) | (is_in == 1)).all()):
-                raise TypeError(f"is_in must be bool (or 0/1 integers), got {is_in.dtype}")
-            is_in = is_in.bool()
+        is_in = _flags("is_in", is_in)
         if labels.is_floating_point():
             raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
         k = probs.shape[1]
