@@ -148,12 +148,15 @@ def _select(args) -> None:
         if rows_expected and (array.ndim == 0 or array.shape[0] != n):
             raise ConfigError(f"--embeddings: {name!r} must have one row per row of 'feats' ({n}), got shape "
                               f"{array.shape}")
-    labeled = arrays.pop("labeled", np.zeros(0, np.int64))
-    if labeled.ndim != 1 or not np.issubdtype(labeled.dtype, np.integer):
-        raise ConfigError(f"--embeddings: 'labeled' must be a 1-D integer array of row indices, got "
-                          f"{labeled.dtype} of shape {labeled.shape}")
-    if labeled.size and (labeled.min() < 0 or labeled.max() >= n):
-        raise ConfigError(f"--embeddings: 'labeled' holds rows outside [0, {n})")
+    import torch
+
+    from mqnet_fast import _checks as checks
+
+    try:
+        labeled = checks.indices("'labeled'", torch.from_numpy(arrays.pop("labeled", np.zeros(0, np.int64))), n,
+                                 torch.device("cpu")).numpy()
+    except (TypeError, ValueError, IndexError) as err:
+        raise ConfigError(f"--embeddings: {err}") from None
     if len(np.unique(labeled)) != len(labeled):
         raise ConfigError("--embeddings: 'labeled' lists a row twice")
     candidates = np.setdiff1d(np.arange(n), labeled)
@@ -168,7 +171,6 @@ def _select(args) -> None:
         raise ConfigError(f"--out {args.out!r} is a directory; give the path of the CSV file to write")
     if args.budget < 1 or args.budget > len(candidates):
         raise ConfigError(f"--budget must be in [1, {len(candidates)}] (the unlabeled rows), got {args.budget}")
-    import torch
 
     try:
         selection = select(args.strategy, args.budget, generator=torch.Generator().manual_seed(args.seed),

@@ -49,11 +49,6 @@ def collect_runs(run_dirs) -> list[dict]:
     return runs
 
 
-def collect_records(run_dirs) -> list[dict]:
-    """Every round record of collect_runs(run_dirs), in order."""
-    return [rec for run in collect_runs(run_dirs) for rec in run["records"]]
-
-
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:

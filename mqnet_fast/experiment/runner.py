@@ -44,7 +44,7 @@ class Experiment:
         self.config = config.resolved()
         self.run_dir = Path(run_dir)
         self.store = RunStore(self.run_dir)
-        self.store.check_experiment(self.config.identity())
+        self.store.check_experiment(self.config.identity())  # before loading data: a wrong --run-dir fails fast
         self.device = self.config.torch_device()
         self.data = data if data is not None else load_dataset(
             self.config.dataset, self.config.data_root, download=self.config.download,
