@@ -3,7 +3,7 @@ import torch
 
 from mqnet_fast import ops, reference
 from mqnet_fast.reference.badge_kmeanspp import gradient_embedding_sqdist
-from testing import CPU_BACKENDS, FLOAT_DTYPES, NEAR_TIE, assert_equal_indices, needs_cpp
+from testing import CPU_BACKENDS, FLOAT_DTYPES, assert_equal_indices, needs_cpp
 
 
 def _inputs(n, c, d, dtype, seed, temperature=3.0):

@@ -60,7 +60,6 @@ def _worker(rank, world, init_file, out_file):
                                                                generator=torch.Generator().manual_seed(5))
     pools = _pools()
     keys = pools["gauss32"][:41]
-    key_rows = slice(sum([20, 21][:rank]) if world == 2 else [0, 10, 10][rank], None)
     key_sizes = [20, 21] if world == 2 else [10, 0, 31]
     key_start = sum(key_sizes[:rank])
     for metric in ("cosine", "l2"):
@@ -158,11 +157,11 @@ def test_nearest_and_top_b_equal_the_single_process_results(per_rank):
 
 def test_bytes_per_pick_do_not_grow_with_the_pool(per_rank):
     world, results = per_rank
-    d, c, e = 13, 4, 4
+    d, e = 13, 4
     # per pick, on every rank, sent + received, with flat collectives (bytes_communicated):
-    # k-center: the (radius, index) pair to and from each other rank, the winner's row (root: to
-    # each other rank; others: once); BADGE: the chained running sum (8 bytes in, 8 out), the total
-    # broadcast, the min all-reduce of the row (2 (W - 1) / W x 8 each way), the (a, h, G) broadcast.
+    # k-center (float32): the packed 8-byte max all-reduce (2 (W - 1) / W x 8 each way), the winner's
+    # row (root: to each other rank; others: once); BADGE: the chained running sum (8 bytes in, 8
+    # out), the total broadcast, the min all-reduce of the row, the (a, h, G) broadcast.
     # A broadcast's root sends (W - 1) S and the others receive S, so a rank's share depends on which
     # ranks own the winners; the sum over the ranks does not, and neither does it depend on N.
     for op in ("kcenter", "badge"):

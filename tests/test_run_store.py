@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mqnet_fast.data import load_digits
-from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, store
+from mqnet_fast.experiment import ConfigError, Experiment, store
 from mqnet_fast.experiment import phases
 from mqnet_fast.report import collect_runs, summarize, write_report
 from testing import strip_timing, tiny_config

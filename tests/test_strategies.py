@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from mqnet_fast import ops
 from mqnet_fast.scores import entropy, informativeness, knn_purity, least_confidence, negative_margin
 from mqnet_fast.strategies import STRATEGIES, RoundView, make_strategy
 

@@ -6,10 +6,9 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mqnet_fast import ops, reference
-from testing import NEAR_TIE, assert_close, assert_equal_indices, triton_device
+from testing import assert_close, assert_equal_indices, triton_device
 from test_badge_kmeanspp import _inputs as badge_inputs, _verify_near_ties
 from test_kcenter_greedy import _verify_greedy
 from test_nearest import _check_against_float64, check_half_precision
