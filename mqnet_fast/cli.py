@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "paper: 1000 on CIFAR; not used on embeddings)")
     run.add_argument("--width", type=int, help="target ResNet-18 width, 64 = standard; on embeddings:<file> the "
                                                "head's hidden units, 0 = linear (default: per dataset, above)")
+    run.add_argument("--micro-batches", type=int,
+                     help="train each batch as this many parts, each with its own BatchNorm statistics (default: the "
+                          "number of processes; give N to reproduce a torchrun run of N processes in one)")
+    run.add_argument("--infer-batch", type=int, default=1024,
+                     help="rows per inference batch (default 1024); under torchrun the candidates are split "
+                          "across the processes at its multiples")
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")
@@ -194,6 +200,32 @@ def _info() -> None:
     print(f"purity scores: {', '.join(PURITY)}; informativeness scores: {', '.join(INFORMATIVENESS)}")
 
 
+def _world(device: str):
+    """This process's World: one process, or under torchrun (WORLD_SIZE > 1) a process group, NCCL
+    with one GPU per rank (LOCAL_RANK) where CUDA is used, gloo on the CPU."""
+    import torch
+    import torch.distributed as dist
+
+    from mqnet_fast.distributed import World
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return World()
+    if dist.is_initialized():
+        raise ConfigError("run: a torch.distributed process group is already set up in this process")
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        if device not in ("auto", "cuda"):
+            raise ConfigError(f"device {device!r}: under torchrun each rank uses the GPU of its LOCAL_RANK; give "
+                              "--device cuda or auto")
+        local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=local)
+    else:
+        local = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return World(device=local)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -202,25 +234,24 @@ def main(argv=None) -> int:
         elif args.command == "select":
             _select(args)
         elif args.command == "run":
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-                # every rank would run the whole experiment and write the same run directory
-                raise ConfigError(f"run: launched as {os.environ['WORLD_SIZE']} processes (torchrun), which the engine "
-                                  "does not split work across yet; run one process (the selection ops for sharded "
-                                  "pools are in mqnet_fast.distributed, docs/distributed.md)")
+            world = _world(args.device)
             config = ExperimentConfig(
                 dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
                 batch_size=args.batch_size, lr=args.lr, width=args.width, encoder_epochs=args.encoder_epochs,
-                options=_options(args),
+                micro_batches=args.micro_batches, infer_batch=args.infer_batch, options=_options(args),
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)
             start = time.perf_counter()
-            experiment = Experiment(config, args.run_dir)
-            for note in {n for split in experiment.splits.values() for n in split.notes}:
+            experiment = Experiment(config, args.run_dir, world=world)
+            main_rank = world.is_main
+            for note in {n for split in experiment.splits.values() for n in split.notes} if main_rank else ():
                 print(f"note: {note}", file=sys.stderr)
             experiment.run()
-            print(f"done in {time.perf_counter() - start:.0f} s; results in {args.run_dir}", file=sys.stderr)
-            if args.report:
+            if main_rank:
+                print(f"done in {time.perf_counter() - start:.0f} s; results in {args.run_dir}"
+                      + (f" ({world.size} processes)" if world.size > 1 else ""), file=sys.stderr)
+            if args.report and main_rank:
                 _report([args.run_dir], None)
         else:
             _report(args.run_dirs, args.out)
@@ -230,7 +261,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume after the last completed round", file=sys.stderr)
         return 130
+    finally:
+        _leave_group()
     return 0
+
+
+def _leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

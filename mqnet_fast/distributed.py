@@ -427,3 +427,88 @@ def top_b(scores: torch.Tensor, b: int, *, group=None) -> torch.Tensor:
     order = torch.argsort(all_index)  # index order, then a stable sort by descending score
     all_values, all_index = all_values[order], all_index[order]
     return all_index[torch.sort(all_values, descending=True, stable=True).indices[:b]]
+
+
+def all_gather_rows(x: torch.Tensor, *, group=None) -> torch.Tensor:
+    """The concatenation, in rank order, of every rank's `x` (n_r, ...) (n_r may differ, even be 0;
+    the trailing shape and dtype must agree): for per-row values such as one score per candidate,
+    not for the pool's features."""
+    device = _device(x)
+    flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+    offsets = shard_offsets(flat.shape[0], device, group, width=flat.shape[1], dtype=x.dtype)
+    sizes = [offsets[r + 1] - offsets[r] for r in range(len(offsets) - 1)]
+    padded = torch.zeros(max(sizes), flat.shape[1], dtype=x.dtype, device=device)
+    padded[:flat.shape[0]] = flat
+    rows = torch.cat([part[:size] for part, size in zip(_all_gather(padded, group), sizes)])
+    return rows.reshape(offsets[-1], *x.shape[1:])
+
+
+class World:
+    """This process's place in a torch.distributed job: `rank` of `size` (1 and rank 0 without a
+    process group), the `group` collectives run in, and the `device` of its tensors."""
+
+    def __init__(self, group=None, device: torch.device | None = None):
+        self.group = group
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.size, self.rank = _world(group) if self.distributed else (1, 0)
+        self.device = device if device is not None else torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def _main(self) -> int:
+        """Rank 0 of the group, as a global rank (what collectives' src takes)."""
+        return _global(0, self.group)
+
+    def __repr__(self) -> str:
+        return f"World(rank={self.rank}, size={self.size}, device={self.device})"
+
+    def shard_offsets(self, n: int, align: int = 1) -> list[int]:
+        """Where each rank's contiguous share of n rows starts, and n last ((W + 1,) ints): boundaries
+        at multiples of `align`, the blocks of `align` rows split as evenly as they go (a rank may get
+        none)."""
+        blocks = -(-n // align)
+        return [min(n, (blocks * r) // self.size * align) for r in range(self.size)] + [n]
+
+    def broadcast_(self, t: torch.Tensor) -> torch.Tensor:
+        """Overwrite `t` on every rank with rank 0's (in place)."""
+        if self.size > 1:
+            dist.broadcast(t, src=self._main, group=self.group)
+        return t
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier(group=self.group)
+
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """all_gather_rows in this world (x itself with one process)."""
+        return x if self.size == 1 else all_gather_rows(x.to(self.device), group=self.group).to(x.device)
+
+    def agree(self, check) -> None:
+        """Run `check()` on every rank; raise on every rank if it raised on any (see _agree)."""
+        if self.size == 1:
+            check()
+        else:
+            _agree(check, self.group, self.device)
+
+    def from_main(self, compute):
+        """compute() on rank 0, its result (any picklable value) sent to every rank: one decision for
+        all, e.g. what a file holds while rank 0 may be writing it. An exception in compute() is
+        raised on every rank (on the others a copy, without rank 0's traceback)."""
+        if self.size == 1:
+            return compute()
+        box = [None]
+        if self.is_main:
+            try:
+                box = [(True, compute())]
+            except Exception as err:
+                box = [(False, err)]
+                dist.broadcast_object_list(box, src=self._main, group=self.group)
+                raise
+        dist.broadcast_object_list(box, src=self._main, group=self.group)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value

@@ -33,7 +33,9 @@ NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
 # options are part of its run's identity too (stored and checked per run in config.json).
 IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width",
-            "encoder_epochs")
+            "encoder_epochs", "micro_batches")
+# The value an identity field had before it was recorded (run directories from before it was kept).
+IDENTITY_BEFORE = {"micro_batches": 1}
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,9 @@ class ExperimentConfig:
     width: int | None = None      # the target ResNet-18's first-stage channels (64 = the standard network);
     #                               on embeddings the head's hidden units (0 = a linear head)
     encoder_epochs: int | None = None  # the CSI encoder's epochs (None: the dataset's default; none on embeddings)
+    micro_batches: int | None = None  # each batch as this many parts (TrainConfig.micro_batches); None: the
+    #                                   number of processes (torchrun ranks), 1 in one process
+    infer_batch: int = 1024           # rows per inference batch; under torchrun the shards start at its multiples
     options: dict = field(default_factory=dict)  # strategy options by name, e.g. {"purity": "knn"}
     data_root: str | None = None
     download: bool = False
@@ -63,9 +68,10 @@ class ExperimentConfig:
     progress: bool = True
     purity_diagnostics: bool = False  # record every purity score's AUROC per round (not part of the identity)
 
-    def resolved(self) -> "ExperimentConfig":
-        """A copy with the dataset defaults filled in and every option checked."""
-        defaults = dataset_defaults(self.dataset)
+    def resolved(self, world_size: int = 1) -> "ExperimentConfig":
+        """A copy with the dataset defaults filled in and every option checked, for a run on
+        `world_size` processes."""
+        defaults = {**dataset_defaults(self.dataset), "micro_batches": world_size}
         filled = {k: getattr(self, k) if getattr(self, k) is not None else v for k, v in defaults.items()}
         if self.encoder_epochs is None and not is_embeddings(self.dataset):
             from mqnet_fast.training.contrastive import EncoderConfig
@@ -74,10 +80,10 @@ class ExperimentConfig:
         out = dataclasses.replace(self, **filled,
                                   strategies=list(self.strategies), seeds=[int(s) for s in self.seeds],
                                   options=dict(self.options))
-        out.validate()
+        out.validate(world_size)
         return out
 
-    def validate(self) -> None:
+    def validate(self, world_size: int = 1) -> None:
         for name in self.strategies:
             if name not in STRATEGIES:
                 raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
@@ -102,6 +108,16 @@ class ExperimentConfig:
             if not isinstance(value, int) or value < low:
                 what = " (on embeddings the head's hidden units, 0 = linear)" if name == "width" and embeddings else ""
                 raise ConfigError(f"{name} must be an integer >= {low}{what}, got {value!r}")
+        for name in ("micro_batches", "infer_batch"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.micro_batches is not None and self.batch_size % self.micro_batches:
+            raise ConfigError(f"micro_batches ({self.micro_batches}) must divide batch_size ({self.batch_size})")
+        if world_size > 1 and self.micro_batches is not None and self.micro_batches != world_size:
+            raise ConfigError(f"micro_batches is {self.micro_batches} but the run has {world_size} processes: under "
+                              "torchrun each rank trains one micro-batch, so give the number of processes (or leave "
+                              "it out)")
         if self.encoder_epochs is not None and embeddings:
             raise ConfigError(f"encoder_epochs: dataset {self.dataset!r} is fixed embeddings, which have no CSI "
                               "encoder to train (purity 'csi' is measured in the given embedding)")

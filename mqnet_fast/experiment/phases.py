@@ -7,55 +7,68 @@ import torch.nn.functional as F
 
 from mqnet_fast.data import OpenSetSplit
 from mqnet_fast.strategies import RoundView, Selection, Strategy
+from mqnet_fast.strategies.base import Shard
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, infer, make_model, model_arch, train_model
 
 
 def train(num_classes: int, images: DeviceImages | DeviceFeatures, labeled_in: np.ndarray, labels: np.ndarray,
           config: TrainConfig, init_seed: int, train_seed: int, device: torch.device, *, desc: str,
-          show_progress: bool, loss_module: bool = False, width: int = 64):
+          show_progress: bool, loss_module: bool = False, width: int = 64, world=None):
     """A freshly initialized target model (a ResNet-18 on images, a FeatureHead of hidden width
     `width` on embeddings; with the loss-prediction module of learning loss if `loss_module`)
-    trained on the labeled IN examples `labeled_in` (global rows) with IN labels `labels`. Returns
-    (model, mean loss of the last iterations)."""
+    trained on the labeled IN examples `labeled_in` (global rows) with IN labels `labels` (with a
+    `world` of several ranks, data-parallel: train_model). Returns (model, mean loss of the last
+    iterations)."""
     model = make_model(num_classes, images.images.shape[1], device, init_seed, loss_module=loss_module, width=width,
                        arch=model_arch(images))
     if len(labeled_in) == 0:
         return model, float("nan")  # nothing IN to learn from yet: the model stays at its initialization
     loss = train_model(model, images, torch.from_numpy(labeled_in), torch.from_numpy(labels), config, train_seed,
-                       desc=desc, show_progress=show_progress)
+                       desc=desc, show_progress=show_progress, world=world)
     return model, loss
 
 
 def evaluate(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, rows: np.ndarray,
-             labels: np.ndarray) -> float:
+             labels: np.ndarray, batch_size: int = 1024) -> float:
     """Accuracy on the test rows `rows` with IN labels `labels` (nan with no rows)."""
     if len(rows) == 0:
         return float("nan")
-    logits = infer(model, images, torch.from_numpy(rows)).logits
+    logits = infer(model, images, torch.from_numpy(rows), batch_size).logits
     return float((logits.argmax(1) == torch.from_numpy(labels).to(logits.device)).float().mean())
 
 
 def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, split: OpenSetSplit, labeled: np.ndarray,
-               labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None) -> RoundView:
+               labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None, *, world=None,
+               batch_size: int = 1024) -> RoundView:
     """The round's view: the model's outputs on the unlabeled candidates and the labeled examples
-    (with a loss module, the candidates' predicted loss as extras["predicted_loss"])."""
+    (with a loss module, the candidates' predicted loss as extras["predicted_loss"]), inferred in
+    batches of `batch_size` rows. With a `world` of several ranks each rank infers only its share of
+    the candidates (RoundView.shard), cut at multiples of `batch_size` so that every row is
+    inferred in the batch one process would infer it in; the labeled examples on every rank."""
     candidates = np.setdiff1d(split.pool, labeled)
-    cand_logits, cand_feats, cand_predicted_loss = infer(model, images, torch.from_numpy(candidates))
-    labeled_feats = infer(model, images, torch.from_numpy(labeled)).feats
+    shard, mine = None, candidates
+    if world is not None and world.size > 1:
+        shard = Shard(world, world.shard_offsets(len(candidates), batch_size), torch.from_numpy(candidates))
+        mine = candidates[shard.start:shard.offsets[world.rank + 1]]
+    cand_logits, cand_feats, cand_predicted_loss = infer(model, images, torch.from_numpy(mine), batch_size)
+    labeled_feats = infer(model, images, torch.from_numpy(labeled), batch_size).feats
     extras = {} if cand_predicted_loss is None else {"predicted_loss": cand_predicted_loss}
-    return RoundView(torch.from_numpy(candidates), torch.softmax(cand_logits, 1), cand_feats, generator,
+    return RoundView(torch.from_numpy(mine), torch.softmax(cand_logits, 1), cand_feats, generator,
                      labeled_feats=labeled_feats, labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
                      logits=cand_logits, labeled=torch.from_numpy(labeled),
                      labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache,
-                     extras=extras)
+                     extras=extras, shard=shard)
 
 
 def select(strategy: Strategy, view: RoundView, budget: int, name: str) -> tuple[Selection, np.ndarray, np.ndarray]:
     """The strategy's query, checked against its contract. Returns (selection, query global indices,
-    their rows in the candidates)."""
+    their rows in the candidates; of every rank's candidates on a sharded view)."""
+    if view.shard is not None and not strategy.sharded:
+        raise RuntimeError(f"strategy {name!r} does not run on a sharded pool (torchrun)")
     selection = strategy.select(view, budget)
     query = selection.indices.cpu().numpy().astype(np.int64)
-    return selection, query, check_selection(query, view.candidates.numpy(), budget, name)
+    candidates = view.candidates if view.shard is None else view.shard.candidates
+    return selection, query, check_selection(query, candidates.numpy(), budget, name)
 
 
 def label(view: RoundView, query: np.ndarray, positions: np.ndarray, is_in: np.ndarray,
@@ -65,10 +78,12 @@ def label(view: RoundView, query: np.ndarray, positions: np.ndarray, is_in: np.n
     query_in = is_in[query]
     losses = torch.zeros(len(query))
     if query_in.any():
-        rows = torch.from_numpy(positions[query_in]).to(view.logits.device)
+        if view.shard is None:
+            logits = view.logits[torch.from_numpy(positions[query_in]).to(view.logits.device)]
+        else:
+            logits = view.shard.rows(view.logits, positions[query_in])
         targets = torch.from_numpy(labels_in[query[query_in]])
-        losses[torch.from_numpy(query_in)] = F.cross_entropy(view.logits[rows].float().cpu(), targets,
-                                                             reduction="none")
+        losses[torch.from_numpy(query_in)] = F.cross_entropy(logits.float().cpu(), targets, reduction="none")
     return query_in, losses
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from mqnet_fast.cache import RunCache, array_digest
+from mqnet_fast.distributed import World
 from mqnet_fast.data import FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset, make_open_set
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
@@ -29,7 +30,7 @@ from mqnet_fast.metrics import auroc
 from mqnet_fast.scores import PURITY, purity
 from mqnet_fast.scores.csi import NEEDS_IMAGES
 from mqnet_fast.progress import progress_bar
-from mqnet_fast.strategies import Strategy, make_strategy
+from mqnet_fast.strategies import Strategy, make_strategy, strategy_class
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, make_model, model_arch
 
 
@@ -37,15 +38,27 @@ class Experiment:
     """Data, split and device for one experiment; `run()` runs every (strategy, seed) pair, resuming
     whatever the run directory already holds. On images the target model is a ResNet-18; on fixed
     embeddings (FeatureArrays, dataset ``embeddings:<file>``) a FeatureHead of hidden width
-    `config.width` (0: linear) over the embeddings standardized with the training split's statistics."""
+    `config.width` (0: linear) over the embeddings standardized with the training split's statistics.
+
+    With a `world` of several processes (torchrun; every rank constructs the same Experiment and
+    calls run()), each rank trains its micro-batch of every batch (DistributedDataParallel), infers
+    its share of the candidates and selects through the distributed ops; rank 0 alone writes the run
+    directory and shows progress, and every rank resumes from what rank 0 reads there."""
 
     def __init__(self, config: ExperimentConfig, run_dir: str | Path,
-                 data: ImageArrays | FeatureArrays | None = None):
-        self.config = config.resolved()
+                 data: ImageArrays | FeatureArrays | None = None, world: World | None = None):
+        self.world = world if world is not None else World()
+        self.config = config.resolved(self.world.size)
         self.run_dir = Path(run_dir)
-        self.store = RunStore(self.run_dir)
+        self.store = RunStore(self.run_dir, writes=self.world.is_main)
         self.store.check_experiment(self.config.identity())  # before loading data: a wrong --run-dir fails fast
-        self.device = self.config.torch_device()
+        self.device = self.world.device if self.world.size > 1 else self.config.torch_device()
+        self.progress = self.config.progress and self.world.is_main
+        if self.world.size > 1:
+            unsharded = [name for name in self.config.strategies if not strategy_class(name).sharded]
+            if unsharded:
+                raise ConfigError(f"strategies {', '.join(unsharded)} do not run on a pool split across processes; "
+                                  "run them in one process")
         self.data = data if data is not None else load_dataset(
             self.config.dataset, self.config.data_root, download=self.config.download,
             cache_dir=self.config.cache_dir)
@@ -105,7 +118,7 @@ class Experiment:
         run.write_config({**dataclasses.asdict(cfg), "strategy": strategy_name, "seed": seed,
                           "strategy_options": dataclasses.asdict(options), "num_in_classes": self.num_in,
                           "in_classes": split.in_classes, "split_notes": split.notes})
-        state = run.load_checkpoint()
+        state = self.world.from_main(run.load_checkpoint)  # one state for every rank
         if state is not None:
             strategy.load_state_dict(state["strategy"])
             run.write_outputs(state)  # the last save may have stopped between the checkpoint and its mirrors
@@ -116,7 +129,7 @@ class Experiment:
         torch.manual_seed(seed)
         done_here = 0
         rounds = progress_bar(range(len(state["records"]), cfg.rounds + 1), desc=f"{strategy_name} seed {seed}",
-                              disable=not cfg.progress, initial=len(state["records"]), total=cfg.rounds + 1)
+                              disable=not self.progress, initial=len(state["records"]), total=cfg.rounds + 1)
         for r in rounds:
             if stop_after_rounds is not None and done_here >= stop_after_rounds:
                 break
@@ -142,7 +155,7 @@ class Experiment:
 
         tick = time.perf_counter()
         test_rows = np.flatnonzero(test_in_labels >= 0)
-        accuracy = phases.evaluate(model, self.test_images, test_rows, test_in_labels[test_rows])
+        accuracy = phases.evaluate(model, self.test_images, test_rows, test_in_labels[test_rows], cfg.infer_batch)
         timings["time_eval"] = time.perf_counter() - tick
 
         record = {"strategy": strategy_name, "seed": seed, "round": r, "dataset": cfg.dataset,
@@ -154,17 +167,19 @@ class Experiment:
             tick = time.perf_counter()
             view = phases.infer_view(model, self.train_images, split, labeled, train_in_labels, r,
                                      torch.Generator().manual_seed(derive_seed(seed, r, "select")),
-                                     self._run_cache(seed))
+                                     self._run_cache(seed), world=self.world, batch_size=cfg.infer_batch)
             timings["time_infer"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
             selection, query, positions = phases.select(strategy, view, cfg.budget, strategy_name)
             timings["time_select"] = time.perf_counter() - tick
-            columns = {k: v.cpu().numpy() for k, v in selection.columns.items()}
+            gather = (lambda t: t) if view.shard is None else view.shard.gather  # every rank's rows
+            columns = {k: gather(v).cpu().numpy() for k, v in selection.columns.items()}
             if selection.scores is not None:
-                columns["score"] = selection.scores.cpu().numpy()
-            candidate_is_in = split.is_in[view.candidates.numpy()]
-            run.save_scores(r, candidates=view.candidates.numpy(), query=query, is_in=candidate_is_in, **columns)
+                columns["score"] = gather(selection.scores).cpu().numpy()
+            candidates = (view.candidates if view.shard is None else view.shard.candidates).numpy()
+            candidate_is_in = split.is_in[candidates]
+            run.save_scores(r, candidates=candidates, query=query, is_in=candidate_is_in, **columns)
             # How well each score the strategy computed separates IN from OOD candidates (Table 9)
             for name in ("purity", "informativeness"):
                 if name in columns:
@@ -173,7 +188,7 @@ class Experiment:
                 for name in PURITY:
                     if isinstance(self.data, FeatureArrays) and name in NEEDS_IMAGES:
                         continue
-                    record[f"auroc_{name}"] = auroc(purity(name, view).cpu().numpy(), candidate_is_in)
+                    record[f"auroc_{name}"] = auroc(gather(purity(name, view)).cpu().numpy(), candidate_is_in)
 
             query_in, losses = phases.label(view, query, positions, split.is_in, train_in_labels)
             tick = time.perf_counter()
@@ -194,7 +209,7 @@ class Experiment:
             train = self.data.train_feats if isinstance(self.data, FeatureArrays) else self.data.train_images
             self._caches[seed] = RunCache(self.config.dataset, seed, pool, directory, array_digest(train[pool]),
                                           overrides,
-                                          show_progress=self.config.progress)
+                                          show_progress=self.progress, world=self.world)
         return self._caches[seed]
 
     def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +231,7 @@ class Experiment:
         if r == 0 and (seed, recipe) in self._round_zero:
             return self._round_zero[(seed, recipe)]
         make = dict(loss_module=strategy.uses_loss_module, width=cfg.width)
-        saved = self.store.load_round_zero(seed, recipe) if r == 0 else None
+        saved = self.world.from_main(lambda: self.store.load_round_zero(seed, recipe)) if r == 0 else None
         if saved is not None:
             model = make_model(self.num_in, self.train_images.images.shape[1], self.device,
                                derive_seed(seed, r, "model-init"), arch=arch, **make)
@@ -224,9 +239,9 @@ class Experiment:
             result = model, float(saved["train_loss"])
         else:
             result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
-                                  TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr),
+                                  TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr, micro_batches=cfg.micro_batches),
                                   derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
-                                  desc=f"round {r} train", show_progress=cfg.progress, **make)
+                                  desc=f"round {r} train", show_progress=self.progress, world=self.world, **make)
             if r == 0:
                 self.store.save_round_zero(seed, recipe, result[0].state_dict(), result[1])
         if r == 0:

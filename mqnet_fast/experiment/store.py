@@ -24,13 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mqnet_fast.experiment.config import IDENTITY, ConfigError
+from mqnet_fast.experiment.config import IDENTITY, IDENTITY_BEFORE, ConfigError
 from mqnet_fast.io import atomic_save_npz, atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 
 
 class RunStore:
-    def __init__(self, run_dir: str | Path):
+    """`writes` False: every write is skipped (the ranks of a torchrun run other than rank 0, which
+    read what rank 0 writes)."""
+
+    def __init__(self, run_dir: str | Path, writes: bool = True):
         self.run_dir = Path(run_dir)
+        self.writes = writes
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"run_dir {str(self.run_dir)!r} exists and is not a directory")
 
@@ -42,6 +46,7 @@ class RunStore:
             previous = read_json(saved)
             # data_digest is checked where both sides have it (run directories from before it was kept lack it)
             keys = [k for k in identity if k in IDENTITY or (k in previous and k == "data_digest")]
+            previous = {**IDENTITY_BEFORE, **previous}
             differs = [k for k in keys if previous.get(k) != identity[k]]
             if differs:
                 detail = ", ".join(f"{k}: {previous.get(k)!r} there, {identity[k]!r} now" for k in differs)
@@ -50,7 +55,7 @@ class RunStore:
 
     def record_experiment(self, identity: dict) -> None:
         """Write experiment.json (after check_experiment and every other check)."""
-        if not (self.run_dir / "experiment.json").exists():
+        if self.writes and not (self.run_dir / "experiment.json").exists():
             atomic_write_json(self.run_dir / "experiment.json", identity)
 
     def round_zero_path(self, seed: int, recipe: str) -> Path:
@@ -61,12 +66,16 @@ class RunStore:
         return load_tensors(self.round_zero_path(seed, recipe))
 
     def save_round_zero(self, seed: int, recipe: str, model_state: dict, train_loss: float) -> None:
+        if not self.writes:
+            return
         atomic_torch_save(self.round_zero_path(seed, recipe), {"model": model_state, "train_loss": train_loss})
 
     def run(self, strategy: str, seed: int) -> "SingleRun":
         return SingleRun(self, self.run_dir / strategy / f"seed{seed}")
 
     def write_results(self) -> None:
+        if not self.writes:
+            return
         all_records = []
         for path in sorted(self.run_dir.glob("*/seed*/metrics.json")):
             all_records += read_json(path)
@@ -92,6 +101,8 @@ class SingleRun:
     def write_config(self, config: dict) -> None:
         """Write the run's configuration (after check_options)."""
         self.check_options(config["strategy_options"])
+        if not self.store.writes:
+            return
         atomic_write_json(self.path / "config.json", config)
 
     def load_checkpoint(self) -> dict | None:
@@ -99,17 +110,23 @@ class SingleRun:
 
     def save_round(self, state: dict) -> None:
         """Checkpoint, then the outputs that mirror it (metrics, queries, results.csv)."""
+        if not self.store.writes:
+            return
         atomic_torch_save(self.checkpoint_path, state)
         self.write_outputs(state)
 
     def write_outputs(self, state: dict) -> None:
         """metrics, queries and results.csv from the checkpoint's state (idempotent)."""
+        if not self.store.writes:
+            return
         atomic_write_json(self.path / "metrics.json", state["records"])
         atomic_write_text(self.path / "metrics.csv", records_to_csv(state["records"]))
         atomic_write_json(self.path / "queries.json", state["queries"])
         self.store.write_results()
 
     def save_scores(self, r: int, **arrays: np.ndarray) -> None:
+        if not self.store.writes:
+            return
         atomic_save_npz(self.path / "scores" / f"round_{r:03d}.npz", **arrays)
 
 

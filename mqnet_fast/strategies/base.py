@@ -6,9 +6,40 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from mqnet_fast import ops
+
+
+@dataclass
+class Shard:
+    """A view's place in a pool split across the ranks of a torchrun run: the view's per-candidate
+    rows are this rank's contiguous share of `candidates` (every rank's, in rank order), starting at
+    row offsets[rank]. A strategy that supports shards (`Strategy.sharded`) returns the picks of the
+    whole pool, the same on every rank, and its scores and columns for this rank's rows."""
+    world: Any                 # mqnet_fast.distributed.World
+    offsets: list[int]         # (W + 1,) where each rank's rows start, the candidate count last
+    candidates: torch.Tensor   # (U,) int64 global train indices of every rank's candidates, CPU
+
+    @property
+    def start(self) -> int:
+        return self.offsets[self.world.rank]
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of the per-candidate `t`, concatenated: (U, ...) on every rank."""
+        return self.world.gather_rows(t)
+
+    def rows(self, t: torch.Tensor, positions: np.ndarray) -> torch.Tensor:
+        """The rows of the per-candidate `t` at global candidate `positions`, in that order, on every
+        rank (each sent by the rank holding it)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        owner = np.searchsorted(np.asarray(self.offsets[1:]), positions, side="right")
+        mine = torch.from_numpy(positions[owner == self.world.rank] - self.start).to(t.device)
+        got = self.gather(t[mine])  # rank order, each rank's rows in the order asked
+        out = torch.empty_like(got)
+        out[torch.from_numpy(np.argsort(owner, kind="stable")).to(t.device)] = got
+        return out
 
 
 @dataclass
@@ -33,6 +64,7 @@ class RoundView:
     images: Any = None                        # the train split's DeviceImages (indexed by global index)
     cache: Any = None                         # the run's mqnet_fast.cache.RunCache (encoders trained once per pool)
     extras: dict = field(default_factory=dict)  # more (U,) per-candidate model outputs, e.g. "predicted_loss"
+    shard: Shard | None = None                # set under torchrun: the candidates are this rank's share
 
     def __post_init__(self):
         if self.labeled_feats is None:
@@ -82,6 +114,8 @@ class Strategy:
     # What mqnet_fast.select needs to run it on arrays (its keyword names): "probs" (or logits),
     # "feats", "labeled_feats", "labeled_is_in", "purity", "informativeness"; None: not from arrays.
     inputs: ClassVar[tuple[str, ...] | None] = ()
+    # Whether select (and observe) work on a sharded view (RoundView.shard, under torchrun).
+    sharded: ClassVar[bool] = False
 
     def __init__(self, options=None, seed: int = 0):
         self.options = options if options is not None else self.Options()
@@ -116,7 +150,9 @@ class Strategy:
 
 
 class TopScore(Strategy):
-    """The top `budget` candidates by `score(view)` (ties to the lower row, through ops.top_b)."""
+    """The top `budget` candidates by `score(view)` (ties to the lower row, through ops.top_b; on a
+    sharded view through distributed.top_b)."""
+    sharded = True
 
     def score(self, view: RoundView) -> torch.Tensor:
         raise NotImplementedError
@@ -126,8 +162,14 @@ class TopScore(Strategy):
 
 
 def top_selection(view: RoundView, scores: torch.Tensor, budget: int) -> Selection:
-    positions = ops.top_b(scores.float().cpu(), budget)
-    return Selection(view.candidates[positions], scores.float().cpu())
+    scores = scores.float().cpu()
+    if view.shard is None:
+        return Selection(view.candidates[ops.top_b(scores, budget)], scores)
+    from mqnet_fast import distributed
+
+    world = view.shard.world
+    positions = distributed.top_b(scores.to(world.device), budget, group=world.group).cpu()
+    return Selection(view.shard.candidates[positions], scores)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ class MQNetOptions:
 class MQNet(Strategy):
     name = "mqnet"
     Options = MQNetOptions
+    sharded = True  # P and I per rank; the standardization's statistics over every rank's candidates
 
     def __init__(self, options: MQNetOptions | None = None, seed: int = 0, purity_fn=None, informativeness_fn=None):
         """purity_fn(view) -> (U,) replaces the registered purity `options.purity` (e.g. a score in
@@ -113,18 +114,22 @@ class MQNet(Strategy):
         i = score("informativeness", self.informativeness_fn, self.options.informativeness, informativeness)
         return torch.stack([p.float().cpu(), i.float().cpu()], 1)
 
-    def standardized(self, raw: torch.Tensor) -> torch.Tensor:
-        mean, std = raw.mean(0), raw.std(0) if raw.shape[0] > 1 else torch.ones(2)
+    def standardized(self, raw: torch.Tensor, over: torch.Tensor | None = None) -> torch.Tensor:
+        """`raw` standardized with the mean and std of the rows `over` (default: raw itself)."""
+        over = raw if over is None else over
+        mean, std = over.mean(0), over.std(0) if over.shape[0] > 1 else torch.ones(2)
         z = (raw - mean) / torch.where(std > 0, std, torch.ones_like(std))
         return torch.exp(z) if self.options.standardize == "exp-zscore" else z
 
     def meta_inputs(self, view) -> torch.Tensor:
-        """The meta-inputs z (U, 2) of the candidates: standardized <P, I>."""
-        return self.standardized(self.raw_scores(view))
+        """The meta-inputs z (U, 2) of the candidates: standardized <P, I> (of this rank's candidates
+        on a sharded view, with the statistics of all of them)."""
+        raw = self.raw_scores(view)
+        return self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
 
     def select(self, view, budget):
         raw = self.raw_scores(view)
-        z = self.standardized(raw)
+        z = self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
         scores = self.model.score(z) if self.trained else z.sum(1)
         selection = top_selection(view, scores, budget)
         selection.columns = {"purity": raw[:, 0], "informativeness": raw[:, 1],
@@ -147,6 +152,8 @@ class MQNet(Strategy):
             z = self.selection_meta_inputs(selection)
         else:
             z = self.meta_inputs(view)
+        if view is not None and view.shard is not None:
+            z = view.shard.gather(z)  # positions are rows of every rank's candidates
         losses = losses.detach().float().cpu()
         if losses.numel() < 2 or bool((losses == losses[0]).all()):
             return {"meta_loss": float("nan"), "meta_rank_accuracy": float("nan"), "meta_steps": 0}

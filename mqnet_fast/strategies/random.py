@@ -9,7 +9,9 @@ from mqnet_fast.strategies.base import Selection, Strategy, register
 @register
 class Random(Strategy):
     name = "random"
+    sharded = True
 
     def select(self, view, budget):
-        positions = torch.randperm(len(view.candidates), generator=view.generator)[:budget]
-        return Selection(view.candidates[positions])
+        candidates = view.candidates if view.shard is None else view.shard.candidates  # a shard draws over all
+        positions = torch.randperm(len(candidates), generator=view.generator)[:budget]
+        return Selection(candidates[positions])

@@ -169,10 +169,13 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
     (cache.disk_path("csi-encoder", **asdict(config)), keyed by dataset, pool, seed and config),
     else trained on cache.pool with cache.seed and written there atomically. The file holds plain
     types (a state dict of tensors, the config as a dict, the input channels), so it loads with
-    torch.load(..., weights_only=True). Without a cache directory it is trained (once per run)."""
-    def build() -> ContrastiveEncoder:
-        device = images.images.device
-        in_channels = images.images.shape[1]
+    torch.load(..., weights_only=True). Without a cache directory it is trained (once per run).
+    With a cache.world of several ranks (torchrun), rank 0 alone loads or trains it and sends its
+    weights to the others."""
+    device = images.images.device
+    in_channels = images.images.shape[1]
+
+    def build_here() -> ContrastiveEncoder:
         path = cache.disk_path("csi-encoder", **asdict(config))
         if path is not None and path.exists():
             payload = torch.load(path, map_location=device, weights_only=True)
@@ -184,7 +187,16 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
         if path is not None:
             state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
             atomic_torch_save(path, {"config": asdict(config), "in_channels": in_channels, "state_dict": state})
-        return encoder
+        return encoder.eval()
+
+    def build() -> ContrastiveEncoder:
+        world = getattr(cache, "world", None)
+        if world is None or world.size == 1:
+            return build_here()
+        state = world.from_main(lambda: {k: v.detach().cpu() for k, v in build_here().state_dict().items()})
+        encoder = make_encoder(in_channels, config, device, 0)
+        encoder.load_state_dict(state)
+        return encoder.eval()
 
     return cache.get(("csi-encoder", config), build)
 

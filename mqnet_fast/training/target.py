@@ -37,8 +37,18 @@ class TrainConfig:
     loss_module_margin: float = 1.0
     loss_module_weight: float = 1.0
     loss_module_detach_fraction: float = 0.6
+    # Each batch as `micro_batches` equal parts, each with its own BatchNorm batch statistics, their
+    # gradients summed in part order and divided by the count: the step data-parallel training on
+    # that many ranks takes (train_model with a World of that size runs part r on rank r), so one
+    # process reproduces a torchrun run bit for bit. Running statistics follow part 0 (DDP
+    # broadcasts rank 0's buffers). 1: the whole batch at once.
+    micro_batches: int = 1
 
     def __post_init__(self):
+        if isinstance(self.micro_batches, bool) or not isinstance(self.micro_batches, int) or self.micro_batches < 1:
+            raise ValueError(f"micro_batches must be an integer >= 1, got {self.micro_batches!r}")
+        if self.batch_size % self.micro_batches:
+            raise ValueError(f"micro_batches ({self.micro_batches}) must divide batch_size ({self.batch_size})")
         if not 0.0 <= self.loss_module_detach_fraction <= 1.0:
             raise ValueError(f"loss_module_detach_fraction must be in [0, 1], got {self.loss_module_detach_fraction!r}")
         if self.loss_module_margin < 0 or self.loss_module_weight < 0:
@@ -143,7 +153,7 @@ def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: 
 
 def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
                 labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str = "train",
-                show_progress: bool = True) -> float:
+                show_progress: bool = True, world=None) -> float:
     """SGD on the examples `index` (global rows of `images`) with class `labels` (same length), for
     `config.iterations` batches of `config.batch_size` drawn from consecutive shuffles of the set.
     Returns the mean cross-entropy of the last 10% of the iterations.
@@ -153,49 +163,125 @@ def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, i
     loss, per-example CE); from `config.loss_module_detach_step` on, the module reads detached stage
     outputs, so only its own loss trains it and the backbone learns from the CE alone. One SGD over
     both (the published code has two SGDs with identical settings and schedules: the same updates).
-    `images` may be DeviceFeatures (fixed embeddings, no augmentation) with a FeatureHead."""
+    `images` may be DeviceFeatures (fixed embeddings, no augmentation) with a FeatureHead.
+
+    With a `world` (mqnet_fast.distributed.World) of W > 1 ranks, every rank calls this with the
+    same arguments: the model is wrapped in DistributedDataParallel, rank r computes micro-batch r
+    of each batch (config.micro_batches must be W), and a communication hook sums the ranks'
+    gradients in rank order: every rank ends with the model one process with micro_batches = W
+    trains, bit for bit on the CPU."""
     with head_threads(model, images.images.device):
-        return _train_model(model, images, index, labels, config, seed, desc=desc, show_progress=show_progress)
+        return _train_model(model, images, index, labels, config, seed, desc=desc, show_progress=show_progress,
+                            world=world)
+
+
+class _Step(torch.nn.Module):
+    """One forward of training as a module (what DistributedDataParallel wraps): (logits, the loss
+    module's predicted loss or None)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor, detach: bool = False):
+        model = self.model
+        loss_module = getattr(model, "loss_module", None)
+        if loss_module is None:
+            return model(batch), None
+        stages = model.stages(batch)
+        logits = model.linear(model.pool(stages[-1]))
+        return logits, loss_module([s.detach() for s in stages] if detach else stages)
+
+
+def _step_loss(step: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
+               detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the loss to minimize, its mean cross-entropy part) of one (micro-)batch; under learning loss
+    CE + loss_module_weight x the module's ranking loss."""
+    logits, predicted = step(batch, detach)
+    if predicted is None:
+        loss = F.cross_entropy(logits, targets)
+        return loss, loss
+    per_example = F.cross_entropy(logits, targets, reduction="none")
+    target_loss = per_example.mean()
+    ranking = loss_prediction_loss(predicted.float(), per_example.float(), config.loss_module_margin)
+    return target_loss + config.loss_module_weight * ranking, target_loss
+
+
+def _ordered_sum_hook(group, bucket):
+    """DDP communication hook: every rank's gradients gathered and summed in rank order, then divided
+    by W, the arithmetic of accumulating micro-batches 0..W-1 in one process (an all-reduce's
+    summation order is the backend's)."""
+    import torch.distributed as dist
+
+    grads = bucket.buffer()
+    parts = [torch.empty_like(grads) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, grads, group=group)
+    total = parts[0].clone()
+    for part in parts[1:]:
+        total += part
+    total.div_(len(parts))
+    future = torch.futures.Future()
+    future.set_result(total)
+    return future
 
 
 def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
-                 labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str, show_progress: bool) -> float:
+                 labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str, show_progress: bool,
+                 world=None) -> float:
     device = images.images.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
     labels = labels.to(device)
     batches = shuffled_batches(len(index), config.batch_size, generator)
-    loss_module = getattr(model, "loss_module", None)
+    parts, size = config.micro_batches, config.batch_size // config.micro_batches
+    step_module = _Step(model)
+    parallel = world is not None and world.size > 1
+    if parallel:
+        if parts != world.size:
+            raise ValueError(f"micro_batches ({parts}) must be the world size ({world.size}) to train on {world.size} "
+                             "ranks (rank r computes micro-batch r)")
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
+                                              broadcast_buffers=True)
+        step_module.register_comm_hook(world.group, _ordered_sum_hook)
+    mine = [world.rank] if parallel else range(parts)
+    buffers = list(model.buffers())
     tail_losses = []
     model.train()
     for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
         rows = next(batches)
         set_lr(optimizer, config.lr_at(step))
-        with device_autocast(device):
-            if loss_module is None:
-                loss = F.cross_entropy(model(images.augmented_batch(index[rows], generator)), labels[rows.to(device)])
-                target_loss = loss
-            else:
-                loss, target_loss = _learning_loss(model, loss_module, images.augmented_batch(index[rows], generator),
-                                                   labels[rows.to(device)], config,
-                                                   detach=step >= config.loss_module_detach_step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch, targets = images.augmented_batch(index[rows], generator), labels[rows.to(device)]
+        detach = step >= config.loss_module_detach_step
+        part_losses, kept = [], None
+        for k in mine:
+            part = slice(k * size, (k + 1) * size)
+            with device_autocast(device):
+                loss, target_loss = _step_loss(step_module, batch[part], targets[part], config, detach)
+            loss.backward()
+            part_losses.append(target_loss.detach())
+            if k == 0 and parts > 1 and not parallel:
+                kept = [b.clone() for b in buffers]  # the running statistics follow part 0
+        if kept is not None:
+            for b, saved in zip(buffers, kept):
+                b.copy_(saved)
+        if parts > 1 and not parallel:
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(parts)
         optimizer.step()
         if step >= config.iterations - max(1, config.iterations // 10):
-            tail_losses.append(target_loss.detach())
+            if parts == 1:
+                tail_losses.append(part_losses[0])
+            else:
+                mean = world.gather_rows(part_losses[0].view(1)) if parallel else torch.stack(part_losses)
+                tail_losses.append(mean.mean())
+    if parallel:
+        for b in buffers:  # each rank's last forward updated its own; rank 0's are the run's
+            world.broadcast_(b)
     return float(torch.stack(tail_losses).float().mean()) if tail_losses else float("nan")
-
-
-def _learning_loss(model: ResNet18 | FeatureHead, loss_module: LossPredictionModule, batch: torch.Tensor,
-                   targets: torch.Tensor, config: TrainConfig, *, detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the loss to minimize, its mean cross-entropy part) of one batch under learning loss."""
-    stages = model.stages(batch)
-    per_example = F.cross_entropy(model.linear(model.pool(stages[-1])), targets, reduction="none")
-    target_loss = per_example.mean()
-    predicted = loss_module([s.detach() for s in stages] if detach else stages).float()
-    ranking = loss_prediction_loss(predicted, per_example.float(), config.loss_module_margin)
-    return target_loss + config.loss_module_weight * ranking, target_loss
 
 
 class Inference(NamedTuple):
