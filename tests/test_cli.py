@@ -42,6 +42,9 @@ RUN_CASES = [
     (["--lr", "nan"], "lr"),
     (["--encoder-epochs", "0"], "encoder_epochs"),
     (["--width", "0"], "width"),
+    (["--micro-batches", "5"], "micro_batches (5) must divide batch_size (64)"),
+    (["--micro-batches", "0"], "micro_batches must be an integer >= 1"),
+    (["--infer-batch", "0"], "infer_batch must be an integer >= 1"),
     (["--device", "gpu7"], "device"),
     (MQ + ["--purity", "x"], "purity"),
     (MQ + ["--informativeness", "x"], "informativeness"),
@@ -174,9 +177,3 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_uninterrupted_results(tm
     whole_csv = (tmp_path / "whole" / "results.csv").read_text().splitlines()
     killed_csv = (tmp_path / "killed" / "results.csv").read_text().splitlines()
     assert len(whole_csv) == len(killed_csv) == 1 + 3 * 4
-
-
-def test_run_under_torchrun_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    code, err = _exit_code(RUN + ["--run-dir", str(tmp_path / "run")], capsys)
-    assert code == 2 and "torchrun" in err and not (tmp_path / "run").exists()

@@ -82,7 +82,7 @@ def test_micro_batches_must_divide_the_batch():
 STRATEGIES = "random,conf,coreset,badge,ll,mqnet"
 
 
-def _run(tmp_path, name, processes, *extra):
+def _run(tmp_path, name, processes, *extra, ok=True):
     run_dir = tmp_path / name
     common = ["--dataset", "digits", "--strategies", STRATEGIES, "--rounds", "2", "--budget", "15",
               "--iterations", "6", "--batch-size", "24", "--width", "8", "--infer-batch", "64",
@@ -95,7 +95,7 @@ def _run(tmp_path, name, processes, *extra):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                "-m", "mqnet_fast", "run", *common]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert (done.returncode == 0) == ok, done.stderr[-4000:]
     return run_dir, done
 
 
@@ -130,3 +130,13 @@ def test_torchrun_run_equals_the_single_process_run(tmp_path, processes):
     identity = json.loads((multi / "experiment.json").read_text())
     assert identity["micro_batches"] == processes
     assert identity == json.loads((single / "experiment.json").read_text())
+
+
+def test_torchrun_resumes_from_rank_0s_files_and_refuses_a_wrong_micro_batch_count(tmp_path):
+    run_dir, _ = _run(tmp_path, "many", 2)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".csv")}
+    _run(tmp_path, "many", 2)  # every run is complete: each rank reads rank 0's checkpoints, trains nothing
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".csv")}
+    assert after == before
+    _, done = _run(tmp_path, "many", 2, "--micro-batches", "3", "--batch-size", "24", ok=False)
+    assert "micro_batches is 3 but the run has 2 processes" in done.stderr

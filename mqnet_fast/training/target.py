@@ -242,8 +242,8 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
                              "ranks (rank r computes micro-batch r)")
         from torch.nn.parallel import DistributedDataParallel
 
-        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None,
-                                              broadcast_buffers=True)
+        # DDP's default: rank 0's buffers (BatchNorm's running statistics) sent to every rank at each forward
+        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
         step_module.register_comm_hook(world.group, _ordered_sum_hook)
     mine = [world.rank] if parallel else range(parts)
     buffers = list(model.buffers())
