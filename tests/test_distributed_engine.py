@@ -69,6 +69,54 @@ def test_ddp_training_equals_micro_batches_in_one_process(tmp_path, world_size, 
     assert any(not torch.equal(value, whole.state_dict()[name]) for name, value in expected.items())
 
 
+def _encoder_inputs(parts: int):
+    import dataclasses
+
+    import numpy as np
+
+    from mqnet_fast.training.contrastive import DIGITS_ENCODER
+
+    data = load_dataset("digits")
+    mean, std = DeviceImages.channel_stats(data.train_images)
+    images = DeviceImages(data.train_images, mean, std, torch.device("cpu"), data.flip)
+    config = dataclasses.replace(DIGITS_ENCODER, epochs=2, width=4, micro_batches=parts)
+    return images, np.arange(0, 400, 4), config  # 100 images: 4 steps an epoch, the last one short
+
+
+def _encoder_worker(rank, world_size, init_file, out_file):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    from mqnet_fast.distributed import World
+    from mqnet_fast.training.contrastive import train_encoder
+
+    images, pool, config = _encoder_inputs(world_size)
+    encoder = train_encoder(images, pool, config, seed=2, show_progress=False, world=World())
+    if rank == world_size - 1:
+        torch.save(encoder.state_dict(), out_file)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ddp_encoder_equals_micro_batches_in_one_process(tmp_path, world_size):
+    from mqnet_fast.training.contrastive import train_encoder
+
+    out = tmp_path / "encoder.pt"
+    mp.spawn(_encoder_worker, args=(world_size, str(tmp_path / "init"), str(out)), nprocs=world_size, join=True)
+    got = torch.load(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        images, pool, config = _encoder_inputs(world_size)
+        expected = train_encoder(images, pool, config, seed=2, show_progress=False).state_dict()
+        whole = train_encoder(images, pool, _encoder_inputs(1)[2], seed=2, show_progress=False).state_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        assert torch.equal(value, got[name]), name
+    assert any(not torch.equal(value, whole[name]) for name, value in expected.items())
+
+
 def test_micro_batches_must_divide_the_batch():
     with pytest.raises(ValueError, match=r"micro_batches \(5\) must divide batch_size \(64\)"):
         TrainConfig(micro_batches=5)
@@ -86,9 +134,10 @@ def _run(tmp_path, name, processes, *extra, ok=True):
     run_dir = tmp_path / name
     common = ["--dataset", "digits", "--strategies", STRATEGIES, "--rounds", "2", "--budget", "15",
               "--iterations", "6", "--batch-size", "24", "--width", "8", "--infer-batch", "64",
-              "--purity", "knn", "--meta-epochs", "2", "--meta-min-steps", "5", "--quiet",
+              "--meta-epochs", "2", "--meta-min-steps", "5", "--encoder-epochs", "1", "--quiet",
               "--run-dir", str(run_dir), "--device", "cpu", *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MQNET_FAST_CACHE": str(tmp_path / "cache")}
+    # a cache of its own: the encoder is trained in this run, not read from the other's
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MQNET_FAST_CACHE": str(tmp_path / f"cache-{name}")}
     if processes == 1:
         cmd = [sys.executable, "-m", "mqnet_fast", "run", *common]
     else:
@@ -109,11 +158,12 @@ def _outputs(run_dir: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("processes", [2, 3])
-def test_torchrun_run_equals_the_single_process_run(tmp_path, processes):
-    batch = ["--batch-size", "24"]
-    single, _ = _run(tmp_path, "one", 1, "--micro-batches", str(processes), *batch)
-    multi, done = _run(tmp_path, "many", processes, *batch)
+@pytest.mark.parametrize("processes, purity", [(2, "csi"), (3, "knn")])
+def test_torchrun_run_equals_the_single_process_run(tmp_path, processes, purity):
+    """csi: the CSI encoder trained under DDP too (and the purity on the sharded view)."""
+    options = ["--batch-size", "24", "--purity", purity]
+    single, _ = _run(tmp_path, "one", 1, "--micro-batches", str(processes), *options)
+    multi, done = _run(tmp_path, "many", processes, *options)
     assert f"({processes} processes)" in done.stderr
     expected, got = _outputs(single), _outputs(multi)
     assert len(expected) == len(STRATEGIES.split(","))
@@ -133,10 +183,10 @@ def test_torchrun_run_equals_the_single_process_run(tmp_path, processes):
 
 
 def test_torchrun_resumes_from_rank_0s_files_and_refuses_a_wrong_micro_batch_count(tmp_path):
-    run_dir, _ = _run(tmp_path, "many", 2)
+    run_dir, _ = _run(tmp_path, "many", 2, "--purity", "knn")
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".csv")}
-    _run(tmp_path, "many", 2)  # every run is complete: each rank reads rank 0's checkpoints, trains nothing
+    _run(tmp_path, "many", 2, "--purity", "knn")  # every run is complete: each rank reads rank 0's checkpoints, trains nothing
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".csv")}
     assert after == before
-    _, done = _run(tmp_path, "many", 2, "--micro-batches", "3", "--batch-size", "24", ok=False)
+    _, done = _run(tmp_path, "many", 2, "--purity", "knn", "--micro-batches", "3", ok=False)
     assert "micro_batches is 3 but the run has 2 processes" in done.stderr

@@ -204,7 +204,8 @@ class Experiment:
         """One cache per seed: its pool (and so its encoder) is the same for every strategy."""
         if seed not in self._caches:
             directory = Path(self.config.cache_dir) if self.config.cache_dir else default_cache_dir()
-            overrides = {"epochs": self.config.encoder_epochs}
+            # the encoder is trained in the target model's micro-batches (data-parallel under torchrun)
+            overrides = {"epochs": self.config.encoder_epochs, "micro_batches": self.config.micro_batches}
             pool = self.splits[seed].pool
             train = self.data.train_feats if isinstance(self.data, FeatureArrays) else self.data.train_images
             self._caches[seed] = RunCache(self.config.dataset, seed, pool, directory, array_digest(train[pool]),

@@ -87,6 +87,10 @@ class EncoderConfig:
     jitter: float = 1.0
     jitter_p: float = 0.8
     grey_p: float = 0.2
+    # The 8 x batch_size views of a step as this many parts through the encoder, each with its own
+    # BatchNorm statistics (the running ones following part 0), the loss over all of them: the step
+    # data-parallel training on that many ranks takes (train_encoder with a World of that size).
+    micro_batches: int = 1
 
     @classmethod
     def for_dataset(cls, name: str) -> "EncoderConfig":
@@ -125,14 +129,27 @@ def make_encoder(in_channels: int, config: EncoderConfig, device: torch.device, 
 
 
 def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig, seed: int, *,
-                  show_progress: bool = True) -> ContrastiveEncoder:
+                  show_progress: bool = True, world=None) -> ContrastiveEncoder:
     """CSI's encoder trained on the rows `pool` (global indices of `images`) for config.epochs
     epochs of ceil(|pool| / batch_size) steps, batches from consecutive shuffles of the pool.
-    Returns it in eval mode."""
+    Returns it in eval mode.
+
+    With config.micro_batches = W > 1 each step's views go through the encoder in W parts (rows cut
+    by torch.tensor_split), the loss is computed once over all their projections and shift logits,
+    and its gradients with respect to them are pushed back through each part in turn. With a `world`
+    of W ranks (every rank calling this with the same arguments) rank r computes part r inside
+    DistributedDataParallel, the projections and logits are all-gathered for the loss (the same on
+    every rank), and a communication hook sums the ranks' gradients in rank order: bit for bit the
+    encoder one process trains with micro_batches = W, on the CPU."""
     if len(pool) == 0:
         raise ValueError("train_encoder: the pool is empty")
     device = images.images.device
     encoder = make_encoder(images.images.shape[1], config, device, seed)
+    parts = config.micro_batches
+    parallel = world is not None and world.size > 1
+    if parallel and parts != world.size:
+        raise ValueError(f"micro_batches ({parts}) must be the world size ({world.size}) to train the encoder on "
+                         f"{world.size} ranks")
     generator = torch.Generator().manual_seed(seed)
     optimizer = lars(encoder, config.lr, config.momentum, config.weight_decay, config.trust_coefficient,
                      exclude_bias_and_norm=config.lars_exclude_bias_and_norm)
@@ -141,6 +158,14 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     total, warmup = config.epochs * per_epoch, config.warmup_epochs * per_epoch
     batches = shuffled_batches(len(index), min(config.batch_size, len(index)), generator)
     crop = (config.crop_min_scale, 1.0)
+    runner = encoder
+    if parallel:
+        from torch.nn.parallel import DistributedDataParallel
+
+        from mqnet_fast.training.target import ordered_sum_hook
+
+        runner = DistributedDataParallel(encoder, device_ids=[device.index] if device.type == "cuda" else None)
+        runner.register_comm_hook((world.group, False), ordered_sum_hook)  # the loss is the whole batch's: no / W
     encoder.train()
     bar = progress_bar(range(config.epochs), desc="csi encoder", disable=not show_progress)
     step = 0
@@ -150,17 +175,56 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
             set_lr(optimizer, warmup_cosine(config.lr, step, total, warmup))
             views, shift_labels = csi_views(images, index[next(batches)], generator, crop_scale=crop,
                                             jitter=config.jitter, jitter_p=config.jitter_p, grey_p=config.grey_p)
-            with device_autocast(device):
-                _, projections, logits = encoder(views)
-            loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if parts == 1:
+                with device_autocast(device):
+                    _, projections, logits = encoder(views)
+                loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature)
+                loss.backward()
+            else:
+                loss = _step_in_parts(runner, encoder, views, shift_labels, config, world if parallel else None)
             optimizer.step()
             epoch_loss += loss.detach()
             step += 1
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{float(epoch_loss) / per_epoch:.3f}")
+    if parallel:
+        for b in encoder.buffers():  # rank 0's running statistics are the run's
+            world.broadcast_(b)
     return encoder.eval()
+
+
+def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: torch.Tensor,
+                   shift_labels: torch.Tensor, config: EncoderConfig, world) -> torch.Tensor:
+    """One step's forward and backward in config.micro_batches parts (train_encoder); with a
+    `world`, this rank's part only. Returns the loss (over every part)."""
+    device = views.device
+    pieces = torch.tensor_split(torch.arange(views.shape[0], device=device), config.micro_batches)
+    mine = [world.rank] if world is not None else range(len(pieces))
+    buffers, kept, outputs = list(encoder.buffers()), None, []
+    for k in mine:
+        with device_autocast(device):
+            _, projections, logits = runner(views[pieces[k]])
+        outputs.append((projections, logits))
+        if k == 0 and world is None:
+            kept = [b.clone() for b in buffers]  # the running statistics follow part 0
+    if world is None:
+        projections = torch.cat([p for p, _ in outputs])
+        logits = torch.cat([l for _, l in outputs])
+    else:
+        projections, logits = (world.gather_rows(t.detach()) for t in outputs[0])
+    projections = projections.detach().requires_grad_(True)
+    logits = logits.detach().requires_grad_(True)
+    loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature)
+    loss.backward()
+    for k, (part_projections, part_logits) in zip(mine, outputs):
+        rows = pieces[k]
+        torch.autograd.backward([part_projections, part_logits], [projections.grad[rows].to(part_projections.dtype),
+                                                                 logits.grad[rows].to(part_logits.dtype)])
+    if kept is not None:  # after the backward passes, which read the buffers' versions
+        for b, saved in zip(buffers, kept):
+            b.copy_(saved)
+    return loss.detach()
 
 
 def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
@@ -170,32 +234,34 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
     else trained on cache.pool with cache.seed and written there atomically. The file holds plain
     types (a state dict of tensors, the config as a dict, the input channels), so it loads with
     torch.load(..., weights_only=True). Without a cache directory it is trained (once per run).
-    With a cache.world of several ranks (torchrun), rank 0 alone loads or trains it and sends its
-    weights to the others."""
+    With a cache.world of several ranks (torchrun), rank 0 decides whether the disk entry is there;
+    if not, every rank trains it together (train_encoder with the world) and rank 0 writes it."""
     device = images.images.device
     in_channels = images.images.shape[1]
+    path = cache.disk_path("csi-encoder", **asdict(config))
+    world = getattr(cache, "world", None)
+    world = world if world is not None and world.size > 1 else None
 
-    def build_here() -> ContrastiveEncoder:
-        path = cache.disk_path("csi-encoder", **asdict(config))
-        if path is not None and path.exists():
-            payload = torch.load(path, map_location=device, weights_only=True)
-            if payload.get("config") == asdict(config) and payload.get("in_channels") == in_channels:
-                encoder = make_encoder(in_channels, config, device, 0)
-                encoder.load_state_dict(payload["state_dict"])
-                return encoder.eval()
-        encoder = train_encoder(images, cache.pool, config, cache.seed, show_progress=show_progress)
-        if path is not None:
-            state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-            atomic_torch_save(path, {"config": asdict(config), "in_channels": in_channels, "state_dict": state})
+    def saved() -> ContrastiveEncoder | None:
+        if path is None or not path.exists():
+            return None
+        payload = torch.load(path, map_location=device, weights_only=True)
+        if payload.get("config") != asdict(config) or payload.get("in_channels") != in_channels:
+            return None
+        encoder = make_encoder(in_channels, config, device, 0)
+        encoder.load_state_dict(payload["state_dict"])
         return encoder.eval()
 
     def build() -> ContrastiveEncoder:
-        world = getattr(cache, "world", None)
-        if world is None or world.size == 1:
-            return build_here()
-        state = world.from_main(lambda: {k: v.detach().cpu() for k, v in build_here().state_dict().items()})
-        encoder = make_encoder(in_channels, config, device, 0)
-        encoder.load_state_dict(state)
+        if world is not None and world.from_main(lambda: saved() is not None):
+            return saved()  # rank 0 saw a complete entry (written atomically): every rank reads it
+        encoder = saved() if world is None else None
+        if encoder is not None:
+            return encoder
+        encoder = train_encoder(images, cache.pool, config, cache.seed, show_progress=show_progress, world=world)
+        if path is not None and (world is None or world.is_main):
+            state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+            atomic_torch_save(path, {"config": asdict(config), "in_channels": in_channels, "state_dict": state})
         return encoder.eval()
 
     return cache.get(("csi-encoder", config), build)

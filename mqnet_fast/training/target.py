@@ -207,19 +207,22 @@ def _step_loss(step: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor
     return target_loss + config.loss_module_weight * ranking, target_loss
 
 
-def _ordered_sum_hook(group, bucket):
-    """DDP communication hook: every rank's gradients gathered and summed in rank order, then divided
-    by W, the arithmetic of accumulating micro-batches 0..W-1 in one process (an all-reduce's
-    summation order is the backend's)."""
+def ordered_sum_hook(state, bucket):
+    """DDP communication hook, registered with state (process group, divide): every rank's gradients
+    gathered and summed in rank order, then (if divide) divided by W: the arithmetic of
+    accumulating micro-batches 0..W-1 in one process (an all-reduce's summation order is the
+    backend's)."""
     import torch.distributed as dist
 
+    group, divide = state
     grads = bucket.buffer()
     parts = [torch.empty_like(grads) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, grads, group=group)
     total = parts[0].clone()
     for part in parts[1:]:
         total += part
-    total.div_(len(parts))
+    if divide:
+        total.div_(len(parts))
     future = torch.futures.Future()
     future.set_result(total)
     return future
@@ -244,7 +247,7 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
 
         # DDP's default: rank 0's buffers (BatchNorm's running statistics) sent to every rank at each forward
         step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
-        step_module.register_comm_hook(world.group, _ordered_sum_hook)
+        step_module.register_comm_hook((world.group, True), ordered_sum_hook)
     mine = [world.rank] if parallel else range(parts)
     buffers = list(model.buffers())
     tail_losses = []

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The paper's CIFAR-10 protocol at a reduced schedule, in one device window (issue 12), for a CUDA machine
+# without network (torch, triton, pytest preinstalled). In order, each step bounded by a timeout so that
+# a slow one leaves the others' results:
+#   1. build the extension (sm_90);
+#   2. time the target model's training iteration and its breakdown, and N runs sharing the GPU
+#      (benchmarks/train_step_bench.py -> train-step.json);
+#   3. one seed of MQ-Net (the paper's configuration: CSI purity, LL informativeness, z-scores),
+#      CONF, RANDOM and CORESET on the shared CIFAR-10 (../shared/data/cifar10-jpeg.tar.gz), 4:6
+#      split, 60% noise, ROUNDS rounds of 500, ITERS iterations per round, a CSI encoder of
+#      ENC_EPOCHS epochs trained once on the pool; the report beside Tables 8 and 10
+#      (benchmarks/fidelity_report.py -> fidelity.md, results.csv);
+#   4. the kernel defaults left open: k-center's pruning, the GPU backends at small sizes, nearest's
+#      tile sweep with DEFER (gpu-bench.json/.md, nearest-tune.json).
+# Everything goes to $OUT (default benchmarks/results/fidelity); checkpoints and caches stay in $WORK.
+#
+#   OUT=... bash benchmarks/gpu_fidelity.sh            # on the GPU (about 8 minutes)
+#   OUT=... bash benchmarks/gpu_fidelity.sh --smoke    # CPU, digits, tiny sizes: checks every step runs
+#
+# The full protocol (hours per strategy and seed until training is faster):
+#   mqnet-fast run --dataset imagefolder:../shared/data/cifar10-jpeg.tar.gz --noise 0.6 \
+#       --strategies mqnet,conf,random,coreset,badge,ll --seeds 0,1,2 --budget 500 --rounds 10 \
+#       --iterations 20000 --encoder-epochs 1000 --run-dir runs/cifar10-60
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+OUT="${OUT:-benchmarks/results/fidelity}"
+WORK="${WORK:-$(mktemp -d)}"
+SMOKE=0
+[ "${1:-}" = "--smoke" ] && SMOKE=1
+mkdir -p "$OUT" "$WORK"
+export PYTHONUNBUFFERED=1 MQNET_FAST_CACHE="$WORK/cache"
+start=$(date +%s)
+stamp() { echo "$1: $(( $(date +%s) - start )) s" | tee -a "$OUT/timing.txt"; }
+
+if [ "$SMOKE" = 1 ]; then
+    DATASET=digits; ROUNDS=2; BUDGET=10; ITERS=3; ENC_EPOCHS=1; WIDTH=4; DEVICE=cpu; RUN_LIMIT=300
+    BENCH_ARGS=(--smoke)
+    echo "cpu (smoke)" > "$OUT/device.txt"
+else
+    DATASET="imagefolder:${DATA:-../shared/data/cifar10-jpeg.tar.gz}"
+    ROUNDS="${ROUNDS:-4}"; BUDGET=500; ITERS="${ITERS:-1500}"; ENC_EPOCHS="${ENC_EPOCHS:-10}"; WIDTH=64
+    DEVICE=cuda; RUN_LIMIT="${RUN_LIMIT:-330}"
+    BENCH_ARGS=(--device cuda --iterations 300 --jobs 4)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
+    MAX_JOBS="${MAX_JOBS:-16}" MQNET_FAST_CUDA_ARCH="${MQNET_FAST_CUDA_ARCH:-9.0}" \
+        "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.txt" 2>&1 \
+        || { echo "build failed"; tail -40 "$OUT/build.txt"; }
+    stamp build
+fi
+DEVICE_NAME="$(tail -n +2 "$OUT/device.txt" | head -1 | cut -d, -f1)"
+DEVICE_NAME="${DEVICE_NAME:-$(head -1 "$OUT/device.txt")}"
+"$PY" -m mqnet_fast info > "$OUT/info.txt" 2>&1
+
+timeout 150 "$PY" benchmarks/train_step_bench.py "${BENCH_ARGS[@]}" --out "$OUT" > "$OUT/train-step.txt" 2>&1
+echo "train-step bench rc=$?" | tee -a "$OUT/timing.txt"
+stamp train-step
+
+timeout "$RUN_LIMIT" "$PY" -m mqnet_fast run --dataset "$DATASET" --split 4:6 --noise 0.6 \
+    --strategies mqnet,conf,random,coreset --seeds 0 --budget "$BUDGET" --rounds "$ROUNDS" \
+    --iterations "$ITERS" --encoder-epochs "$ENC_EPOCHS" --width "$WIDTH" --device "$DEVICE" \
+    --run-dir "$WORK/run" --quiet > "$OUT/run.txt" 2>&1
+echo "fidelity run rc=$? (124: stopped at ${RUN_LIMIT} s; the rounds done are reported)" | tee -a "$OUT/timing.txt"
+stamp fidelity-run
+if [ -f "$WORK/run/results.csv" ]; then
+    cp "$WORK/run/results.csv" "$WORK/run/experiment.json" "$OUT/"
+    "$PY" benchmarks/fidelity_report.py "$WORK/run" --device "$DEVICE_NAME" --out "$OUT/fidelity.md"
+else
+    echo "no round completed; see run.txt" | tee "$OUT/fidelity.md"
+fi
+
+if [ "$SMOKE" = 0 ]; then
+    timeout 100 "$PY" benchmarks/gpu_tune_nearest.py --out "$OUT" > "$OUT/nearest-tune.txt" 2>&1
+    echo "nearest tile sweep rc=$?" | tee -a "$OUT/timing.txt"
+    timeout 120 "$PY" benchmarks/gpu_bench.py --out "$OUT" --only kcenter,kcenter_prune,small \
+        --nearest-tune "$OUT/nearest-tune.json" > "$OUT/gpu-bench.txt" 2>&1
+    echo "kernel bench rc=$?" | tee -a "$OUT/timing.txt"
+fi
+stamp total
+[ -z "${KEEP_WORK:-}" ] && rm -rf "$WORK"
+exit 0
