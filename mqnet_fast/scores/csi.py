@@ -18,7 +18,9 @@ pool (mqnet_fast.training.contrastive): the purity MQ-Net (Park et al., NeurIPS 
 
 With no labeled IN example yet every purity is 0 (as knn does). The encoder and the pool's
 embeddings are computed once per run (RunCache); the nearest-neighbour searches go through
-ops.nearest.
+ops.nearest. On a view sharded across torchrun ranks each rank embeds only the chunks of the pool
+around its own candidates (and the labeled rows there, which it sends to the others), in the same
+batches one process embeds the pool in, so the scores are the single-process ones.
 
 On an embeddings dataset (the view's `images` are DeviceFeatures) there is no image to train an
 encoder on: the given embedding is the self-supervised one (e.g. scripts/make_embeddings.py
@@ -166,21 +168,104 @@ def pool_rotation_embeddings(view, layer: str = FULL_LAYER):
                          lambda encoder, images, pool: embed_rotations(encoder, images, pool, layer=layer))
 
 
+# --------------------------------------------------------------------------------------------------
+# On a sharded view (torchrun): each rank embeds only the part of the pool around its candidates
+
+EMBED_BATCH = 1024  # embed()'s batch: one process embeds the pool in these chunks of pool positions
+
+
+def _shard_tables(view, what: tuple, encode, by: str) -> tuple[tuple, tuple, tuple]:
+    """(candidates, labeled IN, labeled OOD), each a tuple of the tensors encode(encoder, images,
+    rows) returns, on a sharded view. The pool is split into contiguous ranges at the ranks' first
+    candidates. Each rank embeds the chunks of EMBED_BATCH pool positions that hold its candidates
+    and the labeled rows of its range (memoized per chunk, and the very batches one process embeds:
+    the same bits), and sends those labeled rows to every rank. No rank embeds the whole pool;
+    the labeled rows (L x d) are all that moves."""
+    view.require("cache", "labeled", "images", by=by)
+    shard, world = view.shard, view.shard.world
+    pool = np.asarray(view.cache.pool, dtype=np.int64)
+    config = encoder_config(view)
+    # every rank takes part: under torchrun the encoder is trained or loaded collectively
+    encoder = load_or_train_encoder(view.images, view.cache, config, show_progress=view.cache.show_progress)
+    cand = _pool_positions(pool, shard.candidates, "candidates").numpy()
+    labeled = _pool_positions(pool, view.labeled, "labeled").numpy()
+    firsts = [int(cand[o]) if o < len(cand) else len(pool) for o in shard.offsets[1:-1]]
+    bounds = np.array([0, *firsts, len(pool)])
+    owner = np.searchsorted(bounds[1:], labeled, side="right")  # the rank whose range holds each labeled row
+    mine = cand[shard.offsets[world.rank]:shard.offsets[world.rank + 1]]
+    need = np.concatenate([mine, labeled[owner == world.rank]])
+
+    def as_tuple(out):
+        return tuple(out) if isinstance(out, tuple) else (out,)
+
+    pieces = [as_tuple(encode(encoder, view.images, pool[:0]))]  # empty, of the right shapes
+    for c in np.unique(need // EMBED_BATCH):
+        chunk = view.cache.get((*what, config, "chunk", int(c)),
+                               lambda c=int(c): as_tuple(encode(encoder, view.images,
+                                                                pool[c * EMBED_BATCH:(c + 1) * EMBED_BATCH])))
+        rows = torch.from_numpy(need[need // EMBED_BATCH == c] - c * EMBED_BATCH)
+        pieces.append(tuple(t[rows.to(t.device)] for t in chunk))
+    # pieces follow the chunks in order, and need is sorted within each part: re-order to need's order
+    order = np.argsort(need // EMBED_BATCH, kind="stable")
+    rows = []
+    for f in range(len(pieces[0])):
+        stacked = torch.cat([piece[f] for piece in pieces])
+        out = torch.empty_like(stacked)
+        out[torch.from_numpy(order).to(out.device)] = stacked
+        rows.append(out)
+    candidates = tuple(r[:len(mine)] for r in rows)
+    to_labeled = torch.from_numpy(np.argsort(owner, kind="stable"))
+    labeled_rows = []
+    for r in rows:
+        got = world.gather_rows(r[len(mine):])  # every rank's labeled rows, in rank order
+        out = torch.empty_like(got)
+        out[to_labeled.to(got.device)] = got
+        labeled_rows.append(out)
+    is_in = view.labeled_is_in.to(torch.bool)
+    return (candidates, tuple(t[is_in.to(t.device)] for t in labeled_rows),
+            tuple(t[~is_in.to(t.device)] for t in labeled_rows))
+
+
+def _tables(view, what: tuple, encode, by: str, *, table=None):
+    """(candidates, labeled IN, labeled OOD) as tuples of per-row tensors: rows of the whole pool's
+    `table()` (computed once per run); on a sharded view from _shard_tables (on given embeddings,
+    their rows)."""
+    if view.shard is not None and not isinstance(view.images, DeviceFeatures):
+        return _shard_tables(view, what, encode, by)
+    if view.shard is not None:  # the embeddings as given, sharded: read this rank's rows directly
+        view.require("labeled", by=by)
+        is_in = view.labeled_is_in.to(torch.bool)
+        given = view.images.given(view.labeled)
+        return (view.images.given(view.candidates),), (given[is_in.to(given.device)],), (given[~is_in.to(given.device)],)
+    parts = [_split(view, t, by) for t in table()]
+    return tuple(tuple(p[k] for p in parts) for k in range(3))
+
+
+def _embed_purity_layer(encoder, images, rows):
+    return embed(encoder, images, rows, layer=PURITY_LAYER)
+
+
 @register_purity("csi")
 def _csi(view) -> torch.Tensor:
-    candidates, labeled_in, _ = _split(view, pool_embeddings(view), "purity 'csi'")
+    (candidates,), (labeled_in,), _ = _tables(view, ("csi-pool-embeddings", PURITY_LAYER), _embed_purity_layer,
+                                              "purity 'csi'", table=lambda: (pool_embeddings(view),))
     return csi_purity(candidates, labeled_in)
 
 
 @register_purity("csi-ood")
 def _csi_ood(view) -> torch.Tensor:
-    candidates, labeled_in, labeled_ood = _split(view, pool_embeddings(view), "purity 'csi-ood'")
+    (candidates,), (labeled_in,), (labeled_ood,) = _tables(
+        view, ("csi-pool-embeddings", PURITY_LAYER), _embed_purity_layer, "purity 'csi-ood'",
+        table=lambda: (pool_embeddings(view),))
     return csi_ood_purity(candidates, labeled_ood, labeled_in)
 
 
 @register_purity("csi-full")
 def _csi_full(view) -> torch.Tensor:
-    embeddings, logits = pool_rotation_embeddings(view)
-    cand_z, in_z, _ = _split(view, embeddings, "purity 'csi-full'")
-    cand_s, in_s, _ = _split(view, logits, "purity 'csi-full'")
+    if isinstance(view.images, DeviceFeatures):
+        pool_rotation_embeddings(view)  # refused there, with why
+    (cand_z, cand_s), (in_z, in_s), _ = _tables(
+        view, ("csi-pool-rotation-embeddings", FULL_LAYER),
+        lambda encoder, images, rows: embed_rotations(encoder, images, rows, layer=FULL_LAYER), "purity 'csi-full'",
+        table=lambda: tuple(pool_rotation_embeddings(view)))
     return csi_full_purity(cand_z, cand_s, in_z, in_s)
