@@ -4,7 +4,10 @@ round, 10 rounds, 20,000 iterations per round): Table 10's last-round accuracy a
 the first and the last query at 60% noise. A reduced schedule is not the paper's, so the comparison
 is of the ordering of the strategies and of the trend of %IN, not of the values.
 
-    python benchmarks/fidelity_report.py RUN_DIR [--out REPORT.md]
+    python benchmarks/fidelity_report.py RUN_DIR [RUN_DIR ...] [--out REPORT.md]
+
+Several run directories of the same experiment (e.g. strategies run as separate processes) are
+read as one.
 """
 from __future__ import annotations
 
@@ -35,24 +38,29 @@ def _number(text: str) -> float:
         return math.nan
 
 
-def load(run_dir: Path) -> tuple[dict, dict, dict]:
+def load(run_dirs: list[Path]) -> tuple[dict, dict, dict]:
     """(experiment identity, {strategy: {round: [accuracy per seed]}}, {strategy: {round: [%IN per seed]}})."""
-    identity = json.loads((run_dir / "experiment.json").read_text())
+    identities = [json.loads((d / "experiment.json").read_text()) for d in run_dirs]
+    if any(i != identities[0] for i in identities):
+        raise SystemExit("the run directories hold different experiments")
     accuracy, percent_in = defaultdict(lambda: defaultdict(list)), defaultdict(lambda: defaultdict(list))
-    with open(run_dir / "results.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            r = int(row["round"])
-            accuracy[row["strategy"]][r].append(100.0 * _number(row["test_accuracy"]))
-            if row.get("query_in_percent"):
-                percent_in[row["strategy"]][r].append(_number(row["query_in_percent"]))
-    return identity, accuracy, percent_in
+    for run_dir in run_dirs:
+        with open(run_dir / "results.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                r = int(row["round"])
+                accuracy[row["strategy"]][r].append(100.0 * _number(row["test_accuracy"]))
+                if row.get("query_in_percent"):
+                    percent_in[row["strategy"]][r].append(_number(row["query_in_percent"]))
+    return identities[0], accuracy, percent_in
 
 
-def render(run_dir: Path, device: str = "") -> str:
-    identity, accuracy, percent_in = load(run_dir)
+def render(run_dirs: list[Path], device: str = "") -> str:
+    identity, accuracy, percent_in = load(run_dirs)
     noise = float(identity["noise"])
-    strategies = sorted(accuracy, key=lambda s: -_mean(accuracy[s][max(accuracy[s])]))
     rounds = max(max(a) for a in accuracy.values())
+    # ranked at the last round every strategy reached (a run stopped early is marked, not compared later)
+    common = min(max(a) for a in accuracy.values())
+    strategies = sorted(accuracy, key=lambda s: (math.isnan(_mean(accuracy[s][common])), -_mean(accuracy[s][common]), s))
     lines = [f"# Fidelity run: {identity['dataset']}, split {identity['split']}, noise {noise}",
              "",
              f"Schedule: {identity['rounds']} rounds of {identity['budget']}, {identity['iterations']} iterations per "
@@ -65,7 +73,8 @@ def render(run_dir: Path, device: str = "") -> str:
     paper = TABLE10.get(noise, {})
     for s in strategies:
         cells = [f"{_mean(accuracy[s][r]):.2f}" if r in accuracy[s] else "" for r in range(rounds + 1)]
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {paper.get(s, '')} |")
+        done = "" if max(accuracy[s]) == rounds else f" (stopped after r{max(accuracy[s])})"
+        lines.append(f"| {s}{done} | " + " | ".join(cells) + f" | {paper.get(s, '')} |")
     lines += ["", "## %IN of each query (mean over seeds)", "",
               "| strategy | " + " | ".join(f"q{r + 1}" for r in range(rounds)) + " | paper, first / last (Table 8, 60%) |",
               "|---|" + "---|" * (rounds + 1)]
@@ -75,17 +84,18 @@ def render(run_dir: Path, device: str = "") -> str:
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {f'{ref[0]} / {ref[1]}' if ref else ''} |")
     order = " > ".join(strategies)
     paper_order = " > ".join(s for s, _ in sorted(paper.items(), key=lambda kv: -kv[1]) if s in accuracy)
-    lines += ["", f"Last-round order here: {order}.", f"The paper's order of the same strategies: {paper_order}."]
+    lines += ["", f"Order here at round {common} (the last every strategy reached): {order}.",
+              f"The paper's order of the same strategies (last round): {paper_order}."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--device", default="", help="the device's name, for the report's header")
     args = parser.parse_args()
-    text = render(args.run_dir, args.device)
+    text = render(args.run_dirs, args.device)
     print(text, end="")
     if args.out:
         args.out.write_text(text)

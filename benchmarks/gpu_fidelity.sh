@@ -10,11 +10,15 @@
 #      split, 60% noise, ROUNDS rounds of 500, ITERS iterations per round, a CSI encoder of
 #      ENC_EPOCHS epochs trained once on the pool; the report beside Tables 8 and 10
 #      (benchmarks/fidelity_report.py -> fidelity.md, results.csv);
-#   4. the kernel defaults left open: k-center's pruning, the GPU backends at small sizes, nearest's
-#      tile sweep with DEFER (gpu-bench.json/.md, nearest-tune.json).
-# Everything goes to $OUT (default benchmarks/results/fidelity); checkpoints and caches stay in $WORK.
+#   4. the kernel defaults left open, briefly: k-center's pruning and the GPU backends at small sizes
+#      (gpu-bench.json/.md), nearest's tile sweep with DEFER (nearest-tune.json).
+# Everything is written to $STAGE and packed, after every step, into $OUT/fidelity.tgz (the device tool
+# brings back only a few files; a step cut off at its limit leaves the steps before it packed);
+# checkpoints and caches stay in $WORK. Step limits add up to 480 s (one device command: 600 s at most).
+# The device machine has no ../shared: carry a copy of the CIFAR archive inside the checkout (a
+# git-ignored folder) and point DATA at it.
 #
-#   OUT=... bash benchmarks/gpu_fidelity.sh            # on the GPU (about 8 minutes)
+#   DATA=data-carry/cifar10-jpeg.tar.gz OUT=... bash benchmarks/gpu_fidelity.sh   # on the GPU (<= 8 minutes)
 #   OUT=... bash benchmarks/gpu_fidelity.sh --smoke    # CPU, digits, tiny sizes: checks every step runs
 #
 # The full protocol (hours per strategy and seed until training is faster):
@@ -24,26 +28,34 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-OUT="${OUT:-benchmarks/results/fidelity}"
+FINAL="${OUT:-benchmarks/results/fidelity}"
 WORK="${WORK:-$(mktemp -d)}"
 SMOKE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
-mkdir -p "$OUT" "$WORK"
-export PYTHONUNBUFFERED=1 MQNET_FAST_CACHE="$WORK/cache"
+OUT="$WORK/stage"
+mkdir -p "$FINAL" "$OUT"
+export PYTHONUNBUFFERED=1 MQNET_FAST_CACHE="$WORK/cache" PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
-stamp() { echo "$1: $(( $(date +%s) - start )) s" | tee -a "$OUT/timing.txt"; }
+pack() { tar czf "$FINAL/fidelity.tgz.part" -C "$OUT" . && mv "$FINAL/fidelity.tgz.part" "$FINAL/fidelity.tgz"; }
+stamp() { echo "$1: $(( $(date +%s) - start )) s" | tee -a "$OUT/timing.txt"; pack; }
 
 if [ "$SMOKE" = 1 ]; then
     DATASET=digits; ROUNDS=2; BUDGET=10; ITERS=3; ENC_EPOCHS=1; WIDTH=4; DEVICE=cpu; RUN_LIMIT=300
     BENCH_ARGS=(--smoke)
     echo "cpu (smoke)" > "$OUT/device.txt"
 else
-    DATASET="imagefolder:${DATA:-../shared/data/cifar10-jpeg.tar.gz}"
-    ROUNDS="${ROUNDS:-4}"; BUDGET=500; ITERS="${ITERS:-1500}"; ENC_EPOCHS="${ENC_EPOCHS:-10}"; WIDTH=64
-    DEVICE=cuda; RUN_LIMIT="${RUN_LIMIT:-330}"
-    BENCH_ARGS=(--device cuda --iterations 300 --jobs 4)
+    DATA="${DATA:-../shared/data/cifar10-jpeg.tar.gz}"
+    if [ ! -f "$DATA" ]; then
+        echo "DATA=$DATA is not there: carry the CIFAR archive inside the checkout and set DATA" | tee "$OUT/fidelity.md"
+        pack; exit 1
+    fi
+    DATASET="imagefolder:$DATA"
+    # 12 encoder epochs: the CSI warm-up is 10 epochs, so 10 would end at the peak lr without any decay
+    ROUNDS="${ROUNDS:-3}"; BUDGET=500; ITERS="${ITERS:-1000}"; ENC_EPOCHS="${ENC_EPOCHS:-12}"; WIDTH=64
+    DEVICE=cuda; RUN_LIMIT="${RUN_LIMIT:-270}"
+    BENCH_ARGS=(--device cuda --iterations 200 --jobs 4)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/device.txt" 2>&1
-    MAX_JOBS="${MAX_JOBS:-16}" MQNET_FAST_CUDA_ARCH="${MQNET_FAST_CUDA_ARCH:-9.0}" \
+    MAX_JOBS="${MAX_JOBS:-16}" MQNET_FAST_CUDA_ARCH="${MQNET_FAST_CUDA_ARCH:-9.0}" timeout 90 \
         "$PY" -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.txt" 2>&1 \
         || { echo "build failed"; tail -40 "$OUT/build.txt"; }
     stamp build
@@ -52,30 +64,46 @@ DEVICE_NAME="$(tail -n +2 "$OUT/device.txt" | head -1 | cut -d, -f1)"
 DEVICE_NAME="${DEVICE_NAME:-$(head -1 "$OUT/device.txt")}"
 "$PY" -m mqnet_fast info > "$OUT/info.txt" 2>&1
 
-timeout 150 "$PY" benchmarks/train_step_bench.py "${BENCH_ARGS[@]}" --out "$OUT" > "$OUT/train-step.txt" 2>&1
+timeout 60 "$PY" benchmarks/train_step_bench.py "${BENCH_ARGS[@]}" --out "$OUT" > "$OUT/train-step.txt" 2>&1
 echo "train-step bench rc=$?" | tee -a "$OUT/timing.txt"
 stamp train-step
 
-timeout "$RUN_LIMIT" "$PY" -m mqnet_fast run --dataset "$DATASET" --split 4:6 --noise 0.6 \
-    --strategies mqnet,conf,random,coreset --seeds 0 --budget "$BUDGET" --rounds "$ROUNDS" \
-    --iterations "$ITERS" --encoder-epochs "$ENC_EPOCHS" --width "$WIDTH" --device "$DEVICE" \
-    --run-dir "$WORK/run" --quiet > "$OUT/run.txt" 2>&1
-echo "fidelity run rc=$? (124: stopped at ${RUN_LIMIT} s; the rounds done are reported)" | tee -a "$OUT/timing.txt"
+# MQ-Net (whose round 0 trains the CSI encoder) and the baselines as two processes sharing the device,
+# so that the baselines are not left waiting behind the encoder
+run_part() {  # name strategies
+    timeout "$RUN_LIMIT" "$PY" -m mqnet_fast run --dataset "$DATASET" --split 4:6 --noise 0.6 \
+        --strategies "$2" --seeds 0 --budget "$BUDGET" --rounds "$ROUNDS" \
+        --iterations "$ITERS" --encoder-epochs "$ENC_EPOCHS" --width "$WIDTH" --device "$DEVICE" \
+        --run-dir "$WORK/run-$1" --quiet > "$OUT/run-$1.txt" 2>&1
+    echo "fidelity run $1 rc=$? (124: stopped at ${RUN_LIMIT} s; the rounds done are reported)" >> "$OUT/timing.txt"
+}
+run_part mqnet mqnet &
+run_part baselines conf,random,coreset &
+wait
 stamp fidelity-run
-if [ -f "$WORK/run/results.csv" ]; then
-    cp "$WORK/run/results.csv" "$WORK/run/experiment.json" "$OUT/"
-    "$PY" benchmarks/fidelity_report.py "$WORK/run" --device "$DEVICE_NAME" --out "$OUT/fidelity.md"
+dirs=()
+for part in mqnet baselines; do
+    if [ -f "$WORK/run-$part/results.csv" ]; then
+        cp "$WORK/run-$part/results.csv" "$OUT/results-$part.csv"
+        cp "$WORK/run-$part/experiment.json" "$OUT/experiment.json"
+        dirs+=("$WORK/run-$part")
+    fi
+done
+if [ "${#dirs[@]}" -gt 0 ]; then
+    "$PY" benchmarks/fidelity_report.py "${dirs[@]}" --device "$DEVICE_NAME" --out "$OUT/fidelity.md"
 else
-    echo "no round completed; see run.txt" | tee "$OUT/fidelity.md"
+    echo "no round completed; see run-*.txt" | tee "$OUT/fidelity.md"
 fi
+pack
 
 if [ "$SMOKE" = 0 ]; then
-    timeout 100 "$PY" benchmarks/gpu_tune_nearest.py --out "$OUT" > "$OUT/nearest-tune.txt" 2>&1
+    timeout 30 "$PY" benchmarks/gpu_tune_nearest.py --out "$OUT" > "$OUT/nearest-tune.txt" 2>&1
     echo "nearest tile sweep rc=$?" | tee -a "$OUT/timing.txt"
-    timeout 120 "$PY" benchmarks/gpu_bench.py --out "$OUT" --only kcenter,kcenter_prune,small \
+    timeout 30 "$PY" benchmarks/gpu_bench.py --out "$OUT" --only kcenter,kcenter_prune,small \
         --nearest-tune "$OUT/nearest-tune.json" > "$OUT/gpu-bench.txt" 2>&1
     echo "kernel bench rc=$?" | tee -a "$OUT/timing.txt"
 fi
 stamp total
+cp "$OUT/fidelity.md" "$OUT/timing.txt" "$FINAL/" 2>/dev/null
 [ -z "${KEEP_WORK:-}" ] && rm -rf "$WORK"
 exit 0

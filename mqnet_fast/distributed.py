@@ -486,13 +486,6 @@ class World:
         """all_gather_rows in this world (x itself with one process)."""
         return x if self.size == 1 else all_gather_rows(x.to(self.device), group=self.group).to(x.device)
 
-    def agree(self, check) -> None:
-        """Run `check()` on every rank; raise on every rank if it raised on any (see _agree)."""
-        if self.size == 1:
-            check()
-        else:
-            _agree(check, self.group, self.device)
-
     def from_main(self, compute):
         """compute() on rank 0, its result (any picklable value) sent to every rank: one decision for
         all, e.g. what a file holds while rank 0 may be writing it. An exception in compute() is

@@ -133,11 +133,13 @@ STRATEGIES = "random,conf,coreset,badge,ll,mqnet"
 def _run(tmp_path, name, processes, *extra, ok=True, strategies=STRATEGIES):
     run_dir = tmp_path / name
     common = ["--dataset", "digits", "--strategies", strategies, "--rounds", "2", "--budget", "15",
-              "--iterations", "6", "--batch-size", "24", "--width", "8", "--infer-batch", "64",
+              "--iterations", "6", "--batch-size", "24", "--width", "8",
               "--meta-epochs", "2", "--meta-min-steps", "5", "--encoder-epochs", "1", "--quiet",
               "--run-dir", str(run_dir), "--device", "cpu", *extra]
     # a cache of its own: the encoder is trained in this run, not read from the other's
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MQNET_FAST_CACHE": str(tmp_path / f"cache-{name}")}
+    if "--infer-batch" not in extra:
+        common += ["--infer-batch", "64"]
     if processes == 1:
         cmd = [sys.executable, "-m", "mqnet_fast", "run", *common]
     else:
@@ -158,10 +160,15 @@ def _outputs(run_dir: Path) -> dict:
     return out
 
 
-@pytest.mark.parametrize("processes, purity, strategies", [(2, "csi", STRATEGIES), (3, "knn", "random,coreset,badge,mqnet")])
-def test_torchrun_run_equals_the_single_process_run(tmp_path, processes, purity, strategies):
-    """csi: the CSI encoder trained under DDP too (and the purity on the sharded view)."""
-    options = ["--batch-size", "24", "--purity", purity]
+@pytest.mark.parametrize("processes, purity, strategies, infer", [
+    (2, "csi", STRATEGIES, "64"),
+    (3, "knn", "random,coreset,badge,mqnet", "1024")])  # 2 blocks of 1,024 for 3 ranks: rank 0 has no candidate
+def test_torchrun_run_equals_the_single_process_run(tmp_path, processes, purity, strategies, infer):
+    """csi: the CSI encoder trained under DDP too (and the purity on the sharded view); knn: every
+    purity computed on every rank (--purity-diagnostics), one rank without candidates."""
+    options = ["--batch-size", "24", "--purity", purity, "--infer-batch", infer]
+    if purity == "knn":
+        options.append("--purity-diagnostics")
     single, _ = _run(tmp_path, "one", 1, "--micro-batches", str(processes), *options, strategies=strategies)
     multi, done = _run(tmp_path, "many", processes, *options, strategies=strategies)
     assert f"({processes} processes)" in done.stderr
@@ -170,6 +177,7 @@ def test_torchrun_run_equals_the_single_process_run(tmp_path, processes, purity,
     assert got.keys() == expected.keys()
     for run in expected:
         assert got[run]["queries"] == expected[run]["queries"], run
+        assert len(got[run]["records"]) == len(expected[run]["records"]), run
         for mine, theirs in zip(got[run]["records"], expected[run]["records"]):
             assert mine.keys() == theirs.keys(), run
             for key, value in theirs.items():

@@ -33,9 +33,9 @@ NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
 # options are part of its run's identity too (stored and checked per run in config.json).
 IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width",
-            "encoder_epochs", "micro_batches")
+            "encoder_epochs", "micro_batches", "infer_batch")
 # The value an identity field had before it was recorded (run directories from before it was kept).
-IDENTITY_BEFORE = {"micro_batches": 1}
+IDENTITY_BEFORE = {"micro_batches": 1, "infer_batch": 1024}
 
 
 class ConfigError(ValueError):

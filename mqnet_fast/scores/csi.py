@@ -43,7 +43,7 @@ from mqnet_fast import ops
 from mqnet_fast.models.encoder import NUM_ROTATIONS
 from mqnet_fast.scores import register_purity
 from mqnet_fast.scores.knn import knn_purity
-from mqnet_fast.training.contrastive import EncoderConfig, embed, embed_rotations, load_or_train_encoder
+from mqnet_fast.training.contrastive import EMBED_BATCH, EncoderConfig, embed, embed_rotations, load_or_train_encoder
 from mqnet_fast.training.features import DeviceFeatures
 
 # The embedding `csi` and `csi-ood` search in: the projection, as MQ-Net's and CSI's code read. On
@@ -73,7 +73,7 @@ def csi_ood_purity(embeddings: torch.Tensor, labeled_ood_embeddings: torch.Tenso
     the same space, rather than a constant: a constant would leave MQ-Net's purity input without
     information for that round, and MQ-Net standardizes each round's purity, so the change of
     scale when the first OOD example arrives does not matter."""
-    if labeled_in_embeddings.shape[0] == 0:
+    if labeled_in_embeddings.shape[0] == 0 or embeddings.shape[0] == 0:
         return torch.zeros(embeddings.shape[0], dtype=torch.float32, device=embeddings.device)
     if labeled_ood_embeddings.shape[0] == 0:
         return csi_purity(embeddings, labeled_in_embeddings)
@@ -92,7 +92,7 @@ def csi_full_purity(embeddings: torch.Tensor, shift_logits: torch.Tensor, labele
     with z_k the embedding and s_k the shift logits of x turned by k * 90 degrees. 0 everywhere
     when m = 0."""
     n = embeddings.shape[0]
-    if labeled_in_embeddings.shape[0] == 0:
+    if labeled_in_embeddings.shape[0] == 0 or n == 0:
         return torch.zeros(n, dtype=torch.float32, device=embeddings.device)
     score = torch.zeros(n, dtype=torch.float32, device=embeddings.device)
     for k in range(NUM_ROTATIONS):
@@ -171,7 +171,6 @@ def pool_rotation_embeddings(view, layer: str = FULL_LAYER):
 # --------------------------------------------------------------------------------------------------
 # On a sharded view (torchrun): each rank embeds only the part of the pool around its candidates
 
-EMBED_BATCH = 1024  # embed()'s batch: one process embeds the pool in these chunks of pool positions
 
 
 def _shard_tables(view, what: tuple, encode, by: str) -> tuple[tuple, tuple, tuple]:

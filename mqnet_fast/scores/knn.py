@@ -9,8 +9,9 @@ from mqnet_fast.scores import register_purity
 
 def knn_purity(embeddings: torch.Tensor, labeled_in_embeddings: torch.Tensor) -> torch.Tensor:
     """Max cosine similarity of each row of `embeddings` (n, d) to the labeled IN examples'
-    embeddings (m, d), through the nearest-set op. With no labeled IN example every purity is 0."""
-    if labeled_in_embeddings.shape[0] == 0:
+    embeddings (m, d), through the nearest-set op. With no labeled IN example every purity is 0
+    (and with no row, e.g. a torchrun rank without candidates, the result is empty)."""
+    if labeled_in_embeddings.shape[0] == 0 or embeddings.shape[0] == 0:
         return torch.zeros(embeddings.shape[0], dtype=torch.float32, device=embeddings.device)
     values, _ = ops.nearest(embeddings, labeled_in_embeddings, metric="cosine")
     return values.float()

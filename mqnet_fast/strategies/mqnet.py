@@ -130,7 +130,10 @@ class MQNet(Strategy):
     def select(self, view, budget):
         raw = self.raw_scores(view)
         z = self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
-        scores = self.model.score(z) if self.trained else z.sum(1)
+        if self.trained:  # a torchrun rank may hold no candidate: nothing for Phi to score
+            scores = self.model.score(z) if z.shape[0] else z.new_zeros(0)
+        else:
+            scores = z.sum(1)
         selection = top_selection(view, scores, budget)
         selection.columns = {"purity": raw[:, 0], "informativeness": raw[:, 1],
                              "purity_std": z[:, 0], "informativeness_std": z[:, 1]}

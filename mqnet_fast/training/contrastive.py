@@ -227,10 +227,19 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
     return loss.detach()
 
 
+def _cache_fields(config: EncoderConfig) -> dict:
+    """The config as its disk entry records it: micro_batches left out at 1 (the entries written
+    before it existed hold the same bits)."""
+    fields = asdict(config)
+    if fields["micro_batches"] == 1:
+        del fields["micro_batches"]
+    return fields
+
+
 def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
                           show_progress: bool = True) -> ContrastiveEncoder:
     """The run's encoder for `config`: from the cache's memory, else from its disk entry
-    (cache.disk_path("csi-encoder", **asdict(config)), keyed by dataset, pool, seed and config),
+    (cache.disk_path("csi-encoder", **_cache_fields(config)), keyed by dataset, pool, seed and config),
     else trained on cache.pool with cache.seed and written there atomically. The file holds plain
     types (a state dict of tensors, the config as a dict, the input channels), so it loads with
     torch.load(..., weights_only=True). Without a cache directory it is trained (once per run).
@@ -238,7 +247,8 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
     if not, every rank trains it together (train_encoder with the world) and rank 0 writes it."""
     device = images.images.device
     in_channels = images.images.shape[1]
-    path = cache.disk_path("csi-encoder", **asdict(config))
+    key = _cache_fields(config)
+    path = cache.disk_path("csi-encoder", **key)
     world = getattr(cache, "world", None)
     world = world if world is not None and world.size > 1 else None
 
@@ -246,7 +256,7 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
         if path is None or not path.exists():
             return None
         payload = torch.load(path, map_location=device, weights_only=True)
-        if payload.get("config") != asdict(config) or payload.get("in_channels") != in_channels:
+        if payload.get("config") != key or payload.get("in_channels") != in_channels:
             return None
         encoder = make_encoder(in_channels, config, device, 0)
         encoder.load_state_dict(payload["state_dict"])
@@ -261,7 +271,7 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
         encoder = train_encoder(images, cache.pool, config, cache.seed, show_progress=show_progress, world=world)
         if path is not None and (world is None or world.is_main):
             state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-            atomic_torch_save(path, {"config": asdict(config), "in_channels": in_channels, "state_dict": state})
+            atomic_torch_save(path, {"config": key, "in_channels": in_channels, "state_dict": state})
         return encoder.eval()
 
     return cache.get(("csi-encoder", config), build)
@@ -284,9 +294,12 @@ def _layer(encoder: ContrastiveEncoder, feats: torch.Tensor, layer: str) -> torc
     return feats if layer == "penultimate" else encoder.project(feats)
 
 
+EMBED_BATCH = 1024  # embed()'s batch (the sharded CSI purity embeds the pool in chunks of it: the same bits)
+
+
 @torch.no_grad()
 def embed(encoder: ContrastiveEncoder, images: DeviceImages, index, *, layer: str = "penultimate",
-          batch_size: int = 1024) -> torch.Tensor:
+          batch_size: int = EMBED_BATCH) -> torch.Tensor:
     """Embeddings (n, d) float32 on the images' device of the rows `index`, unaugmented, in eval
     mode: the backbone's penultimate features (layer "penultimate", d = 8 * width) or the projection
     head's unnormalized output (layer "projection", CSI's "simclr" layer, d = projection_dim)."""
@@ -309,7 +322,7 @@ class RotationEmbeddings(NamedTuple):
 
 @torch.no_grad()
 def embed_rotations(encoder: ContrastiveEncoder, images: DeviceImages, index, *, layer: str = "projection",
-                    batch_size: int = 1024) -> RotationEmbeddings:
+                    batch_size: int = EMBED_BATCH) -> RotationEmbeddings:
     """What CSI's detection score reads, for each of the 4 rotations of every row `index`
     (unaugmented, eval mode): the embeddings of `layer` (default CSI's: the projection) and the
     shift logits."""
