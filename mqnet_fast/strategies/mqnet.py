@@ -124,12 +124,14 @@ class MQNet(Strategy):
     def meta_inputs(self, view) -> torch.Tensor:
         """The meta-inputs z (U, 2) of the candidates: standardized <P, I> (of this rank's candidates
         on a sharded view, with the statistics of all of them)."""
+        return self._raw_and_standardized(view)[1]
+
+    def _raw_and_standardized(self, view) -> tuple[torch.Tensor, torch.Tensor]:
         raw = self.raw_scores(view)
-        return self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
+        return raw, self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
 
     def select(self, view, budget):
-        raw = self.raw_scores(view)
-        z = self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
+        raw, z = self._raw_and_standardized(view)
         if self.trained:  # a torchrun rank may hold no candidate: nothing for Phi to score
             scores = self.model.score(z) if z.shape[0] else z.new_zeros(0)
         else:

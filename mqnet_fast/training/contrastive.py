@@ -36,7 +36,7 @@ from mqnet_fast.progress import progress_bar
 from mqnet_fast.training.augment import csi_views, rotate
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.optim import lars, set_lr, warmup_cosine
-from mqnet_fast.training.target import device_autocast, shuffled_batches
+from mqnet_fast.training.target import data_parallel, device_autocast, shuffled_batches
 
 
 def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -160,12 +160,7 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     crop = (config.crop_min_scale, 1.0)
     runner = encoder
     if parallel:
-        from torch.nn.parallel import DistributedDataParallel
-
-        from mqnet_fast.training.target import ordered_sum_hook
-
-        runner = DistributedDataParallel(encoder, device_ids=[device.index] if device.type == "cuda" else None)
-        runner.register_comm_hook((world.group, False), ordered_sum_hook)  # the loss is the whole batch's: no / W
+        runner = data_parallel(encoder, world, device, divide=False)  # the loss is the whole batch's: no / W
     encoder.train()
     bar = progress_bar(range(config.epochs), desc="csi encoder", disable=not show_progress)
     step = 0

@@ -228,6 +228,17 @@ def ordered_sum_hook(state, bucket):
     return future
 
 
+def data_parallel(module: torch.nn.Module, world, device: torch.device, *, divide: bool) -> torch.nn.Module:
+    """`module` in DistributedDataParallel with ordered_sum_hook (dividing the summed gradients by W
+    if `divide`). DDP's default buffer sync sends rank 0's buffers (BatchNorm's running statistics)
+    to every rank at each forward."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    wrapped.register_comm_hook((world.group, divide), ordered_sum_hook)
+    return wrapped
+
+
 def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
                  labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str, show_progress: bool,
                  world=None) -> float:
@@ -243,11 +254,7 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
         if parts != world.size:
             raise ValueError(f"micro_batches ({parts}) must be the world size ({world.size}) to train on {world.size} "
                              "ranks (rank r computes micro-batch r)")
-        from torch.nn.parallel import DistributedDataParallel
-
-        # DDP's default: rank 0's buffers (BatchNorm's running statistics) sent to every rank at each forward
-        step_module = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
-        step_module.register_comm_hook((world.group, True), ordered_sum_hook)
+        step_module = data_parallel(step_module, world, device, divide=True)
     mine = [world.rank] if parallel else range(parts)
     buffers = list(model.buffers())
     tail_losses = []
