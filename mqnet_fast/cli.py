@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="where decoded ImageFolder arrays are cached "
                                          "(default $MQNET_FAST_CACHE or ~/.cache/mqnet-fast)")
     run.add_argument("--split", default="4:6", help="IN:OOD class ratio (default 4:6; 40:60 gives the same share)")
+    run.add_argument("--ood-dataset", help="the cross-dataset setup: every class of --dataset is IN and this "
+                                           "dataset (any name --dataset takes, images only) supplies the OOD "
+                                           "examples, converted to the IN images' size and channels")
     run.add_argument("--noise", type=float, default=0.6, help="OOD share tau of the pool (paper: 0.1 0.2 0.4 0.6)")
     run.add_argument("--strategies", type=_list(str), default=["mqnet"],
                      help=f"comma-separated, from {','.join(STRATEGIES)} (default mqnet)")
@@ -236,7 +239,7 @@ def main(argv=None) -> int:
         elif args.command == "run":
             world = _world(args.device)
             config = ExperimentConfig(
-                dataset=args.dataset, split=args.split, noise=args.noise, strategies=args.strategies,
+                dataset=args.dataset, split=args.split, ood_dataset=args.ood_dataset, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
                 batch_size=args.batch_size, lr=args.lr, width=args.width, encoder_epochs=args.encoder_epochs,
                 micro_batches=args.micro_batches, infer_batch=args.infer_batch, options=_options(args),

@@ -18,6 +18,10 @@ Names accepted by `load_dataset`:
   above by scripts/make_embeddings.py), arrays ``train_feats`` (N, d) and ``test_feats`` (M, d) of
   floats, ``train_labels`` (N,) and ``test_labels`` (M,) of integers 0..C-1, and optionally
   ``classes`` (C,) of strings; read without pickles (`load_embeddings`).
+
+The cross-dataset setup (IN from one image dataset, OOD from another) joins two of them with
+`with_ood_dataset`: the OOD images are converted to the IN images' size and channels and their classes
+follow the IN ones.
 """
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ class ImageArrays:
     test_images: np.ndarray
     test_labels: np.ndarray
     flip: bool = True  # horizontal flips are a valid augmentation (not for digits)
+    in_classes: list[int] | None = None  # fixed IN classes (the cross-dataset setup); None: drawn by the split
 
     @property
     def num_classes(self) -> int:
@@ -336,6 +341,62 @@ def _split_tree(files, where: str) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
+# The cross-dataset setup
+
+OOD_PREFIX = "ood:"
+LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
+
+
+def convert_images(images: np.ndarray, size: tuple[int, int], channels: int, chunk: int = 4096) -> np.ndarray:
+    """(N, H, W, C) uint8 images as (N, size[0], size[1], channels) uint8: each side shrunk by area
+    averaging (torch's "area" interpolation: the mean of the source pixels each output pixel covers)
+    or grown bilinearly (align_corners=False); RGB to one channel by BT.601 luma, one channel to RGB by
+    repeating it. Values are rounded to the nearest integer, in chunks of `chunk` images."""
+    import torch
+    import torch.nn.functional as F
+
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[3] not in (1, 3):
+        raise DataError(f"images must be (N, H, W, 1 or 3) uint8, got shape {images.shape} dtype {images.dtype}")
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    out = np.empty((images.shape[0], size[0], size[1], channels), np.uint8)
+    for start in range(0, images.shape[0], chunk):
+        x = torch.from_numpy(images[start:start + chunk]).permute(0, 3, 1, 2).double()
+        if x.shape[1] == 3 and channels == 1:
+            x = (x * torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        for dim, target in ((2, size[0]), (3, size[1])):  # each side on its own: shrink and grow may mix
+            if x.shape[dim] == target:
+                continue
+            shape = [target if d == dim else x.shape[d] for d in (2, 3)]
+            mode = "area" if target < x.shape[dim] else "bilinear"
+            x = F.interpolate(x, size=shape, mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        if x.shape[1] == 1 and channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        out[start:start + chunk] = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def with_ood_dataset(in_data: ImageArrays, ood_data: ImageArrays) -> ImageArrays:
+    """One dataset of `in_data`'s classes (labels 0..C-1, all of them IN) followed by `ood_data`'s
+    (labels C.., named "ood:<class>", all of them OOD: `in_classes`), its images converted to the IN
+    images' size and channels (`convert_images`); train and test splits each joined. Flips follow the
+    IN dataset."""
+    if not isinstance(in_data, ImageArrays) or not isinstance(ood_data, ImageArrays):
+        bad = in_data if not isinstance(in_data, ImageArrays) else ood_data
+        raise DataError(f"the cross-dataset setup needs two image datasets; {bad.name!r} is fixed embeddings")
+    height, width, channels = in_data.image_shape
+    joined = {}
+    for split in ("train", "test"):
+        ood_images = convert_images(getattr(ood_data, f"{split}_images"), (height, width), channels)
+        joined[f"{split}_images"] = np.concatenate([getattr(in_data, f"{split}_images"), ood_images])
+        joined[f"{split}_labels"] = np.concatenate([getattr(in_data, f"{split}_labels"),
+                                                    getattr(ood_data, f"{split}_labels") + in_data.num_classes])
+    classes = list(in_data.classes) + [OOD_PREFIX + c for c in ood_data.classes]
+    return ImageArrays(f"{in_data.name}+{OOD_PREFIX}{ood_data.name}", classes, flip=in_data.flip,
+                       in_classes=list(range(in_data.num_classes)), **joined)
+
+
+# --------------------------------------------------------------------------------------------------
 # Open-set split
 
 @dataclass
@@ -357,17 +418,25 @@ def num_ood_for(num_in: int, tau: float) -> int:
 
 
 def make_open_set(labels: np.ndarray, num_classes: int, num_in_classes: int, tau: float, budget: int,
-                  seed: int) -> OpenSetSplit:
-    """The paper's split-dataset setup. IN classes are drawn with `seed`; the pool holds all IN
-    examples plus round(|IN| tau / (1 - tau)) OOD examples drawn at random. Where the OOD classes hold
-    too few examples for that (tau = 0.6 with a 4:6 split needs every OOD example), IN examples are
+                  seed: int, in_classes: list[int] | None = None) -> OpenSetSplit:
+    """The paper's split-dataset setup. IN classes are drawn with `seed` (or given as `in_classes`:
+    the cross-dataset setup, where they are the IN dataset's); the pool holds all IN examples plus
+    round(|IN| tau / (1 - tau)) OOD examples drawn at random. Where the OOD classes hold too few
+    examples for that (tau = 0.6 with a 4:6 split needs every OOD example), IN examples are
     subsampled instead so the pool's noise ratio is still tau (recorded in `notes`)."""
     if not 0 < num_in_classes < num_classes:
         raise ValueError(f"num_in_classes must be in 1..{num_classes - 1}, got {num_in_classes}")
     if not 0.0 <= tau < 1.0:
         raise ValueError(f"noise ratio tau must be in [0, 1), got {tau}")
     rng = np.random.RandomState(seed)
-    in_classes = sorted(rng.permutation(num_classes)[:num_in_classes].tolist())
+    if in_classes is None:
+        in_classes = sorted(rng.permutation(num_classes)[:num_in_classes].tolist())
+    else:
+        in_classes = sorted(int(c) for c in in_classes)
+        if len(in_classes) != num_in_classes or len(set(in_classes)) != len(in_classes) or \
+                not all(0 <= c < num_classes for c in in_classes):
+            raise ValueError(f"in_classes must be {num_in_classes} distinct classes of 0..{num_classes - 1}, "
+                             f"got {in_classes}")
     is_in = np.isin(labels, in_classes)
     in_idx, ood_idx = np.flatnonzero(is_in), np.flatnonzero(~is_in)
     notes = []

@@ -26,3 +26,16 @@ def _private_cache_dir(tmp_path_factory):
     """Encoders and decoded image folders go to a fresh cache, never the user's ~/.cache."""
     os.environ["MQNET_FAST_CACHE"] = str(tmp_path_factory.mktemp("mqnet-fast-cache"))
     yield
+
+
+SHARED_CIFAR10 = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "shared", "data", "cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def shared_cifar10():
+    """The shared CIFAR-10 archive's ImageArrays, decoded once per session (into the private cache)."""
+    if not os.path.exists(SHARED_CIFAR10):
+        pytest.skip("shared CIFAR-10 archive not present")
+    from mqnet_fast.data import load_imagefolder
+
+    return load_imagefolder(SHARED_CIFAR10)

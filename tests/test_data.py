@@ -9,7 +9,6 @@ from PIL import Image
 
 from mqnet_fast.data import DataError, load_dataset, load_digits, load_imagefolder, make_open_set, num_ood_for
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
 def test_digits_split_is_stratified_and_fixed():
@@ -122,9 +121,8 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("cifar10", str(tmp_path / "nowhere"))
 
 
-@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 archive not present")
-def test_shared_cifar10_archive(tmp_path):
-    data = load_imagefolder(SHARED_CIFAR, cache_dir=tmp_path)
+def test_shared_cifar10_archive(shared_cifar10):
+    data = shared_cifar10
     assert data.train_images.shape == (50000, 32, 32, 3) and data.test_images.shape == (10000, 32, 32, 3)
     assert data.classes[:3] == ["airplane", "automobile", "bird"]
     np.testing.assert_array_equal(np.bincount(data.train_labels), [5000] * 10)

@@ -33,9 +33,9 @@ NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
 # options are part of its run's identity too (stored and checked per run in config.json).
 IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width",
-            "encoder_epochs", "micro_batches", "infer_batch")
+            "encoder_epochs", "micro_batches", "infer_batch", "ood_dataset")
 # The value an identity field had before it was recorded (run directories from before it was kept).
-IDENTITY_BEFORE = {"micro_batches": 1, "infer_batch": 1024}
+IDENTITY_BEFORE = {"micro_batches": 1, "infer_batch": 1024, "ood_dataset": None}
 
 
 class ConfigError(ValueError):
@@ -45,7 +45,8 @@ class ConfigError(ValueError):
 @dataclass
 class ExperimentConfig:
     dataset: str = "digits"
-    split: str = "4:6"            # IN:OOD class ratio
+    split: str = "4:6"            # IN:OOD class ratio (not used with ood_dataset)
+    ood_dataset: str | None = None  # the cross-dataset setup: every class of `dataset` IN, this dataset's OOD
     noise: float = 0.6            # tau: the share of OOD examples in the pool
     strategies: list[str] = field(default_factory=lambda: ["mqnet"])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -102,6 +103,18 @@ class ExperimentConfig:
             raise ConfigError(f"noise ratio must be in [0, 1) (the paper uses {NOISE_LEVELS}), got {self.noise}")
         parse_split(self.split)
         embeddings = is_embeddings(self.dataset)
+        if self.ood_dataset is not None:
+            if not isinstance(self.ood_dataset, str) or not self.ood_dataset:
+                raise ConfigError(f"ood_dataset must be a dataset name, got {self.ood_dataset!r}")
+            if embeddings or is_embeddings(self.ood_dataset):
+                raise ConfigError(f"ood_dataset: the cross-dataset setup converts images; "
+                                  f"{self.dataset if embeddings else self.ood_dataset!r} is fixed embeddings")
+            if self.ood_dataset == self.dataset:
+                raise ConfigError(f"ood_dataset {self.ood_dataset!r} is the IN dataset itself; for OOD classes of "
+                                  "the same dataset use split (the split-dataset setup)")
+            if self.split != "4:6":
+                raise ConfigError(f"split {self.split!r}: with ood_dataset every class of {self.dataset!r} is IN "
+                                  "and every class of the OOD dataset OOD, so there is no split to give")
         for name in ("budget", "rounds", "iterations", "batch_size", "width"):
             value = getattr(self, name)
             low = 0 if name == "rounds" or (name == "width" and embeddings) else 1

@@ -22,7 +22,8 @@ import torch
 
 from mqnet_fast.cache import RunCache, array_digest
 from mqnet_fast.distributed import World
-from mqnet_fast.data import FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset, make_open_set
+from mqnet_fast.data import (DataError, FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset,
+                             make_open_set, with_ood_dataset)
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
 from mqnet_fast.experiment.store import RunStore
@@ -59,9 +60,7 @@ class Experiment:
             if unsharded:
                 raise ConfigError(f"strategies {', '.join(unsharded)} do not run on a pool split across processes; "
                                   "run them in one process")
-        self.data = data if data is not None else load_dataset(
-            self.config.dataset, self.config.data_root, download=self.config.download,
-            cache_dir=self.config.cache_dir)
+        self.data = self._load_data(data)
         if isinstance(self.data, FeatureArrays) != is_embeddings(self.config.dataset):
             raise ConfigError(f"dataset {self.config.dataset!r} and the data given "
                               f"({type(self.data).__name__} {self.data.name!r}) are not the same kind: "
@@ -70,14 +69,15 @@ class Experiment:
         # the experiment the run directory holds.
         self.identity = {**self.config.identity(), "data_digest": _data_digest(self.data)}
         self.store.check_experiment(self.identity)
-        self.num_in = num_in_classes(self.config.split, self.data.num_classes)
+        fixed_in = getattr(self.data, "in_classes", None)
+        self.num_in = num_in_classes(self.config.split, self.data.num_classes) if fixed_in is None else len(fixed_in)
         needed = self.config.budget * (self.config.rounds + 1)
         # The pool size depends on the seed only through rounding; check each seed's split up front.
         self.splits = {}
         for seed in self.config.seeds:
             try:
                 split = make_open_set(self.data.train_labels, self.data.num_classes, self.num_in,
-                                      self.config.noise, self.config.budget, seed)
+                                      self.config.noise, self.config.budget, seed, in_classes=fixed_in)
             except ValueError as err:
                 raise ConfigError(str(err)) from err
             if needed > len(split.pool):
@@ -98,6 +98,19 @@ class Experiment:
             for seed in self.config.seeds:
                 self.store.run(name, seed).check_options(dataclasses.asdict(self.config.strategy_options(name)))
         self.store.record_experiment(self.identity)  # every check passed: the first write
+
+    def _load_data(self, data):
+        """The dataset (`data` if given, else loaded by name), joined with the OOD dataset in the
+        cross-dataset setup."""
+        cfg = self.config
+        load = lambda name: load_dataset(name, cfg.data_root, download=cfg.download, cache_dir=cfg.cache_dir)  # noqa: E731
+        data = data if data is not None else load(cfg.dataset)
+        if cfg.ood_dataset is None:
+            return data
+        try:
+            return with_ood_dataset(data, load(cfg.ood_dataset))
+        except DataError as err:
+            raise ConfigError(f"ood_dataset {cfg.ood_dataset!r}: {err}") from err
 
     def run(self, stop_after_rounds: int | None = None) -> list[dict]:
         """Run (or resume) every (strategy, seed) pair; returns all round records. `stop_after_rounds`
