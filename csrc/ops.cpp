@@ -11,6 +11,12 @@ TORCH_LIBRARY(mqnet_fast, m) {
   // Best key per query. metric: "cosine" (max similarity) or "l2" (min distance).
   // queries: (N, d), keys: (M, d), same float dtype. Returns values (N,) and indices (N,) int64.
   m.def("nearest(Tensor queries, Tensor keys, str metric) -> (Tensor, Tensor)");
+  // Saturated facility-location gains: gain_j = sum_i max(min(s_ij, hi_i) - lo_i, 0), s_ij the dot of
+  // ground row i and candidate row j, times the dot of ground2_i and candidates2_j when given.
+  // ground: (n, d), candidates: (m, d), lo, hi: (n,), ground2: (n, e), candidates2: (m, e), one
+  // float dtype. Returns (m,) in that dtype.
+  m.def("fl_gains(Tensor ground, Tensor candidates, Tensor lo, Tensor hi, Tensor? ground2, Tensor? candidates2) "
+        "-> Tensor");
   // BADGE k-means++ seeding over implicit gradient embeddings. probs: (N, C), feats: (N, d), same
   // float dtype; uniforms: (k - 1,) float64 draws in [0, 1), one per D^2-sampled pick.
   m.def("badge_kmeanspp(Tensor probs, Tensor feats, int k, Tensor uniforms) -> Tensor");

@@ -18,6 +18,10 @@ def _register():
         dtype = torch.float32 if queries.dtype in (torch.bfloat16, torch.float16) else queries.dtype
         return queries.new_empty((n,), dtype=dtype), queries.new_empty((n,), dtype=torch.long)
 
+    @torch.library.register_fake("mqnet_fast::fl_gains")
+    def _(ground, candidates, lo, hi, ground2, candidates2):
+        return candidates.new_empty((candidates.shape[0],))
+
     @torch.library.register_fake("mqnet_fast::badge_kmeanspp")
     def _(probs, feats, k, uniforms):
         return probs.new_empty((k,), dtype=torch.long)

@@ -7,6 +7,7 @@ Inputs are torch tensors (any device; the strategies compute on it) or NumPy arr
     feats             (N, d)  its penultimate features (CORESET, BADGE, knn purity)
     labeled_feats     (L, d)  the same features of the labeled examples (CORESET's centers)
     labeled_is_in     (L,)    bool: which labeled examples turned out IN (knn purity)
+    labeled_probs     (L, K)  the softmax of the labeled examples (SIMILAR's gradient embedding)
     purity            (N,)    precomputed P(x) (MQ-Net), higher = more surely IN
     informativeness   (N,)    precomputed I(x) (MQ-Net), or LL's predicted losses
     generator                 a torch.Generator (RANDOM, BADGE); default: seeded with 0
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 from mqnet_fast import _checks as checks
 from mqnet_fast.strategies import RoundView, Selection, Strategy, make_strategy
 
-INPUTS = ("probs", "logits", "feats", "labeled_feats", "labeled_is_in", "purity", "informativeness")
+INPUTS = ("probs", "logits", "feats", "labeled_feats", "labeled_is_in", "labeled_probs", "purity", "informativeness")
 PER_CANDIDATE = ("probs", "logits", "feats", "purity", "informativeness")  # one row per candidate
-_MATRICES = ("probs", "logits", "feats", "labeled_feats")
+_MATRICES = ("probs", "logits", "feats", "labeled_feats", "labeled_probs")
 
 
 def _tensor(name: str, value) -> torch.Tensor:
@@ -70,7 +71,7 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
         if name == "labeled_is_in":
             continue
         if name in _MATRICES:
-            checks.matrix(name, t, allow_empty=name == "labeled_feats")
+            checks.matrix(name, t, allow_empty=name.startswith("labeled_"))
         elif t.dim() != 1:
             raise ValueError(f"{name} must be 1-D (one value per candidate), got shape {tuple(t.shape)}")
         elif not t.is_floating_point():
@@ -88,6 +89,15 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
     if "labeled_feats" in given and "feats" in given and given["labeled_feats"].shape[1] != given["feats"].shape[1]:
         raise ValueError(f"labeled_feats has {given['labeled_feats'].shape[1]} columns, feats "
                          f"{given['feats'].shape[1]}: they must be the same features")
+    if "labeled_probs" in given:
+        lp = given["labeled_probs"]
+        if "labeled_feats" not in given or lp.shape[0] != given["labeled_feats"].shape[0]:
+            raise ValueError(f"labeled_probs has {lp.shape[0]} rows: it needs labeled_feats with one row per labeled "
+                             "example, the same rows")
+        if "probs" in given or "logits" in given:
+            k = (given.get("probs") if "probs" in given else given["logits"]).shape[1]
+            if lp.shape[1] != k:
+                raise ValueError(f"labeled_probs has {lp.shape[1]} columns, the candidates' probs {k}: the same classes")
     if "labeled_is_in" in given:
         flags = given["labeled_is_in"]
         if flags.dim() != 1:
@@ -121,6 +131,7 @@ def _view(given: dict[str, torch.Tensor], generator: torch.Generator | None) -> 
                      feats if feats is not None else torch.empty(n, 0, device=device),
                      generator if generator is not None else torch.Generator().manual_seed(0),
                      labeled_feats=given.get("labeled_feats"), labeled_is_in=given.get("labeled_is_in"),
+                     labeled_probs=given.get("labeled_probs"),
                      logits=logits, extras=extras)
 
 
@@ -142,8 +153,8 @@ def _strategy(strategy, options: dict | None) -> Strategy:
 
 
 def select(strategy: str | Strategy, budget: int, *, probs=None, logits=None, feats=None, labeled_feats=None,
-           labeled_is_in=None, purity=None, informativeness=None, generator: torch.Generator | None = None,
-           options: dict | None = None) -> Selection:
+           labeled_is_in=None, labeled_probs=None, purity=None, informativeness=None,
+           generator: torch.Generator | None = None, options: dict | None = None) -> Selection:
     """The `budget` rows of the N candidates that `strategy` (a registered name, e.g. "coreset", with
     its `options`, or a Strategy) picks; `Selection.indices` (budget,) int64 rows in pick order,
     `Selection.scores` (N,) one score per candidate where the strategy has one (higher =
@@ -158,7 +169,7 @@ def select(strategy: str | Strategy, budget: int, *, probs=None, logits=None, fe
     chosen = _strategy(strategy, options)
     view, budget = _prepare(chosen, budget, generator, dict(
         probs=probs, logits=logits, feats=feats, labeled_feats=labeled_feats, labeled_is_in=labeled_is_in,
-        purity=purity, informativeness=informativeness))
+        labeled_probs=labeled_probs, purity=purity, informativeness=informativeness))
     return chosen.select(view, budget)
 
 

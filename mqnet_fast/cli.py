@@ -172,6 +172,10 @@ def _select(args) -> None:
     inputs = {k: v[candidates] for k, v in arrays.items() if k in ("feats", "probs", "logits", "purity",
                                                                      "informativeness")}
     inputs["labeled_feats"] = arrays["feats"][labeled]
+    if "probs" in arrays:  # the labeled rows' softmax (SIMILAR's gradient embedding)
+        inputs["labeled_probs"] = arrays["probs"][labeled]
+    elif "logits" in arrays:
+        inputs["labeled_probs"] = torch.softmax(torch.from_numpy(arrays["logits"][labeled]).float(), 1).numpy()
     if "labeled_is_in" in arrays:
         inputs["labeled_is_in"] = arrays["labeled_is_in"]
     if not 0 <= args.seed < 2**63:

@@ -16,7 +16,8 @@ def _arrays(seed=0, n=60, k=3, d=5, labeled=8):
     g = torch.Generator().manual_seed(seed)
     return dict(logits=torch.randn(n, k, generator=g) * 2, feats=torch.randn(n, d, generator=g),
                 labeled_feats=torch.randn(labeled, d, generator=g),
-                labeled_is_in=torch.arange(labeled) % 3 != 0, informativeness=torch.rand(n, generator=g))
+                labeled_is_in=torch.arange(labeled) % 3 != 0, informativeness=torch.rand(n, generator=g),
+                labeled_probs=torch.softmax(torch.randn(labeled, k, generator=g), 1))
 
 
 def _options(name):

@@ -173,12 +173,16 @@ def _op_calls():
                                   dict(z=z, targets=torch.rand(12, generator=g), batches=torch.arange(12).view(2, 6),
                                        lr=torch.full((2,), 0.1), **layers)),
         "top_b": (lambda a: ops.top_b(a["scores"], 3), dict(scores=z[:, 0])),
+        "fl_gains": (lambda a: ops.fl_gains(a["ground"], a["candidates"], a["lo"], a["hi"], ground2=a["ground2"],
+                                            candidates2=a["candidates2"]),
+                     dict(ground=x, candidates=x[:5], lo=torch.zeros(12), hi=torch.ones(12), ground2=z,
+                          candidates2=z[:5])),
     }
 
 
 OP_CALLS = _op_calls()
 INDEX_LIKE = {"labeled", "exclude"}  # row indices: lists, ranges and NumPy arrays are accepted
-OPTIONAL = {"mean", "std"}           # None is valid (with its partner None too)
+OPTIONAL = {"mean", "std", "ground2", "candidates2"}  # None is valid (with its partner None too)
 LAYER_LISTS = {"weights", "biases"}
 NON_TENSORS = {"list": lambda t: t.tolist(), "numpy": lambda t: t.numpy(), "None": lambda t: None,
                "int": lambda t: 3}

@@ -15,7 +15,9 @@ def _state(seed=0, n=257, k=4, d=33, labeled=19):
     predicted_loss = torch.rand(n, generator=g)  # what a target model with the loss module gives (ll)
     candidates = torch.from_numpy(np.sort(np.random.RandomState(seed).choice(5000, n, replace=False)))
     return RoundView(candidates, probs, feats, torch.Generator().manual_seed(seed + 1), labeled_feats=lab,
-                     labeled_is_in=torch.arange(labeled) < labeled // 2, extras={"predicted_loss": predicted_loss})
+                     labeled_is_in=torch.arange(labeled) < labeled // 2,
+                     labeled_probs=torch.softmax(torch.randn(labeled, k, generator=g) * 2, 1),
+                     extras={"predicted_loss": predicted_loss})
 
 
 def _make(name):

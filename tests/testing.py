@@ -78,5 +78,8 @@ def tiny_config(**kw):
 
 
 def strip_timing(records):
-    """Round records without their wall-clock times (the only part a rerun may change)."""
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in records]
+    """Round records without their wall-clock times (the only part a rerun may change), NaN as the
+    string "nan" (NaN != NaN: a record read back from JSON would never equal the one in memory)."""
+    def value(v):
+        return "nan" if isinstance(v, float) and v != v else v
+    return [{k: value(v) for k, v in r.items() if not k.startswith("time_")} for r in records]

@@ -51,10 +51,11 @@ def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, sp
         shard = Shard(world, world.shard_offsets(len(candidates), batch_size), torch.from_numpy(candidates))
         mine = candidates[shard.start:shard.offsets[world.rank + 1]]
     cand_logits, cand_feats, cand_predicted_loss = infer(model, images, torch.from_numpy(mine), batch_size)
-    labeled_feats = infer(model, images, torch.from_numpy(labeled), batch_size).feats
+    labeled_out = infer(model, images, torch.from_numpy(labeled), batch_size)
     extras = {} if cand_predicted_loss is None else {"predicted_loss": cand_predicted_loss}
     return RoundView(torch.from_numpy(mine), torch.softmax(cand_logits, 1), cand_feats, generator,
-                     labeled_feats=labeled_feats, labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
+                     labeled_feats=labeled_out.feats, labeled_probs=torch.softmax(labeled_out.logits, 1),
+                     labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
                      logits=cand_logits, labeled=torch.from_numpy(labeled),
                      labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache,
                      extras=extras, shard=shard)

@@ -60,6 +60,7 @@ class RoundView:
     logits: torch.Tensor | None = None        # (U, K)
     labeled: torch.Tensor | None = None       # (L,) int64 global indices of the labeled examples
     labeled_labels: torch.Tensor | None = None  # (L,) int64 IN class 0..K-1, -1 for OOD
+    labeled_probs: torch.Tensor | None = None  # (L, K) softmax of the target model on the labeled examples
     model: torch.nn.Module | None = None      # the trained target model (eval mode)
     images: Any = None                        # the train split's DeviceImages (indexed by global index)
     cache: Any = None                         # the run's mqnet_fast.cache.RunCache (encoders trained once per pool)
