@@ -9,7 +9,7 @@ import torch
 
 import mqnet_fast
 from mqnet_fast.cli import main
-from mqnet_fast.strategies import STRATEGIES
+from mqnet_fast.strategies import STRATEGIES, strategy_class
 
 
 def _arrays(seed=0, n=60, k=3, d=5, labeled=8):
@@ -24,7 +24,16 @@ def _options(name):
     return {"purity": "knn", "informativeness": "conf"} if name == "mqnet" else {}
 
 
-@pytest.mark.parametrize("name", STRATEGIES)
+ON_ARRAYS = [name for name in STRATEGIES if strategy_class(name).inputs is not None]
+
+
+def test_strategies_that_train_a_detector_are_refused_on_arrays():
+    for name in sorted(set(STRATEGIES) - set(ON_ARRAYS)):
+        with pytest.raises(ValueError, match=f"'{name}' does not run on arrays alone"):
+            mqnet_fast.select(name, 3, **_arrays())
+
+
+@pytest.mark.parametrize("name", ON_ARRAYS)
 def test_every_strategy_runs_on_arrays_with_numpy_or_torch(name):
     arrays = _arrays()
     a = mqnet_fast.select(name, 7, options=_options(name), **arrays)

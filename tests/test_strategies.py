@@ -5,18 +5,28 @@ import torch
 
 from mqnet_fast.scores import entropy, informativeness, knn_purity, least_confidence, negative_margin
 from mqnet_fast.strategies import STRATEGIES, RoundView, make_strategy
+from mqnet_fast.training import DeviceFeatures, TrainConfig, make_model
 
 
 def _state(seed=0, n=257, k=4, d=33, labeled=19):
+    """A round's view; with a target model (a linear head), its TrainConfig and the pool as fixed
+    embeddings (5,000 rows), so the strategies that train a detector run on it too."""
     g = torch.Generator().manual_seed(seed)
-    feats = torch.rand(n, d, generator=g)
+    pool = torch.rand(5000, d, generator=g)
+    rng = np.random.RandomState(seed)
+    rows = rng.choice(5000, n + labeled, replace=False)
+    candidates, labeled_rows = torch.from_numpy(np.sort(rows[:n])), torch.from_numpy(np.sort(rows[n:]))
     probs = torch.softmax(torch.randn(n, k, generator=g) * 2, 1)
-    lab = torch.rand(labeled, d, generator=g)
     predicted_loss = torch.rand(n, generator=g)  # what a target model with the loss module gives (ll)
-    candidates = torch.from_numpy(np.sort(np.random.RandomState(seed).choice(5000, n, replace=False)))
-    return RoundView(candidates, probs, feats, torch.Generator().manual_seed(seed + 1), labeled_feats=lab,
-                     labeled_is_in=torch.arange(labeled) < labeled // 2,
+    is_in = torch.arange(labeled) < labeled // 2
+    labels = torch.where(is_in, torch.arange(labeled) % k, torch.full((labeled,), -1))
+    images = DeviceFeatures(pool.numpy(), torch.zeros(d), torch.ones(d), torch.device("cpu"))
+    model = make_model(k, d, torch.device("cpu"), seed, arch="head", width=0).eval()
+    return RoundView(candidates, probs, pool[candidates], torch.Generator().manual_seed(seed + 1),
+                     labeled_feats=pool[labeled_rows], labeled_is_in=is_in,
                      labeled_probs=torch.softmax(torch.randn(labeled, k, generator=g) * 2, 1),
+                     labeled=labeled_rows, labeled_labels=labels, model=model, images=images,
+                     train_config=TrainConfig(iterations=5, batch_size=8, lr=0.05),
                      extras={"predicted_loss": predicted_loss})
 
 

@@ -39,7 +39,7 @@ def evaluate(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, rows
 
 def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, split: OpenSetSplit, labeled: np.ndarray,
                labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None, *, world=None,
-               batch_size: int = 1024) -> RoundView:
+               batch_size: int = 1024, train_config: TrainConfig | None = None) -> RoundView:
     """The round's view: the model's outputs on the unlabeled candidates and the labeled examples
     (with a loss module, the candidates' predicted loss as extras["predicted_loss"]), inferred in
     batches of `batch_size` rows. With a `world` of several ranks each rank infers only its share of
@@ -58,7 +58,7 @@ def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, sp
                      labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
                      logits=cand_logits, labeled=torch.from_numpy(labeled),
                      labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache,
-                     extras=extras, shard=shard)
+                     train_config=train_config, extras=extras, shard=shard)
 
 
 def select(strategy: Strategy, view: RoundView, budget: int, name: str) -> tuple[Selection, np.ndarray, np.ndarray]:

@@ -180,7 +180,8 @@ class Experiment:
             tick = time.perf_counter()
             view = phases.infer_view(model, self.train_images, split, labeled, train_in_labels, r,
                                      torch.Generator().manual_seed(derive_seed(seed, r, "select")),
-                                     self._run_cache(seed), world=self.world, batch_size=cfg.infer_batch)
+                                     self._run_cache(seed), world=self.world, batch_size=cfg.infer_batch,
+                                     train_config=self._train_config())
             timings["time_infer"] = time.perf_counter() - tick
 
             tick = time.perf_counter()
@@ -226,6 +227,10 @@ class Experiment:
                                           show_progress=self.progress, world=self.world)
         return self._caches[seed]
 
+    def _train_config(self) -> TrainConfig:
+        cfg = self.config
+        return TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr, micro_batches=cfg.micro_batches)
+
     def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Per example of the train and of the test split: its IN label 0..K-1 (in the order of the
         seed's IN classes), -1 for OOD."""
@@ -253,7 +258,7 @@ class Experiment:
             result = model, float(saved["train_loss"])
         else:
             result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
-                                  TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr, micro_batches=cfg.micro_batches),
+                                  self._train_config(),
                                   derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
                                   desc=f"round {r} train", show_progress=self.progress, world=self.world, **make)
             if r == 0:

@@ -64,6 +64,7 @@ class RoundView:
     model: torch.nn.Module | None = None      # the trained target model (eval mode)
     images: Any = None                        # the train split's DeviceImages (indexed by global index)
     cache: Any = None                         # the run's mqnet_fast.cache.RunCache (encoders trained once per pool)
+    train_config: Any = None                  # the target model's TrainConfig (a detector trains on its recipe)
     extras: dict = field(default_factory=dict)  # more (U,) per-candidate model outputs, e.g. "predicted_loss"
     shard: Shard | None = None                # set under torchrun: the candidates are this rank's share
 

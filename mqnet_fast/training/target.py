@@ -153,7 +153,7 @@ def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: 
 
 def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
                 labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str = "train",
-                show_progress: bool = True, world=None) -> float:
+                show_progress: bool = True, world=None, loss_fn=None) -> float:
     """SGD on the examples `index` (global rows of `images`) with class `labels` (same length), for
     `config.iterations` batches of `config.batch_size` drawn from consecutive shuffles of the set.
     Returns the mean cross-entropy of the last 10% of the iterations.
@@ -164,6 +164,8 @@ def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, i
     outputs, so only its own loss trains it and the backbone learns from the CE alone. One SGD over
     both (the published code has two SGDs with identical settings and schedules: the same updates).
     `images` may be DeviceFeatures (fixed embeddings, no augmentation) with a FeatureHead.
+    `loss_fn(logits, targets)`, for a model without a loss module, replaces the mean cross-entropy
+    (a detector's tempered or energy-regularized loss); the returned mean is then of loss_fn.
 
     With a `world` (mqnet_fast.distributed.World) of W > 1 ranks, every rank calls this with the
     same arguments: the model is wrapped in DistributedDataParallel, rank r computes micro-batch r
@@ -172,7 +174,7 @@ def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, i
     trains, bit for bit on the CPU."""
     with head_threads(model, images.images.device):
         return _train_model(model, images, index, labels, config, seed, desc=desc, show_progress=show_progress,
-                            world=world)
+                            world=world, loss_fn=loss_fn)
 
 
 class _Step(torch.nn.Module):
@@ -194,13 +196,15 @@ class _Step(torch.nn.Module):
 
 
 def _step_loss(step: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
-               detach: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               detach: bool, loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to minimize, its mean cross-entropy part) of one (micro-)batch; under learning loss
-    CE + loss_module_weight x the module's ranking loss."""
+    CE + loss_module_weight x the module's ranking loss; with `loss_fn`, loss_fn(logits, targets) twice."""
     logits, predicted = step(batch, detach)
     if predicted is None:
-        loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits, targets) if loss_fn is None else loss_fn(logits, targets)
         return loss, loss
+    if loss_fn is not None:
+        raise ValueError("loss_fn replaces the cross-entropy of a model without a loss module")
     per_example = F.cross_entropy(logits, targets, reduction="none")
     target_loss = per_example.mean()
     ranking = loss_prediction_loss(predicted.float(), per_example.float(), config.loss_module_margin)
@@ -241,7 +245,7 @@ def data_parallel(module: torch.nn.Module, world, device: torch.device, *, divid
 
 def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
                  labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str, show_progress: bool,
-                 world=None) -> float:
+                 world=None, loss_fn=None) -> float:
     device = images.images.device
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
@@ -269,7 +273,7 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
         for k in mine:
             part = slice(k * size, (k + 1) * size)
             with device_autocast(device):
-                loss, target_loss = _step_loss(step_module, batch[part], targets[part], config, detach)
+                loss, target_loss = _step_loss(step_module, batch[part], targets[part], config, detach, loss_fn)
             loss.backward()
             part_losses.append(target_loss.detach())
             if k == 0 and parts > 1 and not parallel:
