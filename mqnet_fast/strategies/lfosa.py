@@ -12,9 +12,8 @@ component with the larger mean (the known one). Candidates predicted as the unkn
 The query is the top `budget` candidates by w over all classes (ties to the lower row).
 
 From the published code (ningkp/LfOSA, Sampling.AV_sampling_temperature), as the paper leaves them
-open: the mixture's settings (scikit-learn's GaussianMixture with max_iter 10, tol 1e-2, reg_covar
-5e-4, k-means initialization), here seeded from the round's generator, where the published code
-leaves it unseeded; a class with fewer than 2 predicted candidates has no mixture and its candidates
+open: the mixture's settings (mqnet_fast.mixture), here seeded from the round's generator, where the
+published code leaves it unseeded; a class with fewer than 2 predicted candidates has no mixture and its candidates
 score 0, as the published code leaves them out. Differences: the published code uses one temperature
 for known and another for unknown examples (`known_T`, `unknown_T`; its README sets both to 0.5, the
 one temperature here); its ResNet-18 has a 2-unit bottleneck before the logits (a center-loss
@@ -29,10 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mqnet_fast.mixture import two_component_posteriors
 from mqnet_fast.strategies.base import Strategy, register, top_selection
-
-GMM = dict(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)
-
 
 @dataclass(frozen=True)
 class LfOSAOptions:
@@ -47,13 +44,7 @@ class LfOSAOptions:
 def known_posterior(values: np.ndarray, seed: int) -> np.ndarray:
     """The posterior of the larger-mean component of a 2-component Gaussian mixture fitted to the
     1-D `values` (fewer than 2 values: zeros)."""
-    if len(values) < 2:
-        return np.zeros(len(values))
-    from sklearn.mixture import GaussianMixture
-
-    x = np.asarray(values, np.float64).reshape(-1, 1)
-    gmm = GaussianMixture(random_state=seed % 2**32, **GMM).fit(x)
-    return gmm.predict_proba(x)[:, int(np.argmax(gmm.means_.ravel()))]
+    return two_component_posteriors(values, seed)[1]
 
 
 def lfosa_scores(logits: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

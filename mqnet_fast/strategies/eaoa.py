@@ -1,0 +1,218 @@
+"""EAOA (Zong et al., "Rethinking Epistemic and Aleatoric Uncertainty for Active Open-Set Annotation:
+An Energy-Based Approach", CVPR 2025).
+
+Two models: the target classifier f (K classes, the loop's model) and a detector g with K + 1 outputs
+(mqnet_fast.training.detector: the target's architecture and recipe, fresh weights every round)
+trained on the labeled examples, OOD ones as class K, with cross-entropy plus `eaoa_energy_weight`
+(0.01) x an energy margin loss: with E(x) = -logsumexp(g_1..K(x)), mean over the batch's IN examples
+of relu(E - m_in)^2 plus mean over its OOD examples of relu(m_out - E)^2, m_in = -25, m_out = -7.
+
+Scores of every candidate:
+- aleatoric uncertainty AU = log(1 - max_c p_c), from the target's logits
+  (logsumexp of the other logits minus logsumexp of all);
+- learning-based epistemic uncertainty EU1 = -logsumexp(g_1..K) + softplus(g_K+1): the known-class
+  energy plus the unknown logit's;
+- data-driven epistemic uncertainty EU2 from reverse nearest neighbours in the detector's
+  penultimate features (cosine): each labeled example names its `eaoa_neighbours` (250) most similar
+  candidates; with n_c(x) the number of labeled class-c examples that name x and n_ood(x) that of
+  labeled OOD ones, EU2 = -logsumexp_c n_c(x) + softplus(n_ood(x)). The similarities are blocked over
+  the labeled rows: no labeled x candidates matrix is held whole.
+Each score is min-max scaled over the candidates and a two-component Gaussian mixture is fitted to it
+(mqnet_fast.mixture); info = the posterior of AU's higher-mean component, clean = the product of the
+posteriors of EU1's and EU2's lower-mean components.
+
+Query: n = ceil(b / K). For each class c the target predicts, among the candidates predicted as c the
+k n with the largest clean (ties to the lower row), of those the n with the largest info; all classes
+together, shuffled with the round's generator, the first b. Should the classes hold fewer than b,
+the rest are the largest clean among the others. k adapts to the precision of the last query (its
+share of IN examples): above `eaoa_target_precision` (0.6) by more than 0.05, k + 1; below by more,
+k - 1 (at least 1); k starts at `eaoa_k` (5).
+
+From the published code (chenchenzong/EAOA, eaoa_sampling and main.py), as the paper leaves them
+open: m_in, m_out, the energy weight, the 250 neighbours, the mixture settings, the 0.05 tolerance.
+Differences: while no OOD example is labeled the published detector trains on cross-entropy alone,
+here the energy loss's IN term applies from the start; its n_ood term is meant to enter EU2 but never
+does (it compares a Python list with an int, a mask of False), here it does; it fills a short
+query by no rule (torch.topk fails when a class holds fewer than k n candidates), here by clean;
+its scores are computed on augmented images, here on the unaugmented ones.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mqnet_fast.mixture import two_component_posteriors
+from mqnet_fast.strategies.base import Selection, Strategy, register
+
+M_IN, M_OUT = -25.0, -7.0
+TOLERANCE = 0.05
+NEIGHBOUR_CHUNK = 256  # labeled rows per block of similarities
+
+
+@dataclass(frozen=True)
+class EAOAOptions:
+    eaoa_k: int = field(default=5, metadata={"help": "EAOA's initial candidate multiplier k (>= 1)"})
+    eaoa_target_precision: float = field(default=0.6, metadata={"help": "EAOA's target share of IN in a query"})
+    eaoa_energy_weight: float = field(default=0.01, metadata={"help": "EAOA's energy loss weight"})
+    eaoa_neighbours: int = field(default=250, metadata={"help": "EAOA's reverse nearest neighbours per labeled example"})
+
+    def __post_init__(self):
+        for name in ("eaoa_k", "eaoa_neighbours"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        p = self.eaoa_target_precision
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise ValueError(f"eaoa_target_precision must be a number in [0, 1], got {p!r}")
+        w = self.eaoa_energy_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
+            raise ValueError(f"eaoa_energy_weight must be a finite number >= 0, got {w!r}")
+
+
+def energy_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float) -> torch.Tensor:
+    """Cross-entropy over the K + 1 classes plus weight x the energy margin loss (class K = OOD);
+    a group absent from the batch adds nothing."""
+    k = logits.shape[1] - 1
+    energy = -torch.logsumexp(logits[:, :k].float(), 1)
+    ood = targets == k
+    margin = logits.new_zeros((), dtype=torch.float32)
+    if bool((~ood).any()):
+        margin = margin + F.relu(energy[~ood] - M_IN).pow(2).mean()
+    if bool(ood.any()):
+        margin = margin + F.relu(M_OUT - energy[ood]).pow(2).mean()
+    return F.cross_entropy(logits, targets) + weight * margin
+
+
+def aleatoric(logits: torch.Tensor) -> torch.Tensor:
+    """log(1 - max softmax) of each row: logsumexp of the other logits minus logsumexp of all."""
+    logits = logits.double()
+    top = logits.argmax(1, keepdim=True)
+    others = logits.scatter(1, top, float("-inf"))
+    return torch.logsumexp(others, 1) - torch.logsumexp(logits, 1)
+
+
+def learned_epistemic(logits: torch.Tensor) -> torch.Tensor:
+    """-logsumexp(g_1..K) + softplus(g_K+1) of each row of the detector's (n, K + 1) logits."""
+    logits = logits.double()
+    return -torch.logsumexp(logits[:, :-1], 1) + F.softplus(logits[:, -1])
+
+
+def neighbour_counts(labeled: torch.Tensor, candidates: torch.Tensor, groups: torch.Tensor, num_groups: int,
+                     neighbours: int) -> torch.Tensor:
+    """(U, num_groups) counts: how many labeled rows of each group (groups (L,) in 0..num_groups-1)
+    hold the candidate among their `neighbours` most similar candidates by cosine (ties to the lower
+    candidate row)."""
+    u = candidates.shape[0]
+    counts = torch.zeros(u, num_groups, dtype=torch.float64, device=candidates.device)
+    if u == 0 or labeled.shape[0] == 0:
+        return counts
+    keys = F.normalize(candidates.float(), dim=1)
+    rows = F.normalize(labeled.float(), dim=1)
+    m = min(neighbours, u)
+    groups = groups.to(candidates.device)
+    for start in range(0, rows.shape[0], NEIGHBOUR_CHUNK):
+        sim = rows[start:start + NEIGHBOUR_CHUNK] @ keys.T
+        # the m largest of each row, ties to the lower column: a stable sort of the negated row
+        top = torch.sort(-sim, dim=1, stable=True).indices[:, :m]
+        flat = (top * num_groups + groups[start:start + NEIGHBOUR_CHUNK, None]).flatten()
+        counts.view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float64, device=flat.device))
+    return counts
+
+
+def data_epistemic(counts: torch.Tensor) -> torch.Tensor:
+    """-logsumexp of the K IN-class counts + softplus of the OOD count (the last column)."""
+    return -torch.logsumexp(counts[:, :-1], 1) + F.softplus(counts[:, -1])
+
+
+def min_max(x: torch.Tensor) -> np.ndarray:
+    x = x.double().cpu().numpy()
+    span = x.max() - x.min() if len(x) else 0.0
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+
+def eaoa_query(predicted: np.ndarray, clean: np.ndarray, info: np.ndarray, num_classes: int, budget: int, k: int,
+               generator: torch.Generator) -> np.ndarray:
+    """The query's rows: per predicted class the top k n by clean, of those the top n by info
+    (n = ceil(budget / num_classes)), shuffled, the first `budget`; short: filled by clean."""
+    if budget == 0:
+        return np.zeros(0, np.int64)
+    n = math.ceil(budget / num_classes)
+    chosen = []
+    for c in range(num_classes):
+        rows = np.flatnonzero(predicted == c)
+        by_clean = rows[np.argsort(-clean[rows], kind="stable")][:k * n]
+        chosen.append(by_clean[np.argsort(-info[by_clean], kind="stable")][:n])
+    chosen = np.concatenate(chosen).astype(np.int64)
+    chosen = chosen[torch.randperm(len(chosen), generator=generator).numpy()][:budget]
+    if len(chosen) < budget:
+        rest = np.setdiff1d(np.arange(len(clean)), chosen)
+        chosen = np.concatenate([chosen, rest[np.argsort(-clean[rest], kind="stable")][:budget - len(chosen)]])
+    return chosen
+
+
+@register
+class EAOA(Strategy):
+    name = "eaoa"
+    Options = EAOAOptions
+    inputs = None  # trains a detector on the labeled images
+
+    def __init__(self, options=None, seed: int = 0):
+        super().__init__(options, seed)
+        self.k = self.options.eaoa_k
+        self.last_query: list[int] = []
+
+    def _adapt(self, view) -> float:
+        """k after the last query's precision (its share of IN examples, read from the labeled set)."""
+        if not self.last_query:
+            return float("nan")
+        labeled = view.labeled.cpu().numpy()
+        is_in = view.labeled_is_in.cpu().numpy()
+        where = np.searchsorted(labeled, self.last_query)
+        precision = float(is_in[where].mean())
+        target = self.options.eaoa_target_precision
+        if abs(precision - target) > TOLERANCE:
+            self.k = self.k + 1 if precision > target else max(1, self.k - 1)
+        self.last_query = []
+        return precision
+
+    def select(self, view, budget):
+        from mqnet_fast.training.detector import train_detector
+        from mqnet_fast.training.target import infer
+
+        view.require("train_config", "labeled", "labeled_labels", by="eaoa")
+        precision = self._adapt(view)
+        num_classes = view.probs.shape[1]
+        seed = int(torch.randint(0, 2**62, (1,), generator=view.generator))
+        weight = self.options.eaoa_energy_weight
+        detector, loss = train_detector(view, view.train_config, seed,
+                                        lambda logits, targets: energy_loss(logits, targets, weight), desc="eaoa detector")
+        out = infer(detector, view.images, view.candidates)
+        labeled_feats = infer(detector, view.images, view.labeled.cpu()).feats
+        target_logits = view.logits if view.logits is not None else torch.log(view.probs.clamp_min(1e-30))
+        au = aleatoric(target_logits)
+        eu1 = learned_epistemic(out.logits)
+        groups = view.labeled_labels.clone()
+        groups[groups < 0] = num_classes
+        eu2 = data_epistemic(neighbour_counts(labeled_feats, out.feats, groups, num_classes + 1,
+                                              self.options.eaoa_neighbours))
+        info = two_component_posteriors(min_max(au), seed)[1]
+        clean = two_component_posteriors(min_max(eu1), seed + 1)[0] * two_component_posteriors(min_max(eu2), seed + 2)[0]
+        predicted = view.probs.argmax(1).cpu().numpy()
+        rows = eaoa_query(predicted, clean, info, num_classes, budget, self.k, view.generator)
+        indices = view.candidates[torch.from_numpy(rows)]
+        self.last_query = sorted(indices.tolist())
+        columns = {"eaoa_au": au.float().cpu(), "eaoa_eu1": eu1.float().cpu(), "eaoa_eu2": eu2.float().cpu(),
+                   "eaoa_clean": torch.from_numpy(clean).float(), "eaoa_info": torch.from_numpy(info).float()}
+        return Selection(indices, None, {"eaoa_k": self.k, "eaoa_last_precision": precision,
+                                         "eaoa_detector_loss": loss}, columns)
+
+    def state_dict(self):
+        return {"k": self.k, "last_query": list(self.last_query)}
+
+    def load_state_dict(self, state):
+        self.k = int(state["k"])
+        self.last_query = [int(i) for i in state["last_query"]]
