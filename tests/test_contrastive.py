@@ -237,8 +237,8 @@ def test_cache_hit_miss_and_weights_only_reload(tmp_path, monkeypatch):
     first = load_or_train_encoder(images, cache, TINY, show_progress=False)
     assert len(calls) == 1
     assert load_or_train_encoder(images, cache, TINY, show_progress=False) is first  # memory hit
-    # the entry is keyed as before micro_batches existed (it is left out at 1): older caches still hit
-    recorded = {k: v for k, v in dataclasses.asdict(TINY).items() if k != "micro_batches"}
+    # the entry is keyed as before micro_batches and shifts existed (left out at 1 and 4): older caches still hit
+    recorded = {k: v for k, v in dataclasses.asdict(TINY).items() if k not in ("micro_batches", "shifts")}
     path = cache.disk_path("csi-encoder", **recorded)
     assert path.exists()
     payload = torch.load(path, weights_only=True)

@@ -11,7 +11,7 @@ import torch
 from mqnet_fast.data import DataError, FeatureArrays, load_dataset, load_embeddings
 from mqnet_fast.experiment import ConfigError, DEFAULTS, Experiment, ExperimentConfig
 from mqnet_fast.models import FeatureHead, LossPredictionModule
-from mqnet_fast.strategies import STRATEGIES, make_strategy
+from mqnet_fast.strategies import STRATEGIES, make_strategy, strategy_class
 from mqnet_fast.training import DeviceFeatures, TrainConfig, infer, make_model, model_arch, train_model
 from mqnet_fast.training.target import head_threads
 from testing import strip_timing, tiny_config
@@ -180,8 +180,12 @@ def test_head_trains_and_infers_on_features():
     assert torch.get_num_threads() == before
 
 
+ON_EMBEDDINGS = [name for name in STRATEGIES if not strategy_class(name).needs_images]
+
+
 def tiny(dataset, **kw):
-    return tiny_config(**{"dataset": dataset, "iterations": 30, "lr": 0.03, "width": 0, "encoder_epochs": None, **kw})
+    return tiny_config(**{"dataset": dataset, "iterations": 30, "lr": 0.03, "width": 0, "encoder_epochs": None,
+                          "strategies": ON_EMBEDDINGS, **kw})
 
 
 _strip = strip_timing
@@ -193,8 +197,8 @@ def test_every_strategy_runs_on_embeddings(tmp_path, digits_embeddings):
     assert isinstance(experiment.train_images, DeviceFeatures)
     records = experiment.run()
     split = experiment.splits[0]
-    assert len(records) == len(STRATEGIES) * 3
-    for name in STRATEGIES:
+    assert len(records) == len(ON_EMBEDDINGS) * 3
+    for name in ON_EMBEDDINGS:
         run = tmp_path / "run" / name / "seed0"
         queries = json.loads((run / "queries.json").read_text())
         flat = np.array(queries[0] + queries[1])
@@ -260,6 +264,8 @@ def test_embeddings_config(tmp_path, digits_embeddings):
         ExperimentConfig(dataset=dataset, options={"purity": "csi-full"}).resolved()
     with pytest.raises(ConfigError, match="encoder_epochs: .* fixed embeddings"):
         ExperimentConfig(dataset=dataset, encoder_epochs=3).resolved()
+    with pytest.raises(ConfigError, match="strategy 'ccal' trains contrastive encoders on the pool's images"):
+        ExperimentConfig(dataset=dataset, strategies=["ccal"]).resolved()
     from mqnet_fast.data import load_digits
 
     with pytest.raises(ConfigError, match="not the same kind"):

@@ -10,7 +10,7 @@ import torch
 
 from mqnet_fast.data import is_embeddings
 from mqnet_fast.scores.csi import NEEDS_IMAGES
-from mqnet_fast.strategies import STRATEGIES, make_options, option_names
+from mqnet_fast.strategies import STRATEGIES, make_options, option_names, strategy_class
 
 # Per-dataset defaults. CIFAR follows the paper (b = 500, 10 rounds, 20,000 iterations, lr 0.1,
 # the standard ResNet-18). Digits is sized for a CPU demo in minutes and for a measurable strategy
@@ -144,6 +144,9 @@ class ExperimentConfig:
                 raise ConfigError(f"option {name!r} belongs to none of the strategies {', '.join(self.strategies)}")
         for strategy in self.strategies:
             options = self.strategy_options(strategy)
+            if embeddings and strategy_class(strategy).needs_images:
+                raise ConfigError(f"strategy {strategy!r} trains contrastive encoders on the pool's images; dataset "
+                                  f"{self.dataset!r} is fixed embeddings")
             if embeddings and getattr(options, "purity", None) in NEEDS_IMAGES:
                 raise ConfigError(f"strategy {strategy!r}: purity {options.purity!r} needs the pool's images "
                                   f"(rotations and CSI's shift head); dataset {self.dataset!r} is fixed embeddings: "

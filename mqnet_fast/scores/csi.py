@@ -137,10 +137,11 @@ def _split(view, table: torch.Tensor, by: str):
     return candidates, labeled[is_in], labeled[~is_in]
 
 
-def _encoded_pool(view, what: tuple, encode):
-    """encode(encoder, images, pool) for the cache's pool in the run's CSI encoder, once per run."""
+def _encoded_pool(view, what: tuple, encode, config: EncoderConfig | None = None):
+    """encode(encoder, images, pool) for the cache's pool in the run's CSI encoder (or the encoder of
+    `config`, trained and cached the same way), once per run."""
     view.require("cache", by="the CSI purity scores")
-    config = encoder_config(view)
+    config = encoder_config(view) if config is None else config
 
     def build():
         view.require("images", by="the CSI purity scores")

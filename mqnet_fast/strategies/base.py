@@ -118,6 +118,8 @@ class Strategy:
     inputs: ClassVar[tuple[str, ...] | None] = ()
     # Whether select (and observe) work on a sharded view (RoundView.shard, under torchrun).
     sharded: ClassVar[bool] = False
+    # Whether it needs the pool's images (contrastive encoders), so not fixed embeddings.
+    needs_images: ClassVar[bool] = False
 
     def __init__(self, options=None, seed: int = 0):
         self.options = options if options is not None else self.Options()

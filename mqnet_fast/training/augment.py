@@ -143,22 +143,23 @@ def simclr_augment(batch: torch.Tensor, generator: torch.Generator, *, crop_scal
 
 def csi_views(images: DeviceImages, index: torch.Tensor, generator: torch.Generator, *,
               crop_scale: tuple[float, float] = (0.08, 1.0), jitter: float = 1.0, jitter_p: float = 0.8,
-              grey_p: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+              grey_p: float = 0.2, shifts: int = NUM_ROTATIONS) -> tuple[torch.Tensor, torch.Tensor]:
     """CSI's training batch for the B rows `index` of `images`: every image in 2 views, each view
     flipped at random (where images.flip allows it), turned by each of the 4 rotations, then
     augmented independently (simclr_augment) and normalized by DeviceImages.
 
     Returns (views (8B, C, H, W) normalized float, rotation labels (8B,) int64) in the layout
     [view 1: rotation 0 of the B images, rotation 1, 2, 3 | view 2: the same], so views i and
-    i + 4B are the positive pair of nt_xent (first half / second half)."""
+    i + 4B are the positive pair of nt_xent (first half / second half). With shifts=1, SimCLR's
+    batch: 2B views, no rotation (labels all 0)."""
     batch = to_unit(images.images[index.to(images.images.device)])
     pair = torch.cat([batch, batch])
     if images.flip:
         pair = horizontal_flip(pair, generator)
     first, second = pair.chunk(2)
-    views = torch.cat([rotate(half, k) for half in (first, second) for k in range(NUM_ROTATIONS)])
+    views = torch.cat([rotate(half, k) for half in (first, second) for k in range(shifts)])
     views = simclr_augment(views, generator, crop_scale=crop_scale, jitter=jitter, jitter_p=jitter_p, grey_p=grey_p)
     b = batch.shape[0]
-    labels = torch.arange(NUM_ROTATIONS, device=views.device).repeat_interleave(b).repeat(2)
+    labels = torch.arange(shifts, device=views.device).repeat_interleave(b).repeat(2)
     # DeviceImages' normalization takes 0..255 values (it divides by 255 itself).
     return images._normalize(views * 255.0), labels

@@ -56,12 +56,15 @@ def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
 
 
 def csi_loss(projections: torch.Tensor, shift_logits: torch.Tensor, shift_labels: torch.Tensor,
-             temperature: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             temperature: float = 0.5, shifts: int = NUM_ROTATIONS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CSI's objective on a batch laid out as csi_views makes it (8B views: 2 views x 4 rotations x
     B images): NT-Xent over the normalized projections, each (image, rotation) an instance (so the
     other rotations of the same image are negatives), plus the rotation cross-entropy (weight 1).
-    Returns (total, contrastive, shift)."""
+    With shifts=1 SimCLR's (NT-Xent alone, the shift head untrained). Returns (total, contrastive, shift)."""
     contrastive = nt_xent(F.normalize(projections.float(), dim=1), temperature)
+    if shifts == 1:
+        shift = (shift_logits.float() * 0.0).sum()  # keeps the head in the graph (DDP), adds nothing
+        return contrastive + shift, contrastive, shift
     shift = F.cross_entropy(shift_logits.float(), shift_labels)
     return contrastive + shift, contrastive, shift
 
@@ -91,6 +94,12 @@ class EncoderConfig:
     # BatchNorm statistics (the running ones following part 0), the loss over all of them: the step
     # data-parallel training on that many ranks takes (train_encoder with a World of that size).
     micro_batches: int = 1
+    # CSI's 4 rotations as shifted instances; 1: plain SimCLR (CCAL's semantic encoder).
+    shifts: int = NUM_ROTATIONS
+
+    def __post_init__(self):
+        if self.shifts not in (1, NUM_ROTATIONS):
+            raise ValueError(f"shifts must be 1 (SimCLR) or {NUM_ROTATIONS} (CSI), got {self.shifts!r}")
 
     @classmethod
     def for_dataset(cls, name: str) -> "EncoderConfig":
@@ -162,19 +171,21 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     if parallel:
         runner = data_parallel(encoder, world, device, divide=False)  # the loss is the whole batch's: no / W
     encoder.train()
-    bar = progress_bar(range(config.epochs), desc="csi encoder", disable=not show_progress)
+    bar = progress_bar(range(config.epochs), desc="csi encoder" if config.shifts > 1 else "simclr encoder",
+                       disable=not show_progress)
     step = 0
     for _ in bar:
         epoch_loss = torch.zeros((), device=device)
         for _ in range(per_epoch):
             set_lr(optimizer, warmup_cosine(config.lr, step, total, warmup))
             views, shift_labels = csi_views(images, index[next(batches)], generator, crop_scale=crop,
-                                            jitter=config.jitter, jitter_p=config.jitter_p, grey_p=config.grey_p)
+                                            jitter=config.jitter, jitter_p=config.jitter_p, grey_p=config.grey_p,
+                                            shifts=config.shifts)
             optimizer.zero_grad(set_to_none=True)
             if parts == 1:
                 with device_autocast(device):
                     _, projections, logits = encoder(views)
-                loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature)
+                loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature, config.shifts)
                 loss.backward()
             else:
                 loss = _step_in_parts(runner, encoder, views, shift_labels, config, world if parallel else None)
@@ -210,7 +221,7 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
         projections, logits = (world.gather_rows(t.detach()) for t in outputs[0])
     projections = projections.detach().requires_grad_(True)
     logits = logits.detach().requires_grad_(True)
-    loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature)
+    loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature, config.shifts)
     loss.backward()
     for k, (part_projections, part_logits) in zip(mine, outputs):
         rows = pieces[k]
@@ -223,11 +234,12 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
 
 
 def _cache_fields(config: EncoderConfig) -> dict:
-    """The config as its disk entry records it: micro_batches left out at 1 (the entries written
-    before it existed hold the same bits)."""
+    """The config as its disk entry records it: micro_batches left out at 1 and shifts at 4 (the
+    entries written before they existed hold the same bits)."""
     fields = asdict(config)
-    if fields["micro_batches"] == 1:
-        del fields["micro_batches"]
+    for name, before in (("micro_batches", 1), ("shifts", NUM_ROTATIONS)):
+        if fields[name] == before:
+            del fields[name]
     return fields
 
 
