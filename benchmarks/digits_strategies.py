@@ -1,0 +1,101 @@
+"""One run per strategy on digits (split 4:6, noise 0.6, the digits defaults), 5 seeds: %IN of each
+query and test accuracy per round, and the time per phase; the table of docs/strategies.md.
+
+    python benchmarks/digits_strategies.py [--seeds 0,1,2,3,4] [--strategies all]
+        [--run-dir runs/digits-strategies] [--out benchmarks/results/digits-strategies.md]
+
+Rerunning resumes the runs (the run directory keeps them; the encoders are cached in it, so each
+seed trains its CSI and SimCLR encoders once, inside the first select that needs them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mqnet_fast.experiment import Experiment, ExperimentConfig
+from mqnet_fast.strategies import STRATEGIES
+
+SETTING = dict(dataset="digits", noise=0.6, split="4:6")
+PHASES = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
+
+
+def run(run_dir: Path, strategies: list[str], seeds: list[int]) -> None:
+    for name in strategies:
+        config = ExperimentConfig(**SETTING, strategies=[name], seeds=seeds, progress=False,
+                                  cache_dir=str(run_dir / "cache"))
+        tick = time.perf_counter()
+        Experiment(config, run_dir).run()
+        print(f"{name}: {time.perf_counter() - tick:.0f} s", flush=True)
+
+
+def load(run_dir: Path, strategy: str) -> dict[int, list[dict]]:
+    runs = {}
+    for path in sorted((run_dir / strategy).glob("seed*/metrics.json")):
+        records = json.loads(path.read_text())
+        runs[records[0]["seed"]] = records
+    return runs
+
+
+def pct(values) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "-"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
+
+
+def tabulate(run_dir: Path, strategies: list[str]) -> str:
+    runs = {name: load(run_dir, name) for name in strategies}
+    runs = {name: r for name, r in runs.items() if r}
+    seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
+    rounds = min(len(runs[n][s]) for n in runs for s in seeds)
+    names = list(runs)
+    out = [f"digits, split 4:6, noise 0.6, the digits defaults (b = 20, 5 rounds, 300 iterations); seeds {seeds}; "
+           "mean ± std over seeds. Each strategy with its default options.", ""]
+    head = "| round | " + " | ".join(names) + " |"
+    rule = "|---" * (len(names) + 1) + "|"
+    out += ["%IN of each query set, per round:", "", head, rule]
+    for r in range(rounds - 1):
+        out.append(f"| {r} | " + " | ".join(pct([runs[n][s][r]["query_in_percent"] for s in seeds]) for n in names) + " |")
+    out.append("| all | " + " | ".join(pct([np.mean([rec["query_in_percent"] for rec in runs[n][s][:rounds - 1]])
+                                             for s in seeds]) for n in names) + " |")
+    out += ["", "Test accuracy (%) per round (round R: the final labeled set):", "", head, rule]
+    for r in range(rounds):
+        out.append(f"| {r} | " + " | ".join(pct([100 * runs[n][s][r]["test_accuracy"] for s in seeds]) for n in names) + " |")
+    out.append("| mean | " + " | ".join(pct([100 * np.mean([rec["test_accuracy"] for rec in runs[n][s][:rounds]])
+                                             for s in seeds]) for n in names) + " |")
+    out += ["", "Time per round (s), mean over rounds and seeds; select includes training a detector (lfosa, "
+            "eaoa) and, in the first round of a seed, the encoders (mqnet, ccal: CSI; ccal: SimCLR too) unless "
+            "the run directory's cache held them:", "",
+            "| strategy | " + " | ".join(p[5:] for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
+    for n in names:
+        cells = []
+        for p in PHASES:
+            values = [rec[p] for s in seeds for rec in runs[n][s] if p in rec]
+            cells.append(f"{np.mean(values):.2f}" if values else "-")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--strategies", default="all")
+    parser.add_argument("--run-dir", default="runs/digits-strategies")
+    parser.add_argument("--out", default="benchmarks/results/digits-strategies.md")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    strategies = list(STRATEGIES) if args.strategies == "all" else args.strategies.split(",")
+    run_dir = Path(args.run_dir)
+    if not args.table_only:
+        run(run_dir, strategies, [int(s) for s in args.seeds.split(",")])
+    table = tabulate(run_dir, strategies)
+    Path(args.out).write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
