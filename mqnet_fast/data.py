@@ -348,9 +348,10 @@ LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, what PIL's convert("L") uses
 
 
 def convert_images(images: np.ndarray, size: tuple[int, int], channels: int, chunk: int = 4096) -> np.ndarray:
-    """(N, H, W, C) uint8 images as (N, size[0], size[1], channels) uint8: each side shrunk by area
-    averaging (torch's "area" interpolation: the mean of the source pixels each output pixel covers)
-    or grown bilinearly (align_corners=False); RGB to one channel by BT.601 luma, one channel to RGB by
+    """(N, H, W, C) uint8 images as (N, size[0], size[1], channels) uint8: each side shrunk by torch's
+    "area" interpolation (adaptive average pooling: for an integer ratio the mean of the source pixels
+    each output pixel covers; otherwise the mean of the source pixels its window touches, partly
+    covered ones at full weight) or grown bilinearly (align_corners=False); RGB to one channel by BT.601 luma, one channel to RGB by
     repeating it. Values are rounded to the nearest integer, in chunks of `chunk` images."""
     import torch
     import torch.nn.functional as F

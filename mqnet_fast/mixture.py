@@ -12,10 +12,10 @@ GMM = dict(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4)
 
 def two_component_posteriors(values, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(posterior of the lower-mean component, of the higher-mean one), each (n,), of the 1-D
-    `values` under a 2-component Gaussian mixture fitted to them with `seed`. Fewer than 2 values:
-    zeros for both (no mixture to fit)."""
+    `values` under a 2-component Gaussian mixture fitted to them with `seed`. Fewer than 2 distinct
+    values: zeros for both (no mixture to fit, no component higher than the other)."""
     x = np.asarray(values, np.float64).reshape(-1, 1)
-    if len(x) < 2:
+    if len(x) < 2 or x.min() == x.max():
         return np.zeros(len(x)), np.zeros(len(x))
     from sklearn.mixture import GaussianMixture
 

@@ -58,7 +58,7 @@ def _arrays(name, n_classes, shape, n_per_class, seed, flip=True):
     rng = np.random.RandomState(seed)
     labels = np.repeat(np.arange(n_classes), n_per_class)
     return ImageArrays(name, [f"c{i}" for i in range(n_classes)], rng.randint(0, 256, (len(labels),) + shape, dtype=np.uint8),
-                       labels, rng.randint(0, 256, (len(labels),) + shape, dtype=np.uint8), labels.copy(), flip=flip)
+                       labels, rng.randint(0, 256, (len(labels),) + shape, dtype=np.uint8), labels[::-1].copy(), flip=flip)
 
 
 def test_with_ood_dataset_joins_and_converts():
@@ -71,7 +71,8 @@ def test_with_ood_dataset_joins_and_converts():
         images, labels = getattr(joined, f"{split}_images"), getattr(joined, f"{split}_labels")
         np.testing.assert_array_equal(images[:15], getattr(a, f"{split}_images"))
         np.testing.assert_array_equal(images[15:], convert_images(getattr(b, f"{split}_images"), (4, 4), 1))
-        np.testing.assert_array_equal(labels, np.concatenate([a.train_labels, b.train_labels + 3]))
+        np.testing.assert_array_equal(labels, np.concatenate([getattr(a, f"{split}_labels"),
+                                                              getattr(b, f"{split}_labels") + 3]))
     with pytest.raises(DataError, match="two image datasets"):
         from mqnet_fast.data import FeatureArrays
 
@@ -125,6 +126,7 @@ def test_digits_in_cifar10_ood(tmp_path, shared_cifar10):
     pool_labels = data.train_labels[split.pool]
     assert (pool_labels[split.is_in[split.pool]] < 10).all() and (pool_labels[~split.is_in[split.pool]] >= 10).all()
     assert identity["ood_dataset"] == ood and len(records) == 4
+    assert all(r["ood_dataset"] == ood and r["split"] is None for r in records)
     assert all(r["labeled_in"] + r["labeled_ood"] == 12 * (r["round"] + 1) for r in records)
     # the same dataset with another OOD dataset is another experiment
     with pytest.raises(ConfigError, match="ood_dataset"):

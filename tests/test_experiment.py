@@ -53,14 +53,14 @@ def test_end_to_end_every_strategy(tmp_path, digits):
 
 
 def test_resume_after_interrupt_gives_the_same_results(tmp_path, digits):
-    config = tiny(strategies=["mqnet", "badge"], rounds=3)
+    config = tiny(strategies=["mqnet", "badge", "eaoa"], rounds=3)  # eaoa: k and the last query in its state
     whole = Experiment(config, tmp_path / "whole", data=digits).run()
     Experiment(config, tmp_path / "cut", data=digits).run(stop_after_rounds=2)
     partial = json.loads((tmp_path / "cut" / "mqnet" / "seed0" / "metrics.json").read_text())
     assert len(partial) == 2
     resumed = Experiment(config, tmp_path / "cut", data=digits).run()  # a new process would do the same
     assert _strip(resumed) == _strip(whole)
-    for name in ("mqnet", "badge"):
+    for name in ("mqnet", "badge", "eaoa"):
         a = json.loads((tmp_path / "whole" / name / "seed0" / "queries.json").read_text())
         b = json.loads((tmp_path / "cut" / name / "seed0" / "queries.json").read_text())
         assert a == b

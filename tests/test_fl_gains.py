@@ -107,3 +107,11 @@ def test_bad_arguments_are_named():
         args = {**base, **change}
         with pytest.raises(kind, match=match):
             ops.fl_gains(args.pop("ground"), args.pop("candidates"), args.pop("lo"), args.pop("hi"), **args)
+
+
+@pytest.mark.skipif("cpp" not in CPU_BACKENDS, reason="mqnet_fast._C is not built")
+@pytest.mark.parametrize("e", [0, 4])
+def test_opcheck(e):
+    ground, cand, lo, hi, two = _inputs(33, 17, 5, e, seed=2)
+    torch.library.opcheck(torch.ops.mqnet_fast.fl_gains.default,
+                          (ground, cand, lo, hi, two.get("ground2"), two.get("candidates2")))

@@ -149,6 +149,7 @@ def _registered_op_calls():
         "nonneg_mlp_score": lambda: torch.ops.mqnet_fast.nonneg_mlp_score(z, w, b, z.mean(0), z.std(0)),
         "nonneg_mlp_rank_train": lambda: torch.ops.mqnet_fast.nonneg_mlp_rank_train(
             z, targets, batches, lr, w[0], b[0], w[1], b[1], 0.9, 5e-4, 0.1),
+        "fl_gains": lambda: torch.ops.mqnet_fast.fl_gains(x, x[:7], targets, targets + 0.5, z, z[:7]),
     }
 
 

@@ -172,7 +172,8 @@ class Experiment:
         timings["time_eval"] = time.perf_counter() - tick
 
         record = {"strategy": strategy_name, "seed": seed, "round": r, "dataset": cfg.dataset,
-                  "noise": cfg.noise, "split": cfg.split, "budget": cfg.budget,
+                  "ood_dataset": cfg.ood_dataset, "noise": cfg.noise,
+                  "split": cfg.split if cfg.ood_dataset is None else None, "budget": cfg.budget,
                   "test_accuracy": accuracy, "train_loss": train_loss,
                   "labeled_in": int(len(labeled_in)), "labeled_ood": int(len(labeled) - len(labeled_in))}
         query = None

@@ -176,6 +176,16 @@ def top_selection(view: RoundView, scores: torch.Tensor, budget: int) -> Selecti
     return Selection(view.shard.candidates[positions], scores)
 
 
+def fill_by_score(chosen: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
+    """The rows `chosen`, topped up to `budget` with the highest `scores` among the other rows
+    (ties to the lower row): how a strategy whose rule picks too few completes its query."""
+    chosen = np.asarray(chosen, np.int64)
+    if len(chosen) >= budget:
+        return chosen
+    rest = np.setdiff1d(np.arange(len(scores)), chosen)
+    return np.concatenate([chosen, rest[np.argsort(-np.asarray(scores)[rest], kind="stable")][:budget - len(chosen)]])
+
+
 # --------------------------------------------------------------------------------------------------
 # The registry
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast import ops
-from mqnet_fast.strategies.base import Selection, Strategy, register
+from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, register
 
 CHUNK = 4096  # candidate rows per block of similarities
 
@@ -100,19 +100,12 @@ def ccal_query(scores: torch.Tensor, pseudo: torch.Tensor, num_classes: int, bud
     """Rows of the query: per class its quota of its candidates by score, the leftover quota by score
     among the rest."""
     scores, pseudo = scores.double().cpu().numpy(), pseudo.cpu().numpy()
-    taken = np.zeros(len(scores), dtype=bool)
     chosen = []
     for c in range(num_classes):
         quota = budget // num_classes + (1 if c < budget % num_classes else 0)
         rows = np.flatnonzero(pseudo == c)
-        best = rows[np.argsort(-scores[rows], kind="stable")][:quota]
-        taken[best] = True
-        chosen.append(best)
-    chosen = np.concatenate(chosen).astype(np.int64)
-    if len(chosen) < budget:
-        rest = np.flatnonzero(~taken)
-        chosen = np.concatenate([chosen, rest[np.argsort(-scores[rest], kind="stable")][:budget - len(chosen)]])
-    return chosen
+        chosen.append(rows[np.argsort(-scores[rows], kind="stable")][:quota])
+    return fill_by_score(np.concatenate(chosen), scores, budget)
 
 
 @register

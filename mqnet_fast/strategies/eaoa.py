@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast.mixture import two_component_posteriors
-from mqnet_fast.strategies.base import Selection, Strategy, register
+from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, register
 
 M_IN, M_OUT = -25.0, -7.0
 TOLERANCE = 0.05
@@ -148,10 +148,7 @@ def eaoa_query(predicted: np.ndarray, clean: np.ndarray, info: np.ndarray, num_c
         chosen.append(by_clean[np.argsort(-info[by_clean], kind="stable")][:n])
     chosen = np.concatenate(chosen).astype(np.int64)
     chosen = chosen[torch.randperm(len(chosen), generator=generator).numpy()][:budget]
-    if len(chosen) < budget:
-        rest = np.setdiff1d(np.arange(len(clean)), chosen)
-        chosen = np.concatenate([chosen, rest[np.argsort(-clean[rest], kind="stable")][:budget - len(chosen)]])
-    return chosen
+    return fill_by_score(chosen, clean, budget)
 
 
 @register
@@ -169,10 +166,12 @@ class EAOA(Strategy):
         """k after the last query's precision (its share of IN examples, read from the labeled set)."""
         if not self.last_query:
             return float("nan")
-        labeled = view.labeled.cpu().numpy()
-        is_in = view.labeled_is_in.cpu().numpy()
-        where = np.searchsorted(labeled, self.last_query)
-        precision = float(is_in[where].mean())
+        flags = dict(zip(view.labeled.cpu().tolist(), view.labeled_is_in.cpu().tolist()))
+        missing = [i for i in self.last_query if i not in flags]
+        if missing:
+            raise ValueError(f"eaoa: {len(missing)} example(s) of the last query (first: {missing[0]}) are not in the "
+                             "view's labeled set; label the query before the next select")
+        precision = float(np.mean([flags[i] for i in self.last_query]))
         target = self.options.eaoa_target_precision
         if abs(precision - target) > TOLERANCE:
             self.k = self.k + 1 if precision > target else max(1, self.k - 1)

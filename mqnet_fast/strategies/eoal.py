@@ -8,10 +8,11 @@ p0_j = "not class j"). It trains on the labeled examples, OOD ones as class K, w
 - the open-set loss of the one-vs-rest heads: for IN examples of class y, -log p1_y and the hardest
   negative max_{j != y} -log p0_j (weight 1 - alpha once OOD examples are labeled); for OOD examples
   the cross-entropy of every head towards (1/2, 1/2) (entropy maximization), weight alpha / K per
-  head; alpha = 0.8; each term halved;
+  head; alpha = 0.8; each term halved (with one IN class there is no negative head: no such term);
 - 0.1 x a regularizer on the OOD examples' features: the labeled OOD examples are clustered into
-  C = K clusters (`finch_clusters`) at the start of every epoch of the detector's training, in its
-  features; per OOD example with distances d_c to the cluster means, 0.1 x d_own (intra) +
+  C = K clusters (`finch_clusters`) at the start of every epoch of the detector's training (an epoch
+  = one pass over the labeled set, and at most 300 clusterings a training: the published code's
+  300 epochs), in its features; per OOD example with distances d_c to the cluster means, 0.1 x d_own (intra) +
   log(1 + sum_{c != own} exp(d_own - d_c)) (inter).
 Scores: the closed-set entropy H_c (the mean binary entropy of the K heads, in bits) and, once OOD
 examples are labeled, the open-set entropy H_o (the entropy of softmax(-d_c) over the C cluster
@@ -46,12 +47,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.strategies.base import Selection, Strategy, register
+from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, register
 
 TEMPERATURE = 0.5
 ALPHA = 0.8
 REG_WEIGHT, INTRA_WEIGHT = 0.1, 0.1
-SIM_CHUNK = 2048
+SIM_ELEMENTS = 2**24  # similarities per block of first_neighbours (128 MB in float64)
+MAX_CLUSTERINGS = 300  # the published code's 300 epochs: re-clustering at most this often a training
 
 
 QUERIES = ("diverse", "lowest")
@@ -77,11 +79,12 @@ def first_neighbours(x: torch.Tensor) -> np.ndarray:
         return np.zeros(1, np.int64)
     unit = F.normalize(x.double(), dim=1)
     out = np.empty(n, np.int64)
-    for start in range(0, n, SIM_CHUNK):
-        sim = unit[start:start + SIM_CHUNK] @ unit.T
-        rows = torch.arange(sim.shape[0])
+    chunk = max(1, min(n, SIM_ELEMENTS // n))
+    for start in range(0, n, chunk):
+        sim = unit[start:start + chunk] @ unit.T
+        rows = torch.arange(sim.shape[0], device=sim.device)
         sim[rows, start + rows] = float("-inf")
-        out[start:start + SIM_CHUNK] = sim.argmax(1).cpu().numpy()  # the first maximum
+        out[start:start + chunk] = sim.argmax(1).cpu().numpy()  # the first maximum
     return out
 
 
@@ -181,9 +184,11 @@ def open_set_loss(p: torch.Tensor, targets: torch.Tensor, k: int, any_ood: bool)
     if bool(known.any()):
         pk, y = p[known], targets[known]
         pos = -torch.log(pk[torch.arange(len(y)), 1, y] + eps).mean()
-        neg_logs = -torch.log(pk[:, 0, :] + eps)
-        neg_logs = neg_logs.masked_fill(F.one_hot(y, k).bool(), float("-inf"))
-        neg = neg_logs.max(1).values.mean()
+        if k > 1:
+            neg_logs = -torch.log(pk[:, 0, :] + eps)
+            neg = neg_logs.masked_fill(F.one_hot(y, k).bool(), float("-inf")).max(1).values.mean()
+        else:  # one IN class: no other head to be the hardest negative
+            neg = pos.new_zeros(())
         loss = loss + 0.5 * (1 - ALPHA if any_ood else 1.0) * (pos + neg)
     if bool((~known).any()):
         pu = p[~known]
@@ -205,8 +210,8 @@ def cluster_regularizer(feats: torch.Tensor, own: torch.Tensor, centers: torch.T
 
 class _Loss:
     """The detector's loss; every `per_epoch` calls it re-clusters the labeled OOD examples in the
-    detector's current features (unaugmented, eval mode). Targets: IN class, or k + the OOD
-    example's position among the labeled OOD rows."""
+    detector's current features (unaugmented, eval mode), at most MAX_CLUSTERINGS times a training.
+    Targets: IN class, or k + the OOD example's position among the labeled OOD rows."""
 
     def __init__(self, net: EOALNet, images, ood_rows: torch.Tensor, k: int, per_epoch: int):
         self.net, self.images, self.ood_rows, self.k, self.per_epoch = net, images, ood_rows, k, per_epoch
@@ -294,7 +299,9 @@ class EOAL(Strategy):
         labels = view.labeled_labels.clone().cpu()
         ood = labels < 0
         labels[ood] = k + torch.arange(int(ood.sum()))
-        per_epoch = max(1, math.ceil(len(labels) / config.batch_size)) * config.micro_batches
+        # an epoch of the labeled set, but no more than MAX_CLUSTERINGS clusterings a training
+        per_epoch = max(math.ceil(len(labels) / config.batch_size), math.ceil(config.iterations / MAX_CLUSTERINGS))
+        per_epoch *= config.micro_batches
         loss_fn = _Loss(net, images, view.labeled.cpu()[ood], k, per_epoch)
         train_loss = train_model(net, images, view.labeled.cpu(), labels, config, train_seed, desc="eoal detector",
                                  show_progress=False, loss_fn=loss_fn)
@@ -319,9 +326,7 @@ class EOAL(Strategy):
             chosen = rows[diverse_lowest(s_np[rows], clusters, budget)]
         else:
             chosen = rows[np.argsort(s_np[rows], kind="stable")][:budget]
-        if len(chosen) < budget:
-            rest = np.flatnonzero(~known)
-            chosen = np.concatenate([chosen, rest[np.argsort(s_np[rest], kind="stable")][:budget - len(chosen)]])
+        chosen = fill_by_score(chosen, -s_np, budget)  # short: the lowest s of the others
         return Selection(view.candidates[torch.from_numpy(chosen.astype(np.int64))], None,
                          {"eoal_detector_loss": train_loss, "eoal_predicted_known": int(known.sum()),
                           "eoal_ood_clusters": loss_fn.clusters},

@@ -11,7 +11,10 @@ labeled OOD examples, so picks resemble what turned out IN and not what turned o
   batches through the saturated facility-location op (ops.fl_gains: similarities blocked on the
   device, never a V x V matrix). It picks what the plain greedy picks: the largest gain, ties to the
   lowest row (a stale bound equal to the best gain at a lower row is re-evaluated; a bound of 0 is a
-  gain of 0).
+  gain of 0). That holds exactly where a candidate's gain comes out bit-identical however many
+  candidates are evaluated with it: the C++ kernel (float64 sums in ground-row order); the
+  reference and the Triton kernel may round a gain differently in another batch, so their picks can
+  differ from the plain greedy's at a near-tie.
 - `smi_function="logdetcmi"` (log determinant, f(X) = log det(S_X + lambda I)):
       I(A; Q | P) = f(A u P) + f(Q u P) - f(A u Q u P) - f(P),
   on the kernel with the candidate-Q entries scaled by eta and the candidate-P entries by nu. The gain
@@ -22,7 +25,8 @@ labeled OOD examples, so picks resemble what turned out IN and not what turned o
 Similarity: cosine. `smi_embedding="gradients"` (the default of the published code, decile-team/
 distil's SCMI with gradType "bias_linear") uses the last layer's gradient embedding
 g = (onehot(y) - p) (x) [h, 1], whose cosine is cos(a_i, a_j) cos(h~_i, h~_j) with a = onehot(y) - p
-and h~ = [h, 1]: two factors, never the K (d + 1) embedding. y is the predicted class for candidates
+and h~ = [h, 1]: two factors, never the K (d + 1) embedding. With one IN class (K = 1) p is 1 and
+the gradient embedding vanishes (every similarity 0, the lowest rows are picked): use "features". y is the predicted class for candidates
 and labeled OOD examples and the true class for labeled IN examples when the view has it (as distil
 embeds its query set with labels). `"features"` uses the penultimate features h.
 
@@ -133,6 +137,8 @@ def flcmi_greedy(ground: Factors, queries: Factors, privates: Factors, budget: i
     """Lazy greedy maximization of FLCMI over the ground rows. Returns (picks (budget,) int64 in pick
     order, their gains at pick time, the number of gains evaluated)."""
     n = len(ground)
+    if budget > n:
+        raise ValueError(f"budget ({budget}) exceeds the {n} ground rows")
     cap = eta * ground.max_sim(queries).clamp_min(0)
     floor = nu * ground.max_sim(privates).clamp_min(0)
     hi = torch.maximum(cap, floor)  # rows whose cap is below their floor never gain (lo = hi)
@@ -182,6 +188,8 @@ def logdetcmi_greedy(ground: Factors, queries: Factors, privates: Factors, budge
     int64 in pick order, their gains at pick time)."""
     ground, queries, privates = (f.to(torch.float64) for f in (ground, queries, privates))
     n = len(ground)
+    if budget > n:
+        raise ValueError(f"budget ({budget}) exceeds the {n} ground rows")
     diag = ground.self_sim() + lam
     floor = lam * 1e-12
 
@@ -203,10 +211,11 @@ def logdetcmi_greedy(ground: Factors, queries: Factors, privates: Factors, budge
 
     g1, r1 = conditioned([(privates, nu)])
     g2, r2 = conditioned([(queries, eta), (privates, nu)])
-    e1, e2 = [], []
+    # the incremental Cholesky rows of both terms, one per pick
+    rows = torch.zeros(2, budget, n, dtype=torch.float64, device=diag.device)
     available = torch.ones(n, dtype=torch.bool, device=diag.device)
     picks, picked_gains = [], []
-    for _ in range(budget):
+    for t in range(budget):
         gain = torch.log(r1.clamp_min(floor)) - torch.log(r2.clamp_min(floor))
         gain = torch.where(available, gain, torch.tensor(float("-inf"), dtype=gain.dtype, device=gain.device))
         k = int(torch.argmax(gain))
@@ -215,12 +224,11 @@ def logdetcmi_greedy(ground: Factors, queries: Factors, privates: Factors, budge
         available[k] = False
         column = ground.sim(ground.rows(slice(k, k + 1)))[:, 0]
         column[k] = diag[k]
-        for g, e, r in ((g1, e1, r1), (g2, e2, r2)):
-            proj = column - g.T @ g[:, k]
-            for row in e:
-                proj = proj - row * row[k]
+        for term, (g, r) in enumerate(((g1, r1), (g2, r2))):
+            e = rows[term, :t]
+            proj = column - g.T @ g[:, k] - e.T @ e[:, k]
             new = proj / r[k].clamp_min(floor).sqrt()
-            e.append(new)
+            rows[term, t] = new
             r -= new * new
     return torch.tensor(picks, dtype=torch.long), torch.tensor(picked_gains, dtype=torch.float64)
 

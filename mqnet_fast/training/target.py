@@ -198,7 +198,7 @@ class _Step(torch.nn.Module):
 def _step_loss(step: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor, config: TrainConfig,
                detach: bool, loss_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss to minimize, its mean cross-entropy part) of one (micro-)batch; under learning loss
-    CE + loss_module_weight x the module's ranking loss; with `loss_fn`, loss_fn(logits, targets) twice."""
+    CE + loss_module_weight x the module's ranking loss; with `loss_fn`, loss_fn(logits, targets) as both."""
     logits, predicted = step(batch, detach)
     if predicted is None:
         loss = F.cross_entropy(logits, targets) if loss_fn is None else loss_fn(logits, targets)
