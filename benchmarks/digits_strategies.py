@@ -3,9 +3,12 @@ query and test accuracy per round, and the time per phase; the table of docs/str
 
     python benchmarks/digits_strategies.py [--seeds 0,1,2,3,4] [--strategies all]
         [--run-dir runs/digits-strategies] [--out benchmarks/results/digits-strategies.md]
+    python benchmarks/digits_strategies.py --table-only --run-dir A,B   # one table from several
 
 Rerunning resumes the runs (the run directory keeps them; the encoders are cached in it, so each
-seed trains its CSI and SimCLR encoders once, inside the first select that needs them).
+seed trains its CSI and SimCLR encoders once, inside the first select that needs them). Two
+processes of one thread each (OMP_NUM_THREADS=1, each its own run directory and strategies) use
+both cores of a 2-core machine.
 """
 from __future__ import annotations
 
@@ -32,9 +35,9 @@ def run(run_dir: Path, strategies: list[str], seeds: list[int]) -> None:
         print(f"{name}: {time.perf_counter() - tick:.0f} s", flush=True)
 
 
-def load(run_dir: Path, strategy: str) -> dict[int, list[dict]]:
+def load(run_dirs: list[Path], strategy: str) -> dict[int, list[dict]]:
     runs = {}
-    for path in sorted((run_dir / strategy).glob("seed*/metrics.json")):
+    for path in sorted(p for run_dir in run_dirs for p in (run_dir / strategy).glob("seed*/metrics.json")):
         records = json.loads(path.read_text())
         runs[records[0]["seed"]] = records
     return runs
@@ -47,14 +50,17 @@ def pct(values) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
 
 
-def tabulate(run_dir: Path, strategies: list[str]) -> str:
-    runs = {name: load(run_dir, name) for name in strategies}
+def tabulate(run_dirs: list[Path], strategies: list[str]) -> str:
+    import torch
+
+    runs = {name: load(run_dirs, name) for name in strategies}
     runs = {name: r for name, r in runs.items() if r}
     seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
     rounds = min(len(runs[n][s]) for n in runs for s in seeds)
     names = list(runs)
     out = [f"digits, split 4:6, noise 0.6, the digits defaults (b = 20, 5 rounds, 300 iterations); seeds {seeds}; "
-           "mean ± std over seeds. Each strategy with its default options.", ""]
+           f"mean ± std over seeds. Each strategy with its default options. Times with {torch.get_num_threads()} "
+           "thread(s) per process (as this table was made).", ""]
     head = "| round | " + " | ".join(names) + " |"
     rule = "|---" * (len(names) + 1) + "|"
     out += ["%IN of each query set, per round:", "", head, rule]
@@ -67,7 +73,7 @@ def tabulate(run_dir: Path, strategies: list[str]) -> str:
         out.append(f"| {r} | " + " | ".join(pct([100 * runs[n][s][r]["test_accuracy"] for s in seeds]) for n in names) + " |")
     out.append("| mean | " + " | ".join(pct([100 * np.mean([rec["test_accuracy"] for rec in runs[n][s][:rounds]])
                                              for s in seeds]) for n in names) + " |")
-    out += ["", "Time per round (s), mean over rounds and seeds; select includes training a detector (lfosa, "
+    out += ["", "Time per round (s), mean over rounds and seeds; select includes training a detector (lfosa, eoal, "
             "eaoa) and, in the first round of a seed, the encoders (mqnet, ccal: CSI; ccal: SimCLR too) unless "
             "the run directory's cache held them:", "",
             "| strategy | " + " | ".join(p[5:] for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
@@ -89,10 +95,12 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     strategies = list(STRATEGIES) if args.strategies == "all" else args.strategies.split(",")
-    run_dir = Path(args.run_dir)
+    run_dirs = [Path(p) for p in args.run_dir.split(",")]
     if not args.table_only:
-        run(run_dir, strategies, [int(s) for s in args.seeds.split(",")])
-    table = tabulate(run_dir, strategies)
+        if len(run_dirs) != 1:
+            raise SystemExit("--run-dir: give one directory to run in (several only with --table-only)")
+        run(run_dirs[0], strategies, [int(s) for s in args.seeds.split(",")])
+    table = tabulate(run_dirs, strategies)
     Path(args.out).write_text(table)
     print(table)
 
