@@ -255,6 +255,8 @@ def main(argv=None) -> int:
             for note in {n for split in experiment.splits.values() for n in split.notes} if main_rank else ():
                 print(f"note: {note}", file=sys.stderr)
             experiment.run()
+            if world.size > 1:
+                world.barrier()  # every rank done before any tears the group down (_leave_group)
             if main_rank:
                 print(f"done in {time.perf_counter() - start:.0f} s; results in {args.run_dir}"
                       + (f" ({world.size} processes)" if world.size > 1 else ""), file=sys.stderr)

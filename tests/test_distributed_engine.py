@@ -42,6 +42,7 @@ def _train_worker(rank, world_size, init_file, out_file, loss_module, batch_size
                        world=World())
     if rank == world_size - 1:  # the last rank: its buffers came from rank 0 at the end
         torch.save({"state": model.state_dict(), "loss": loss}, out_file)
+    dist.barrier()  # every rank done with gloo before any tears its group down (else a rank can abort at exit)
     dist.destroy_process_group()
 
 
@@ -93,6 +94,7 @@ def _encoder_worker(rank, world_size, init_file, out_file):
     encoder = train_encoder(images, pool, config, seed=2, show_progress=False, world=World())
     if rank == world_size - 1:
         torch.save(encoder.state_dict(), out_file)
+    dist.barrier()  # every rank done with gloo before any tears its group down (else a rank can abort at exit)
     dist.destroy_process_group()
 
 

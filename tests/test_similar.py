@@ -151,7 +151,7 @@ def _arrays(seed, n=60, labeled=16):
                 labeled_is_in=torch.arange(labeled) % 3 != 0)
 
 
-@pytest.mark.parametrize("function,embedding", itertools.product(["flcmi", "logdetcmi"], ["gradients", "features"]))
+@pytest.mark.parametrize("function,embedding", list(itertools.product(["flcmi", "logdetcmi"], ["gradients", "features"])))
 def test_contract_on_arrays(function, embedding):
     arrays = _arrays(1)
     options = dict(smi_function=function, smi_embedding=embedding)
