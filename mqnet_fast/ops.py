@@ -5,12 +5,13 @@ kernel), "triton" (the Triton kernels in mqnet_fast.kernels: CUDA tensors, or CP
 TRITON_INTERPRET=1), "cuda" (the CUDA-source kernels in kernels/cuda, compiled into _C), or "auto",
 which takes (_resolve_backend):
 - on CPU tensors "cpp" when _C is built, else "torch";
-- on CUDA tensors "triton" when triton imports, except for float64 input to nearest, badge_kmeanspp
-  and nonneg_mlp_score (their Triton kernels compute in float32), which "torch" computes
+- on CUDA tensors "triton" when triton imports, except for float64 input to nearest, badge_kmeanspp,
+  nonneg_mlp_score and fl_gains (their Triton kernels compute in float32), which "torch" computes
   (kcenter_greedy's Triton kernel takes float64); without triton, "torch". "auto" never takes the
   "cuda" kernels: they run only when asked for by name. nonneg_mlp_score with other than one hidden
   layer goes to "torch" (the Triton kernel, asked for by name, refuses it);
 - on any other device "torch";
+- fl_gains has no "cuda" kernel (asked for by name it is refused);
 - nonneg_mlp_rank_train has only "torch" and "cpp": its "auto" is "cpp" whenever _C is built, CUDA
   tensors included (copied to the CPU and back), else "torch".
 

@@ -176,6 +176,12 @@ def top_selection(view: RoundView, scores: torch.Tensor, budget: int) -> Selecti
     return Selection(view.shard.candidates[positions], scores)
 
 
+def min_max(x: torch.Tensor) -> torch.Tensor:
+    """`x` scaled to [0, 1] over its entries (all zeros where they are equal)."""
+    span = x.max() - x.min() if x.numel() else x.new_zeros(())
+    return (x - x.min()) / span if float(span) > 0 else torch.zeros_like(x)
+
+
 def fill_by_score(chosen: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
     """The rows `chosen`, topped up to `budget` with the highest `scores` among the other rows
     (ties to the lower row): how a strategy whose rule picks too few completes its query."""

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast import ops
-from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, register
+from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, min_max, register
 
 CHUNK = 4096  # candidate rows per block of similarities
 
@@ -56,11 +56,6 @@ class CCALOptions:
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
         if self.ccal_k <= 0:
             raise ValueError(f"ccal_k must be > 0, got {self.ccal_k!r}")
-
-
-def min_max(x: torch.Tensor) -> torch.Tensor:
-    span = x.max() - x.min() if x.numel() else x.new_zeros(())
-    return (x - x.min()) / span if float(span) > 0 else torch.zeros_like(x)
 
 
 def semantic_scores(candidates: torch.Tensor, labeled_in: torch.Tensor, labels: torch.Tensor, k: float,

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast.mixture import two_component_posteriors
-from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, register
+from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, min_max, register
 
 M_IN, M_OUT = -25.0, -7.0
 TOLERANCE = 0.05
@@ -128,12 +128,6 @@ def data_epistemic(counts: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(counts[:, :-1], 1) + F.softplus(counts[:, -1])
 
 
-def min_max(x: torch.Tensor) -> np.ndarray:
-    x = x.double().cpu().numpy()
-    span = x.max() - x.min() if len(x) else 0.0
-    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
-
-
 def eaoa_query(predicted: np.ndarray, clean: np.ndarray, info: np.ndarray, num_classes: int, budget: int, k: int,
                generator: torch.Generator) -> np.ndarray:
     """The query's rows: per predicted class the top k n by clean, of those the top n by info
@@ -198,8 +192,9 @@ class EAOA(Strategy):
         groups[groups < 0] = num_classes
         eu2 = data_epistemic(neighbour_counts(labeled_feats, out.feats, groups, num_classes + 1,
                                               self.options.eaoa_neighbours))
-        info = two_component_posteriors(min_max(au), seed)[1]
-        clean = two_component_posteriors(min_max(eu1), seed + 1)[0] * two_component_posteriors(min_max(eu2), seed + 2)[0]
+        scaled = [min_max(x.double()).cpu().numpy() for x in (au, eu1, eu2)]
+        info = two_component_posteriors(scaled[0], seed)[1]
+        clean = two_component_posteriors(scaled[1], seed + 1)[0] * two_component_posteriors(scaled[2], seed + 2)[0]
         predicted = view.probs.argmax(1).cpu().numpy()
         rows = eaoa_query(predicted, clean, info, num_classes, budget, self.k, view.generator)
         indices = view.candidates[torch.from_numpy(rows)]

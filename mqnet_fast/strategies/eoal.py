@@ -245,7 +245,7 @@ class _Loss:
         return loss
 
 
-def eoal_scores(net: EOALNet, logits: torch.Tensor, feats: torch.Tensor, centers: torch.Tensor | None):
+def eoal_scores(net: EOALNet, feats: torch.Tensor, centers: torch.Tensor | None):
     """(s, H_c, H_o) of the candidates: the closed-set entropy minus the open-set one."""
     with torch.no_grad():
         p = net.heads(feats)
@@ -312,7 +312,7 @@ class EOAL(Strategy):
             loss_fn.refresh()  # the final detector's clusters
             net.eval()
             centers = loss_fn.centers
-        s, closed, opened = eoal_scores(net, out.logits, out.feats, centers)
+        s, closed, opened = eoal_scores(net, out.feats, centers)
         s_np = s.cpu().numpy()
         known = (out.logits.argmax(1) < k).cpu().numpy()
         rows = np.flatnonzero(known)

@@ -13,8 +13,8 @@ The query is the top `budget` candidates by w over all classes (ties to the lowe
 
 From the published code (ningkp/LfOSA, Sampling.AV_sampling_temperature), as the paper leaves them
 open: the mixture's settings (mqnet_fast.mixture), here seeded from the round's generator, where the
-published code leaves it unseeded; a class with fewer than 2 predicted candidates has no mixture and its candidates
-score 0, as the published code leaves them out. Differences: the published code uses one temperature
+published code leaves it unseeded; a class with fewer than 2 predicted candidates (or 2 distinct
+MAVs) has no mixture and its candidates score 0, as the published code leaves them out. Differences: the published code uses one temperature
 for known and another for unknown examples (`known_T`, `unknown_T`; its README sets both to 0.5, the
 one temperature here); its ResNet-18 has a 2-unit bottleneck before the logits (a center-loss
 leftover), this detector is the target model's architecture; it scores augmented images, this one
@@ -43,7 +43,7 @@ class LfOSAOptions:
 
 def known_posterior(values: np.ndarray, seed: int) -> np.ndarray:
     """The posterior of the larger-mean component of a 2-component Gaussian mixture fitted to the
-    1-D `values` (fewer than 2 values: zeros)."""
+    1-D `values` (fewer than 2 distinct values: zeros)."""
     return two_component_posteriors(values, seed)[1]
 
 

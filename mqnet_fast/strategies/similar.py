@@ -25,15 +25,16 @@ labeled OOD examples, so picks resemble what turned out IN and not what turned o
 Similarity: cosine. `smi_embedding="gradients"` (the default of the published code, decile-team/
 distil's SCMI with gradType "bias_linear") uses the last layer's gradient embedding
 g = (onehot(y) - p) (x) [h, 1], whose cosine is cos(a_i, a_j) cos(h~_i, h~_j) with a = onehot(y) - p
-and h~ = [h, 1]: two factors, never the K (d + 1) embedding. With one IN class (K = 1) p is 1 and
-the gradient embedding vanishes (every similarity 0, the lowest rows are picked): use "features". y is the predicted class for candidates
+and h~ = [h, 1]: two factors, never the K (d + 1) embedding. y is the predicted class for candidates
 and labeled OOD examples and the true class for labeled IN examples when the view has it (as distil
-embeds its query set with labels). `"features"` uses the penultimate features h.
+embeds its query set with labels). `"features"` uses the penultimate features h. With one IN class
+(K = 1) p is 1 and the gradient embedding vanishes (every similarity 0, the lowest rows are
+picked): use "features".
 
 FLCMI's maxima are taken over the set and 0: a similarity below 0 counts as 0 (facility location's
 non-negative similarities; submodlib's greedy starts its running maxima at 0), and an empty set gives
-0. So no labeled IN example makes every FLCMI gain 0, and the greedy then takes the lowest rows. lambda (`smi_lambda`, default 1 as distil's
-lambdaVal) is added to every diagonal entry; with eta, nu <= 1 the kernel stays positive definite
+0. So no labeled IN example makes every FLCMI gain 0, and the greedy then takes the lowest rows.
+LogDetCMI's lambda (`smi_lambda`, default 1 as distil's lambdaVal) is added to every diagonal entry; with eta, nu <= 1 the kernel stays positive definite
 and each Schur complement >= lambda; with larger eta or nu it may not, and a complement is clamped
 at 1e-12 of lambda.
 """
@@ -142,7 +143,7 @@ def flcmi_greedy(ground: Factors, queries: Factors, privates: Factors, budget: i
     cap = eta * ground.max_sim(queries).clamp_min(0)
     floor = nu * ground.max_sim(privates).clamp_min(0)
     hi = torch.maximum(cap, floor)  # rows whose cap is below their floor never gain (lo = hi)
-    lo = torch.clamp(torch.zeros_like(cap), min=floor, max=hi) if n else cap
+    lo = torch.clamp(torch.zeros_like(cap), min=floor, max=hi)
 
     def gains(rows: torch.Tensor) -> torch.Tensor:
         sub = ground.rows(rows)

@@ -1,4 +1,4 @@
-"""Detectors of the open-set methods (LfOSA, EAOA): a freshly initialized copy of the target model's
+"""Detectors of the open-set methods (LfOSA, EAOA; EOAL builds its own on model_like): a freshly initialized copy of the target model's
 architecture with one more class, trained on the labeled examples, IN ones with their class and OOD
 ones as the extra class K, on the target model's recipe (TrainConfig) with a loss of the method's."""
 from __future__ import annotations
