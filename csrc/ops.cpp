@@ -24,7 +24,8 @@ TORCH_LIBRARY(mqnet_fast, m) {
   // has one output. z: (N, k); weights[i]: (out_i, in_i) as torch.nn.Linear stores them.
   m.def("nonneg_mlp_score(Tensor z, Tensor[] weights, Tensor[] biases, Tensor? mean, Tensor? std) -> Tensor");
   // SGD on the pairwise margin ranking loss of a non-negative MLP k -> H -> 1 (relu(W) forward,
-  // straight-through gradient), one step per row of batches. z: (n, k), targets: (n,), lr: (S,),
+  // straight-through gradient), one step per row of batches, each followed by W = max(W, 0).
+  // z: (n, k), targets: (n,), lr: (S,),
   // W1: (H, k), b1: (H,), W2: (1, H), b2: (1,), all one float dtype; batches: (S, B) int64 rows of z.
   // Returns the trained (W1, b1, W2, b2), new tensors, and the loss of each step (S,).
   m.def("nonneg_mlp_rank_train(Tensor z, Tensor targets, Tensor batches, Tensor lr, Tensor W1, Tensor b1, "

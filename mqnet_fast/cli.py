@@ -35,9 +35,10 @@ def _add_strategy_options(parser: argparse.ArgumentParser) -> None:
     for option, f in fields.items():
         default = f.default
         help_text = f.metadata.get("help", "")
-        if isinstance(default, bool) or not isinstance(default, (int, float, str)):
+        kind = f.metadata.get("type", type(default))  # an option whose default is None names its type
+        if isinstance(default, bool) or kind not in (int, float, str):
             raise TypeError(f"strategy option {option!r}: the CLI takes int, float and str options")
-        group.add_argument("--" + option.replace("_", "-"), dest=f"option_{option}", type=type(default),
+        group.add_argument("--" + option.replace("_", "-"), dest=f"option_{option}", type=kind,
                            default=argparse.SUPPRESS, metavar=option.upper(),
                            help=f"{help_text} ({', '.join(owners[option])}; default {default})".lstrip())
 
@@ -84,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--infer-batch", type=int, default=1024,
                      help="rows per inference batch (default 1024); under torchrun the candidates are split "
                           "across the processes at its multiples")
+    run.add_argument("--batching", choices=("distinct", "fill"), default="distinct",
+                     help="distinct (default): a labeled set smaller than a batch is one batch of its examples, each "
+                          "once, as a DataLoader gives; fill: batches filled up with repeats")
+    run.add_argument("--loss-module", choices=("auto", "all"), default="auto",
+                     help="auto (default): the target model carries learning loss's module where the strategy "
+                          "uses it (ll; mqnet with informativeness ll); all: for every strategy, so that all of "
+                          "them train the same model")
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")
@@ -246,7 +254,8 @@ def main(argv=None) -> int:
                 dataset=args.dataset, split=args.split, ood_dataset=args.ood_dataset, noise=args.noise, strategies=args.strategies,
                 seeds=args.seeds, budget=args.budget, rounds=args.rounds, iterations=args.iterations,
                 batch_size=args.batch_size, lr=args.lr, width=args.width, encoder_epochs=args.encoder_epochs,
-                micro_batches=args.micro_batches, infer_batch=args.infer_batch, options=_options(args),
+                micro_batches=args.micro_batches, infer_batch=args.infer_batch, batching=args.batching,
+                loss_module=args.loss_module, options=_options(args),
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)
             start = time.perf_counter()

@@ -399,7 +399,7 @@ def _check_mlp_values(z, weights, biases, mean, std) -> None:
 
 
 class RankTrainResult(NamedTuple):
-    weights: list[torch.Tensor]  #: [W1 (H, k), W2 (1, H)], trained (raw: may hold negative entries)
+    weights: list[torch.Tensor]  #: [W1 (H, k), W2 (1, H)], trained (every entry >= 0)
     biases: list[torch.Tensor]   #: [b1 (H,), b2 (1,)], trained
     losses: torch.Tensor         #: (S,) each step's loss, before that step's update
 
@@ -427,7 +427,10 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
     [t_i != t_j] / max(1, #{i: t_i != t_j}). The gradient is autograd's, with relu(W) straight-through
     (dW = d relu(W)) and no gradient where a hinge is exactly at 0 (as torch's clamp). Then SGD:
     g = grad + weight_decay W; buf = g on the first step, else momentum buf + g; W -= lr[step] buf,
-    for every parameter (momentum buffers start empty; weight decay acts on the raw, possibly negative W).
+    for every parameter (momentum buffers start empty), and then the weights, not the biases, are
+    projected onto W >= 0: W = max(W, 0) (projected SGD). A weight SGD pushes below 0 waits at 0,
+    where relu(W) = W, and the straight-through gradient can lift it again; weights given with
+    negative entries are used as relu(W) in the first step and are >= 0 after it.
 
     Backends: "cpp" (the compiled loop, CPU tensors), "torch" (mqnet_fast.reference.nonneg_mlp_rank_train,
     the eager loop, any device). "auto" takes the compiled loop whenever it is built, also for CUDA

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mqnet_fast import ops, reference
+from mqnet_fast.reference.nonneg_mlp_rank_train import ranking_loss, straight_through_scores
 from testing import CPU_BACKENDS, cuda, needs_cpp
 
 PARAM_TOL = {torch.float32: 5e-6, torch.float64: 1e-13}
@@ -72,8 +73,9 @@ def test_other_hyperparameters(momentum, weight_decay, margin):
     _assert_same_training(got, want, torch.float32, f"{kwargs}")
 
 
-def _decay_only(params, lr, momentum, weight_decay):
-    """SGD with a zero loss gradient, by hand: g = wd p; buf = g, then momentum buf + g; p -= lr buf."""
+def _decay_only(params, lr, momentum, weight_decay, weights=2):
+    """SGD with a zero loss gradient, by hand: g = wd p; buf = g, then momentum buf + g; p -= lr buf;
+    the first `weights` parameters (the weights) then projected onto >= 0."""
     params = [p.double().clone() for p in params]
     bufs = [None] * len(params)
     for rate in lr.tolist():
@@ -81,6 +83,8 @@ def _decay_only(params, lr, momentum, weight_decay):
             g = weight_decay * p
             bufs[i] = g if bufs[i] is None else momentum * bufs[i] + g
             params[i] = p - rate * bufs[i]
+            if i < weights:
+                params[i] = params[i].clamp_min(0)
     return params
 
 
@@ -112,8 +116,10 @@ def test_one_equal_target_batch_among_others():
 @needs_cpp
 @pytest.mark.parametrize("negative", ["W1", "W2", "both"])
 def test_negative_weights_straight_through(negative):
-    """relu(W) = 0 in the forward pass, yet W gets the gradient of relu(W) (straight through):
-    it moves by more than weight decay would move it."""
+    """Weights given below 0: relu(W) = 0 in the forward pass, yet W gets the gradient of relu(W)
+    (straight through), and the projection after each step puts it at 0 or above, so it can come
+    back. With both layers at 0 every score is b2 and every gradient of a weight is 0: they move by
+    weight decay's momentum alone (projected)."""
     z, targets, batches, lr, weights, biases = _problem(65, 2, 16, 32, 7, seed=3)
     if negative in ("W1", "both"):
         weights[0] = -weights[0].abs() - 0.1
@@ -124,13 +130,45 @@ def test_negative_weights_straight_through(negative):
     _assert_same_training(got, want, torch.float32, f"negative {negative}")
     decayed = _decay_only(weights, lr, HYPER["momentum"], HYPER["weight_decay"])
     for i, name in enumerate(["W1", "W2"]):
-        beyond_decay = (got.weights[i].double() - decayed[i]).abs().max().item()
+        trained = got.weights[i]
+        assert trained.min().item() >= 0, f"{name} left below 0"
+        beyond_decay = (trained.double() - decayed[i]).abs().max().item()
         if negative == "both":
-            # every score is b2 and the hidden units are the same for every row: dW2 = y sum_r ds_r = 0
-            # (pairs cancel) and dW1 = 0 (it flows through relu(W2) = 0): decay alone, to rounding
             assert beyond_decay < 1e-6, f"{name} moved by {beyond_decay:.3g} beyond weight decay"
         elif negative == name:
             assert beyond_decay > 1e-4, f"{name} got no gradient"
+            assert (trained > 0).any(), f"{name} got no gradient: the projection kept it at 0"
+
+
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_projection_keeps_weights_from_drifting(dtype):
+    """Targets that favour the second input only, so SGD pushes W1's first column down: each step
+    ends with W >= 0 (the eager loop, step by step, and the kernel agree), and the column waits at
+    0 instead of drifting far below it, as an unprojected straight-through weight would."""
+    gen = torch.Generator().manual_seed(9)
+    z = torch.randn(64, 2, generator=gen, dtype=dtype)
+    targets = (z[:, 1] - z[:, 0]).to(dtype)  # rank up with z_1, down with z_0
+    _, _, _, _, weights, biases = _problem(64, 2, 8, 32, 1, seed=9, dtype=dtype)
+    batches = torch.argsort(torch.rand(300, 64, generator=gen), dim=1)[:, :32]
+    lr = torch.full((300,), 0.05, dtype=dtype)
+    kwargs = dict(momentum=0.9, weight_decay=0.0, margin=1.0)
+    got = ops.nonneg_mlp_rank_train(z, targets, batches, lr, weights, biases, backend="cpp", **kwargs)
+    want = reference.nonneg_mlp_rank_train(z, targets, batches, lr, weights, biases, **kwargs)
+    _assert_same_training(got, want, dtype, "projection")
+    assert got.weights[0].min().item() >= 0 and got.weights[1].min().item() >= 0
+    assert (got.weights[0][:, 0] == 0).float().mean().item() > 0.5, "z_0's weights did not reach 0"
+    assert (got.weights[0][:, 1] > 0).float().mean().item() > 0.5, "z_1's weights were dropped"
+    # the same run without the projection (plain SGD on relu(W), straight through) drifts below 0
+    w1, b1, w2, b2 = (t.clone().requires_grad_(True) for t in (weights[0], biases[0], weights[1], biases[1]))
+    optimizer = torch.optim.SGD([w1, b1, w2, b2], lr=0.05, momentum=0.9)
+    for rows in batches:
+        loss = ranking_loss(straight_through_scores(z[rows], [w1, w2], [b1, b2]),
+                                      targets[rows], 1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert w1[:, 0].min().item() < -1.0, "the unprojected weights should drift: the check above tests nothing"
 
 
 def test_torch_clamp_passes_no_gradient_at_the_boundary():
@@ -157,16 +195,18 @@ def test_hinge_exactly_at_zero(dtype):
     weights[0] = torch.stack([weights[0][:, 0].abs() + 0.1, -weights[0][:, 1].abs() - 0.1], 1)
     weights[1] = weights[1].abs() + 0.1
     lr = torch.full((10,), 0.1, dtype=dtype)
-    kwargs = dict(momentum=0.9, weight_decay=0.01, margin=0.0)
+    # no weight decay: the projection sets W1's second column to 0 after the first step, and decay's
+    # momentum would then lift it above 0 and move the hinges off the boundary
+    kwargs = dict(momentum=0.9, weight_decay=0.0, margin=0.0)
     # rows 0, 1, 3, 4: pairs (0, 3) and (1, 4), both exactly at the boundary: loss 0, weight decay only
     at_zero = torch.tensor([[0, 1, 3, 4]] * 10)
     want = reference.nonneg_mlp_rank_train(z, targets, at_zero, lr, weights, biases, **kwargs)
     got = ops.nonneg_mlp_rank_train(z, targets, at_zero, lr, weights, biases, backend="cpp", **kwargs)
     assert torch.equal(want[2], torch.zeros(10, dtype=dtype)) and torch.equal(got.losses, torch.zeros(10, dtype=dtype))
     _assert_same_training(got, want, dtype, "hinges at 0")
-    decayed = _decay_only(weights + biases, lr, 0.9, 0.01)
+    decayed = _decay_only(weights + biases, lr, 0.9, 0.0)
     for name, g, w in zip(["W1", "W2", "b1", "b2"], got.weights + got.biases, decayed):
-        assert (g.double() - w).abs().max().item() <= PARAM_TOL[dtype], f"{name} moved beyond weight decay"
+        assert (g.double() - w).abs().max().item() <= PARAM_TOL[dtype], f"{name} moved with no gradient"
     # all six rows: the same two pairs at the boundary and (2, 5), ordered the wrong way (active)
     batches = torch.arange(6).repeat(10, 1)
     want = reference.nonneg_mlp_rank_train(z, targets, batches, lr, weights, biases, **kwargs)
@@ -198,6 +238,8 @@ def _by_hand(z, targets, w1, b1, w2, b2, lr, momentum, weight_decay, margin, ste
             g = grads[i] + weight_decay * params[i]
             bufs[i] = g if bufs[i] is None else momentum * bufs[i] + g
             params[i] = params[i] - lr[step] * bufs[i]
+            if i in (0, 2):  # the weights, projected onto >= 0
+                params[i] = max(params[i], 0.0)
     return params, losses
 
 

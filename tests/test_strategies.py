@@ -83,6 +83,75 @@ def test_coreset_on_a_hand_worked_case():
     assert selection.extra["coreset_final_radius"] == 1.0
 
 
+def _coreset_case():
+    # labeled IN (0, 0), labeled OOD (10, 0); candidates (9, 0) (4, 0) (0, 1). With every labeled
+    # example a center the distances are 1, 4, 1: (4, 0) first, then (9, 0) and (0, 1) both at 1, the
+    # tie to the lower row. With the IN one alone they are 9, 4, 1: (9, 0) first, then (4, 0) at
+    # min(4, 5) = 4. The labeled OOD example next to (9, 0) is what keeps it from being picked first.
+    feats = [[9.0, 0.0], [4.0, 0.0], [0.0, 1.0]]
+    return _view([[1.0]] * 3, feats=feats, labeled_feats=[[0.0, 0.0], [10.0, 0.0]], labeled_is_in=[True, False])
+
+
+CORESET_PICKS = {"all": ([101, 100], [1.0, 4.0, 1.0]), "in": ([100, 101], [9.0, 4.0, 1.0])}
+
+
+@pytest.mark.parametrize("centers", ["all", "in"])
+def test_coreset_centers_on_a_hand_worked_case(centers):
+    picks, scores = CORESET_PICKS[centers]
+    selection = make_strategy("coreset", coreset_centers=centers).select(_coreset_case(), 2)
+    assert selection.indices.tolist() == picks
+    assert torch.allclose(selection.scores, torch.tensor(scores))
+
+
+def test_coreset_centers_is_checked_and_needs_the_flags():
+    import mqnet_fast
+
+    with pytest.raises(ValueError, match="coreset_centers.*'ood'"):
+        make_strategy("coreset", coreset_centers="ood")
+    arrays = dict(feats=np.zeros((3, 2)), labeled_feats=np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="labeled_is_in"):  # else every labeled example would count as OOD
+        mqnet_fast.select("coreset", 1, options={"coreset_centers": "in"}, **arrays)
+    assert mqnet_fast.select("coreset", 1, **arrays).indices.shape == (1,)
+
+
+def _coreset_shard_worker(rank, init_file, out_file):
+    import torch.distributed as dist
+
+    from mqnet_fast import distributed
+    from mqnet_fast.strategies.base import Shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    whole = _coreset_case()
+    offsets = [0, 1, 3]  # rank 0 holds candidate 0, rank 1 candidates 1 and 2
+    rows = slice(offsets[rank], offsets[rank + 1])
+    results = {}
+    for centers in CORESET_PICKS:
+        view = RoundView(whole.candidates[rows], whole.probs[rows], whole.feats[rows], torch.Generator(),
+                         labeled_feats=whole.labeled_feats, labeled_is_in=whole.labeled_is_in,
+                         shard=Shard(distributed.World(), offsets, whole.candidates))
+        selection = make_strategy("coreset", coreset_centers=centers).select(view, 2)
+        results[centers] = (selection.indices.tolist(), selection.scores.tolist())
+    gathered = [None, None]
+    dist.all_gather_object(gathered, results)
+    if rank == 0:
+        torch.save(gathered, out_file)
+    dist.destroy_process_group()
+
+
+def test_coreset_centers_on_a_sharded_view(tmp_path):
+    """Two gloo processes: the picks of the single-process case on both ranks, each rank's scores
+    its rows of the single-process scores."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_coreset_shard_worker, args=(str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True)
+    gathered = torch.load(tmp_path / "out.pt", weights_only=False)
+    for centers, (picks, scores) in CORESET_PICKS.items():
+        for rank in range(2):
+            assert gathered[rank][centers][0] == picks, (centers, rank)
+        assert gathered[0][centers][1] + gathered[1][centers][1] == pytest.approx(scores), centers
+
+
 def _mqnet_view():
     # P = 0 1 2 3 (given), I = least confidence .1 .5 .4 .2. z-scores (sample std): z_P = -1.162 -.387
     # .387 1.162, z_I = -1.095 1.095 .548 -.548. Sum: -2.257 .708 .935 .614 -> rows 2, 1. With exp:

@@ -8,7 +8,11 @@
 //   pairs (i, j = i + B/2), i < B/2:  sgn_i = sign(t_i - t_j),  u_i = margin - sgn_i (s_i - s_j)
 //   loss = sum_i max(u_i, 0) [sgn_i != 0] / max(1, #{i : sgn_i != 0})
 // as the eager loop computes it with autograd (relu(W) with a straight-through gradient), then
-//   g = grad + weight_decay p;  buf = g (first step) or momentum buf + g;  p = p - lr[step] buf.
+//   g = grad + weight_decay p;  buf = g (first step) or momentum buf + g;  p = p - lr[step] buf,
+// and the weights (not the biases) projected back onto W >= 0: W = max(W, 0). Projected SGD keeps
+// every weight where relu(W) = W, so a weight pushed below 0 waits at 0 and can come back with the
+// next gradient that points up (without the projection, a straight-through weight could drift far
+// below 0 and never return in the steps it gets).
 #include "cpu/common.h"
 #include "cpu/sigmoid.h"
 
@@ -19,16 +23,18 @@
 namespace mqnet_fast {
 namespace {
 
-// torch.optim.SGD's update of one parameter (momentum, weight decay, no dampening, not Nesterov).
+// torch.optim.SGD's update of one parameter (momentum, weight decay, no dampening, not Nesterov),
+// then, if `project`, p = max(p, 0).
 template <typename T>
 void sgd_update(std::vector<T>& p, const std::vector<T>& grad, std::vector<T>& buf, bool first, T lr,
-                T momentum, T weight_decay) {
+                T momentum, T weight_decay, bool project) {
   const int64_t size = static_cast<int64_t>(p.size());
 #pragma omp simd
   for (int64_t i = 0; i < size; ++i) {
-    const T g = grad[i] + weight_decay * p[i];  // decay acts on the raw p (which may be negative)
+    const T g = grad[i] + weight_decay * p[i];
     buf[i] = first ? g : momentum * buf[i] + g;
-    p[i] = p[i] - lr * buf[i];
+    const T updated = p[i] - lr * buf[i];
+    p[i] = project ? std::max(updated, T(0)) : updated;
   }
 }
 
@@ -146,10 +152,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> rank_trai
 
     const bool first = step == 0;
     const T rate = lrp[step];
-    sgd_update(w1, g_w1, m_w1, first, rate, momentum, weight_decay);
-    sgd_update(b1, g_b1, m_b1, first, rate, momentum, weight_decay);
-    sgd_update(w2, g_w2, m_w2, first, rate, momentum, weight_decay);
-    sgd_update(b2, g_b2, m_b2, first, rate, momentum, weight_decay);
+    sgd_update(w1, g_w1, m_w1, first, rate, momentum, weight_decay, true);
+    sgd_update(b1, g_b1, m_b1, first, rate, momentum, weight_decay, false);
+    sgd_update(w2, g_w2, m_w2, first, rate, momentum, weight_decay, true);
+    sgd_update(b2, g_b2, m_b2, first, rate, momentum, weight_decay, false);
   }
 
   at::Tensor w1_out = at::empty({hidden, k}, z.options()), b1_out = at::empty({hidden}, z.options());

@@ -11,6 +11,7 @@ import torch
 from mqnet_fast.data import is_embeddings
 from mqnet_fast.scores.csi import NEEDS_IMAGES
 from mqnet_fast.strategies import STRATEGIES, make_options, option_names, strategy_class
+from mqnet_fast.training.target import BATCHING
 
 # Per-dataset defaults. CIFAR follows the paper (b = 500, 10 rounds, 20,000 iterations, lr 0.1,
 # the standard ResNet-18). Digits is sized for a CPU demo in minutes and for a measurable strategy
@@ -33,9 +34,11 @@ NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # What makes two runs the same experiment (stored in RUN_DIR/experiment.json). A strategy's own
 # options are part of its run's identity too (stored and checked per run in config.json).
 IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width",
-            "encoder_epochs", "micro_batches", "infer_batch", "ood_dataset")
+            "encoder_epochs", "micro_batches", "infer_batch", "ood_dataset", "batching", "loss_module")
 # The value an identity field had before it was recorded (run directories from before it was kept).
-IDENTITY_BEFORE = {"micro_batches": 1, "infer_batch": 1024, "ood_dataset": None}
+IDENTITY_BEFORE = {"micro_batches": 1, "infer_batch": 1024, "ood_dataset": None, "batching": "fill",
+                   "loss_module": "auto"}
+LOSS_MODULE = ("auto", "all")
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,10 @@ class ExperimentConfig:
     micro_batches: int | None = None  # each batch as this many parts (TrainConfig.micro_batches); None: the
     #                                   number of processes (torchrun ranks), 1 in one process
     infer_batch: int = 1024           # rows per inference batch; under torchrun the shards start at its multiples
+    batching: str = "distinct"        # TrainConfig.batching: "distinct" (a set smaller than a batch, each example
+    #                                   once a batch) or "fill" (batches filled with repeats)
+    loss_module: str = "auto"         # "auto": the target carries learning loss's module where the strategy uses it
+    #                                   (ll, mqnet with informativeness ll); "all": for every strategy (equal models)
     options: dict = field(default_factory=dict)  # strategy options by name, e.g. {"purity": "knn"}
     data_root: str | None = None
     download: bool = False
@@ -131,6 +138,10 @@ class ExperimentConfig:
             raise ConfigError(f"micro_batches is {self.micro_batches} but the run has {world_size} processes: under "
                               "torchrun each rank trains one micro-batch, so give the number of processes (or leave "
                               "it out)")
+        if self.batching not in BATCHING:
+            raise ConfigError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
+        if self.loss_module not in LOSS_MODULE:
+            raise ConfigError(f"loss_module must be one of {', '.join(LOSS_MODULE)}, got {self.loss_module!r}")
         if self.encoder_epochs is not None and embeddings:
             raise ConfigError(f"encoder_epochs: dataset {self.dataset!r} is fixed embeddings, which have no CSI "
                               "encoder to train (purity 'csi' is measured in the given embedding)")

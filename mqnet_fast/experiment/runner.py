@@ -174,7 +174,7 @@ class Experiment:
         record = {"strategy": strategy_name, "seed": seed, "round": r, "dataset": cfg.dataset,
                   "ood_dataset": cfg.ood_dataset, "noise": cfg.noise,
                   "split": cfg.split if cfg.ood_dataset is None else None, "budget": cfg.budget,
-                  "test_accuracy": accuracy, "train_loss": train_loss,
+                  "target_recipe": self.target_recipe(strategy), "test_accuracy": accuracy, "train_loss": train_loss,
                   "labeled_in": int(len(labeled_in)), "labeled_ood": int(len(labeled) - len(labeled_in))}
         query = None
         if r < cfg.rounds:
@@ -211,6 +211,7 @@ class Experiment:
             timings["time_meta"] = time.perf_counter() - tick
             record.update({"query_in": int(query_in.sum()), "query_ood": int(len(query) - query_in.sum()),
                            "query_in_percent": 100.0 * float(query_in.mean())})
+            record.update(class_balance(train_in_labels[query[query_in]], self.num_in))
             record.update(selection.extra)
         record.update({k: round(v, 4) for k, v in timings.items()})
         return record, query
@@ -230,7 +231,19 @@ class Experiment:
 
     def _train_config(self) -> TrainConfig:
         cfg = self.config
-        return TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr, micro_batches=cfg.micro_batches)
+        return TrainConfig(cfg.iterations, cfg.batch_size, cfg.lr, micro_batches=cfg.micro_batches,
+                           batching=cfg.batching)
+
+    def _loss_module(self, strategy: Strategy) -> bool:
+        """Whether the target model carries learning loss's module: where the strategy uses it, or for
+        every strategy with loss_module "all" (so that every strategy trains the same model)."""
+        return strategy.uses_loss_module or self.config.loss_module == "all"
+
+    def target_recipe(self, strategy: Strategy) -> str:
+        """The name of the target model's recipe (records and the round-0 model's file): the
+        architecture, "-loss-module" where it carries one."""
+        arch = model_arch(self.train_images)
+        return ("resnet" if arch == "resnet18" else arch) + ("-loss-module" if self._loss_module(strategy) else "")
 
     def _in_labels(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Per example of the train and of the test split: its IN label 0..K-1 (in the order of the
@@ -247,10 +260,10 @@ class Experiment:
         repeatable, a resumed run still starts from the very model the others did."""
         cfg = self.config
         arch = model_arch(self.train_images)
-        recipe = ("resnet" if arch == "resnet18" else arch) + ("-loss-module" if strategy.uses_loss_module else "")
+        recipe = self.target_recipe(strategy)
         if r == 0 and (seed, recipe) in self._round_zero:
             return self._round_zero[(seed, recipe)]
-        make = dict(loss_module=strategy.uses_loss_module, width=cfg.width)
+        make = dict(loss_module=self._loss_module(strategy), width=cfg.width)
         saved = self.world.from_main(lambda: self.store.load_round_zero(seed, recipe)) if r == 0 else None
         if saved is not None:
             model = make_model(self.num_in, self.train_images.images.shape[1], self.device,
@@ -267,6 +280,20 @@ class Experiment:
         if r == 0:
             self._round_zero[(seed, recipe)] = result
         return result
+
+
+def class_balance(labels: np.ndarray, num_classes: int) -> dict:
+    """How the IN examples of a query spread over the IN classes: their count per class, and the
+    normalized entropy of those counts (1: every class equally, 0: one class; nan without an IN
+    example or with one class)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    total = counts.sum()
+    if total == 0 or num_classes < 2:
+        balance = float("nan")
+    else:
+        shares = counts[counts > 0] / total
+        balance = float(-(shares * np.log(shares)).sum() / np.log(num_classes))
+    return {"query_in_classes": counts.tolist(), "query_class_balance": balance}
 
 
 def _data_digest(data: ImageArrays | FeatureArrays) -> str:

@@ -10,21 +10,30 @@ from mqnet_fast import ops
 from mqnet_fast.reference.nonneg_mlp_rank_train import straight_through_scores
 
 
+INITS = ("uniform", "scaled")
+
+
 class MetaModel(nn.Module):
     """Phi: inputs (N, k) -> hidden (sigmoid) -> one score, weights used as relu(W), so that
     z_i >= z_j componentwise implies Phi(z_i) >= Phi(z_j) (the skyline constraint) by construction.
-    Weights are initialized non-negative (a negative weight would be clamped to 0 and get no gradient)."""
+    Weights start non-negative and the training op keeps them so (projected SGD: W = max(W, 0)
+    after every step). `init`: "uniform" draws every weight and bias from U(0, 1), as the published
+    code's QueryNet does; "scaled" draws weights from U(0, 1/sqrt(fan_in)) and biases from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (nn.Linear's scale, made non-negative)."""
 
-    def __init__(self, in_features: int = 2, hidden: int = 64, seed: int = 0):
+    def __init__(self, in_features: int = 2, hidden: int = 64, seed: int = 0, init: str = "scaled"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         generator = torch.Generator().manual_seed(seed)
         self.hidden = nn.Linear(in_features, hidden)
         self.out = nn.Linear(hidden, 1)
         with torch.no_grad():
             for layer in (self.hidden, self.out):
-                bound = 1.0 / math.sqrt(layer.in_features)
+                bound = 1.0 if init == "uniform" else 1.0 / math.sqrt(layer.in_features)
                 layer.weight.copy_(torch.rand(layer.weight.shape, generator=generator) * bound)
-                layer.bias.copy_((torch.rand(layer.bias.shape, generator=generator) * 2 - 1) * bound)
+                low = 0.0 if init == "uniform" else -bound
+                layer.bias.copy_(low + torch.rand(layer.bias.shape, generator=generator) * (bound - low))
 
     @property
     def weights(self) -> list[torch.Tensor]:
@@ -39,10 +48,17 @@ class MetaModel(nn.Module):
         mqnet_fast.reference.nonneg_mlp_score (and of the fused op).
 
         The weights enter as relu(W) with a straight-through gradient: d relu(W)/dW is taken as 1,
-        not 0, for W < 0. With the plain relu gradient a weight that SGD pushes below 0 gets no
-        gradient again and stays dead; on a small, noisy query set most output weights die within a
-        few hundred steps and Phi becomes a constant (ranking loss stuck at the margin)."""
+        not 0, where W <= 0. With the plain relu gradient a weight that reaches 0 gets no gradient
+        again and stays dead; on a small, noisy query set most output weights die within a few
+        hundred steps and Phi becomes a constant (ranking loss stuck at the margin). The training op
+        projects W back to >= 0 after every step, so a weight waits at 0 instead of drifting below
+        it, and the next gradient that points up lifts it."""
         return straight_through_scores(z, self.weights, self.biases)
+
+    def positive_fraction(self) -> float:
+        """The fraction of Phi's weights (both layers) that are > 0, i.e. in use."""
+        flat = torch.cat([w.detach().reshape(-1) for w in self.weights])
+        return float((flat > 0).float().mean())
 
     @torch.no_grad()
     def score(self, z: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None,

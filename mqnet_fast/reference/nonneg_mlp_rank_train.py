@@ -32,7 +32,8 @@ def ranking_loss(scores, targets, margin: float = 0.1) -> torch.Tensor:
 def nonneg_mlp_rank_train(z, targets, batches, lr, weights, biases, momentum: float = 0.9,
                           weight_decay: float = 5e-4, margin: float = 0.1):
     """The definition: the eager training loop, autograd and torch.optim.SGD(momentum, weight_decay),
-    one step per row of batches, on the mini-batch z[batches[step]] with learning rate lr[step].
+    one step per row of batches, on the mini-batch z[batches[step]] with learning rate lr[step], each
+    step followed by the projection of the weights (not the biases) onto W >= 0 (projected SGD).
     z: (n, k); targets: (n,); batches: (S, B) int64; lr: (S,); weights, biases: per layer, as
     torch.nn.Linear stores them (the last layer has one output). The inputs are not modified.
     Returns (weights, biases, losses (S,)): the trained parameters and each step's loss before its update."""
@@ -49,5 +50,8 @@ def nonneg_mlp_rank_train(z, targets, batches, lr, weights, biases, momentum: fl
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            with torch.no_grad():
+                for w in weights:
+                    w.clamp_(min=0)
             losses[step] = loss.detach()
     return [w.detach() for w in weights], [b.detach() for b in biases], losses

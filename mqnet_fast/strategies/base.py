@@ -182,6 +182,20 @@ def min_max(x: torch.Tensor) -> torch.Tensor:
     return (x - x.min()) / span if float(span) > 0 else torch.zeros_like(x)
 
 
+def class_quota_query(scores: torch.Tensor, classes: torch.Tensor, num_classes: int, budget: int) -> np.ndarray:
+    """Rows of a query that covers the classes: class c (the class each row is assigned, e.g. the
+    target's prediction) takes its quota, b // K and one more for the first b mod K classes, of its
+    rows by score, highest first (ties to the lower row); a class with too few rows leaves the rest
+    of its quota to the highest scores among the rows not taken."""
+    scores, classes = scores.double().cpu().numpy(), classes.cpu().numpy()
+    chosen = []
+    for c in range(num_classes):
+        quota = budget // num_classes + (1 if c < budget % num_classes else 0)
+        rows = np.flatnonzero(classes == c)
+        chosen.append(rows[np.argsort(-scores[rows], kind="stable")][:quota])
+    return fill_by_score(np.concatenate(chosen) if chosen else np.zeros(0, np.int64), scores, budget)
+
+
 def fill_by_score(chosen: np.ndarray, scores: np.ndarray, budget: int) -> np.ndarray:
     """The rows `chosen`, topped up to `budget` with the highest `scores` among the other rows
     (ties to the lower row): how a strategy whose rule picks too few completes its query."""

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast import ops
-from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, min_max, register
+from mqnet_fast.strategies.base import Selection, Strategy, class_quota_query, min_max, register
 
 CHUNK = 4096  # candidate rows per block of similarities
 
@@ -94,13 +94,7 @@ def distinctive_scores(candidates: torch.Tensor, references: torch.Tensor) -> to
 def ccal_query(scores: torch.Tensor, pseudo: torch.Tensor, num_classes: int, budget: int) -> np.ndarray:
     """Rows of the query: per class its quota of its candidates by score, the leftover quota by score
     among the rest."""
-    scores, pseudo = scores.double().cpu().numpy(), pseudo.cpu().numpy()
-    chosen = []
-    for c in range(num_classes):
-        quota = budget // num_classes + (1 if c < budget % num_classes else 0)
-        rows = np.flatnonzero(pseudo == c)
-        chosen.append(rows[np.argsort(-scores[rows], kind="stable")][:quota])
-    return fill_by_score(np.concatenate(chosen), scores, budget)
+    return class_quota_query(scores, pseudo, num_classes, budget)
 
 
 @register

@@ -1,26 +1,56 @@
 """CORESET (Sener & Savarese, ICLR 2018): k-center greedy over the target model's penultimate
-features, every labeled example an initial center (the k-center op; on a sharded view
-distributed.kcenter_greedy, rank 0 holding the labeled rows before its candidates)."""
+features, the labeled examples the initial centers (the k-center op; on a sharded view
+distributed.kcenter_greedy, rank 0 holding the initial centers' rows before its candidates).
+
+`coreset_centers` picks which labeled examples are initial centers: "all" (every labeled example,
+OOD ones included, so a candidate next to a labeled OOD example counts as covered) or "in" (only
+the labeled IN examples, `labeled_is_in`). The published MQ-Net code (kaist-dmlab/MQNet,
+methods/coreset.py, the baseline the MQ-Net paper ran) seeds k-center with its labeled IN set only:
+"in". The default stays "all" until a measurement chooses.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from mqnet_fast import ops
 from mqnet_fast.strategies.base import Selection, Strategy, register
 
+CENTERS = ("all", "in")
+
+
+@dataclass(frozen=True)
+class CoresetOptions:
+    coreset_centers: str = field(default="all", metadata={
+        "help": "CORESET's initial centers: all (every labeled example) or in (the labeled IN ones, as the "
+                "MQ-Net code)"})
+
+    def __post_init__(self):
+        if self.coreset_centers not in CENTERS:
+            raise ValueError(f"coreset_centers must be one of {', '.join(CENTERS)}, got {self.coreset_centers!r}")
+
 
 @register
 class Coreset(Strategy):
     name = "coreset"
-    inputs = ("feats", "labeled_feats")
+    Options = CoresetOptions
+    inputs = ("feats", "labeled_feats", "labeled_is_in")
     sharded = True
 
+    def missing_inputs(self, given):
+        needs = ["feats", "labeled_feats"] + (["labeled_is_in"] if self.options.coreset_centers == "in" else [])
+        return [name for name in needs if name not in given]
+
     def select(self, view, budget):
-        num_labeled = view.labeled_feats.shape[0]
+        centers = view.labeled_feats
+        if self.options.coreset_centers == "in":
+            centers = view.labeled_in_feats
+        num_centers = centers.shape[0] if (view.shard is None or view.shard.world.rank == 0) else view.labeled_feats.shape[0]  # the same on every rank: the labeled set is
         shard = view.shard
-        first = shard is None or shard.world.rank == 0  # the rows of the pool start with the labeled ones
-        x = torch.cat([view.labeled_feats.to(view.feats), view.feats]) if first else view.feats  # float64 stays
-        labeled = torch.arange(num_labeled, device=x.device)
+        first = shard is None or shard.world.rank == 0  # the rows of the pool start with the centers
+        x = torch.cat([centers.to(view.feats), view.feats]) if first else view.feats  # float64 stays
+        labeled = torch.arange(num_centers, device=x.device)
         if shard is None:
             result = ops.kcenter_greedy(x, labeled, budget)
             candidates, start = view.candidates, 0
@@ -30,11 +60,11 @@ class Coreset(Strategy):
             result = distributed.kcenter_greedy(x.to(shard.world.device), labeled.to(shard.world.device), budget,
                                                 group=shard.world.group)
             candidates, start = shard.candidates, shard.start
-        positions = result.indices.cpu() - num_labeled
+        positions = result.indices.cpu() - num_centers
         # A picked row's score is what ranked it: its distance to the centers when it was picked (the
         # radius then); every other row's its final distance, which no radius before it was below.
         # So scores are "higher = preferred" and the picks come in descending score.
-        scores = result.min_dist[num_labeled if first else 0:].float().cpu()
+        scores = result.min_dist[num_centers if first else 0:].float().cpu()
         mine = (positions >= start) & (positions < start + scores.shape[0])
         scores[positions[mine] - start] = result.radii.float().cpu()[mine]
         return Selection(candidates[positions], scores,

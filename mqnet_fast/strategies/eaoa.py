@@ -16,7 +16,13 @@ Scores of every candidate:
   penultimate features (cosine): each labeled example names its `eaoa_neighbours` (250) most similar
   candidates; with n_c(x) the number of labeled class-c examples that name x and n_ood(x) that of
   labeled OOD ones, EU2 = -logsumexp_c n_c(x) + softplus(n_ood(x)). The similarities are blocked over
-  the labeled rows: no labeled x candidates matrix is held whole.
+  the labeled rows: no labeled x candidates matrix is held whole. `eaoa_counts` says what the counts
+  are: "raw", as above, or "frequency", as the published code at its head: each group's count
+  divided by that group's relative frequency among the labeled examples, N_g / mean_c N_c (N_g the
+  labeled examples of group g, the mean over the K IN classes), i.e. n_g(x) mean_c N_c / N_g, so a
+  group with many labeled examples (OOD ones, as they pile up) does not outweigh the others by its
+  size alone. A group with no labeled example keeps its 0; with no labeled IN example the counts
+  stay raw.
 Each score is min-max scaled over the candidates and a two-component Gaussian mixture is fitted to it
 (mqnet_fast.mixture); info = the posterior of AU's higher-mean component, clean = the product of the
 posteriors of EU1's and EU2's lower-mean components.
@@ -28,13 +34,18 @@ the rest are the largest clean among the others. k adapts to the precision of th
 share of IN examples): above `eaoa_target_precision` (0.6) by more than 0.05, k + 1; below by more,
 k - 1 (at least 1); k starts at `eaoa_k` (5).
 
-From the published code (chenchenzong/EAOA, eaoa_sampling and main.py), as the paper leaves them
-open: m_in, m_out, the energy weight, the 250 neighbours, the mixture settings, the 0.05 tolerance.
-Differences: while no OOD example is labeled the published detector trains on cross-entropy alone,
-here the energy loss's IN term applies from the start; its n_ood term is meant to enter EU2 but never
-does (it compares a Python list with an int, a mask of False), here it does; it fills a short
-query by no rule (torch.topk fails when a class holds fewer than k n candidates), here by clean;
-its scores are computed on augmented images, here on the unaugmented ones.
+From the published code (chenchenzong/EAOA, query_strategies.eaoa_sampling and main.py), as the
+paper leaves them open: m_in, m_out, the energy weight, the 250 neighbours, the mixture settings,
+the 0.05 tolerance. The code at its head counts the OOD reverse neighbours (earlier versions of
+the file did not) and divides the counts by the groups' relative frequencies: eaoa_counts=
+"frequency" (the default stays "raw" until a measurement chooses). Differences: before its first
+query (no OOD example labeled yet) the published detector trains on cross-entropy alone, here the
+energy loss's IN term applies from the start; in that first round its EU2 leaves the OOD term out
+and its mean class size runs over K + 1 groups, the OOD's 0 included, here the OOD column is 0
+(softplus(0) shifts every EU2 alike, which the min-max scaling removes) and the mean runs over the
+K IN classes; it fills a short query by no rule (torch.topk fails when a class holds fewer than
+k n candidates), here by clean; its scores are computed on augmented images, here on the
+unaugmented ones.
 """
 from __future__ import annotations
 
@@ -51,6 +62,7 @@ from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, min_m
 M_IN, M_OUT = -25.0, -7.0
 TOLERANCE = 0.05
 NEIGHBOUR_CHUNK = 256  # labeled rows per block of similarities
+COUNTS = ("raw", "frequency")
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,9 @@ class EAOAOptions:
     eaoa_target_precision: float = field(default=0.6, metadata={"help": "EAOA's target share of IN in a query"})
     eaoa_energy_weight: float = field(default=0.01, metadata={"help": "EAOA's energy loss weight"})
     eaoa_neighbours: int = field(default=250, metadata={"help": "EAOA's reverse nearest neighbours per labeled example"})
+    eaoa_counts: str = field(default="raw", metadata={
+        "help": "EAOA's reverse-neighbour counts: raw, or frequency (each group's divided by its relative "
+                "frequency among the labeled examples, as the published code)"})
 
     def __post_init__(self):
         for name in ("eaoa_k", "eaoa_neighbours"):
@@ -71,6 +86,8 @@ class EAOAOptions:
         w = self.eaoa_energy_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < float("inf"):
             raise ValueError(f"eaoa_energy_weight must be a finite number >= 0, got {w!r}")
+        if self.eaoa_counts not in COUNTS:
+            raise ValueError(f"eaoa_counts must be one of {', '.join(COUNTS)}, got {self.eaoa_counts!r}")
 
 
 def energy_loss(logits: torch.Tensor, targets: torch.Tensor, weight: float) -> torch.Tensor:
@@ -121,6 +138,19 @@ def neighbour_counts(labeled: torch.Tensor, candidates: torch.Tensor, groups: to
         flat = (top * num_groups + groups[start:start + NEIGHBOUR_CHUNK, None]).flatten()
         counts.view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float64, device=flat.device))
     return counts
+
+
+def frequency_weighted(counts: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(U, K + 1) counts (K IN classes, then OOD) divided column by column by the group's relative
+    frequency among the labeled rows (groups (L,) in 0..K): n_g(x) mean_c N_c / N_g, the mean over
+    the IN classes. A group with no labeled row keeps its column (all 0); with no labeled IN row,
+    the counts are returned as they are."""
+    sizes = torch.bincount(groups.cpu(), minlength=counts.shape[1]).to(counts.dtype)
+    mean_in = sizes[:-1].mean()
+    if float(mean_in) == 0:
+        return counts
+    weights = torch.where(sizes > 0, sizes / mean_in, torch.ones_like(sizes))
+    return counts / weights.to(counts.device)
 
 
 def data_epistemic(counts: torch.Tensor) -> torch.Tensor:
@@ -190,8 +220,10 @@ class EAOA(Strategy):
         eu1 = learned_epistemic(out.logits)
         groups = view.labeled_labels.clone()
         groups[groups < 0] = num_classes
-        eu2 = data_epistemic(neighbour_counts(labeled_feats, out.feats, groups, num_classes + 1,
-                                              self.options.eaoa_neighbours))
+        counts = neighbour_counts(labeled_feats, out.feats, groups, num_classes + 1, self.options.eaoa_neighbours)
+        if self.options.eaoa_counts == "frequency":
+            counts = frequency_weighted(counts, groups)
+        eu2 = data_epistemic(counts)
         scaled = [min_max(x.double()).cpu().numpy() for x in (au, eu1, eu2)]
         info = two_component_posteriors(scaled[0], seed)[1]
         clean = two_component_posteriors(scaled[1], seed + 1)[0] * two_component_posteriors(scaled[2], seed + 2)[0]

@@ -7,34 +7,84 @@ subset of the candidates, so Phi trains on exactly the values it scored). `stand
 applies exp to the z-scores as the published code does (its `standardize` in mqnet_util.py; it
 also uses the biased std, a factor sqrt(n / (n - 1)) that is immaterial at pool sizes and is not
 copied). Round 0 ranks by the sum of the two meta-inputs; later rounds by Phi(z) through the fused
-non-negative MLP op. After each query Phi is trained on the query set with the ranking loss of
-Eq. 10 against the masked cross-entropy of the target model (0 for OOD examples):
-mqnet_fast.training.meta.
+non-negative MLP op. After each query Phi is trained with the ranking loss of Eq. 10 against the
+masked cross-entropy of the target model (0 for OOD examples): mqnet_fast.training.meta. Phi's
+weights stay >= 0 by projection after every SGD step (the training op), so none can drift.
 
-Differences from the published code (kaist-dmlab/MQNet), where it differs from the paper's text or
-does something the text leaves open:
+The options, each with its source:
+- `meta_init`: "fresh" creates a new Phi before every round's training, as the published code does
+  (kaist-dmlab/MQNet, main_split.py calls init_mqnet every cycle); "warm" trains one Phi across the
+  rounds, as the paper's Algorithm 1 writes it (w initialized once, line 1).
+- `meta_optimizer`, Phi's recipe (always `meta_epochs` epochs of max(ceil(n / batch), `meta_min_steps`)
+  steps of a random mini-batch of min(batch, n) distinct examples, lr x0.1 at half the epochs):
+  "code" is the published code at HEAD: plain SGD at lr 0.001 (--lr-mqnet), batch 32, margin 1,
+  weights and biases initialized U(0, 1) (QueryNet); "paper" is the same at the paper's lr 0.01
+  (Appendix C.1); "momentum" is this library's earlier recipe: SGD lr 0.01 with momentum 0.9 and
+  weight decay 5e-4, batch 64, margin 0.1, nn.Linear-scaled non-negative init. `meta_margin`
+  overrides the recipe's margin.
+- `meta_history`: "last" trains Phi on the last query only (the paper and its code); "all" on every
+  query so far, each with the meta-inputs it was scored with and the losses of its round's model
+  (the labeled set's IN/OOD answers, which the paper's rule leaves unused).
+- `selection`: "top" takes the b highest scores (the paper and its code); "per-class" gives each
+  class the target predicts a quota of b / K, filled by score (as CCAL and EAOA select per class),
+  so that the IN examples queried are not all of one tight class.
+
+A round whose training set holds no pair with distinct targets (an all-OOD query: every loss 0) has
+no ranking signal. The published code then still takes SGD steps: its LossPredLoss counts a tie as
+l_i < l_j, so every pair pushes the first half's score below the second's, an order drawn by the
+loader. Here such a round leaves Phi untrained, and the next query ranks by purity alone (the
+standardized P; its `meta_rule` is "purity"): the query that held nothing IN was ranked by a rule
+that put OOD examples on top, and purity is the score meant to separate them. Without that rule a
+fresh Phi would rank by P + I again and a warm Phi by the weights that chose the all-OOD query, and
+both repeat it. Each round records the rule that chose its query (`meta_rule`: "sum", "phi",
+"purity"), that rule's ranking accuracy on the query it chose (`query_rank_accuracy`: how well the
+Phi trained in the round before ranks what it picked), and after training the fraction of Phi's
+weights > 0 (`meta_weights_positive`).
+
+Differences from the published code, where it differs from the paper's text or does something the
+text leaves open:
 - the meta-inputs of the query set are the candidates' standardized values (one rule for training
   and selection); the published code re-standardizes over the query set when training Phi, and in
   its LL mode feeds I unstandardized;
-- Phi trains with SGD momentum 0.9, wd 5e-4, batch 64, margin `meta_margin` (0.1), 100 epochs of
-  at least 100 steps; the published code: plain SGD lr 0.01, batch 32, margin 1, 1,000 epochs of at
-  least 150 steps, weights initialized U(0, 1);
+- an epoch's mini-batches are random subsets of min(batch, n) examples; the published code passes
+  over the query in batches of 32 (the last one smaller) until an epoch has 100 steps;
 - pairs with equal targets (two OOD examples) are left out of the ranking loss, where the published
-  code orders them one way.
+  code orders them one way (above).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from mqnet_fast.models import MetaModel
 from mqnet_fast.scores import INFORMATIVENESS, PURITY, array_inputs, informativeness, purity
-from mqnet_fast.strategies.base import Strategy, register, top_selection
-from mqnet_fast.training.meta import MetaTrainConfig, MetaTrainStats, train_meta_model
+from mqnet_fast.strategies.base import Selection, Strategy, class_quota_query, register, top_selection
+from mqnet_fast.training.meta import MetaTrainConfig, MetaTrainStats, ranking_accuracy, train_meta_model
 
 
 STANDARDIZE = ("zscore", "exp-zscore")
+META_INIT = ("fresh", "warm")
+META_HISTORY = ("last", "all")
+SELECTION = ("top", "per-class")
+
+
+@dataclass(frozen=True)
+class MetaRecipe:
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    margin: float
+    init: str  # MetaModel's
+
+
+META_OPTIMIZERS = {
+    "code": MetaRecipe(lr=0.001, momentum=0.0, weight_decay=0.0, batch_size=32, margin=1.0, init="uniform"),
+    "paper": MetaRecipe(lr=0.01, momentum=0.0, weight_decay=0.0, batch_size=32, margin=1.0, init="uniform"),
+    "momentum": MetaRecipe(lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=64, margin=0.1, init="scaled"),
+}
 
 
 @dataclass(frozen=True)
@@ -42,24 +92,36 @@ class MQNetOptions:
     purity: str = field(default="csi", metadata={"help": "P(x): " + ", ".join(PURITY)})
     informativeness: str = field(default="ll", metadata={"help": "I(x): " + ", ".join(INFORMATIVENESS)})
     standardize: str = field(default="zscore", metadata={"help": "meta-input standardization: " + ", ".join(STANDARDIZE)})
+    meta_init: str = field(default="fresh", metadata={"help": "Phi per round: fresh (published code) or warm "
+                                                              "(paper's Algorithm 1)"})
+    meta_optimizer: str = field(default="code", metadata={"help": "Phi's recipe: " + ", ".join(META_OPTIMIZERS)
+                                                                  + " (code: published code; paper: its lr 0.01)"})
+    meta_history: str = field(default="last", metadata={"help": "Phi trains on the last query (paper) or all "
+                                                                "queries: " + ", ".join(META_HISTORY)})
+    selection: str = field(default="top", metadata={"help": "top-b (paper) or per-class quotas: "
+                                                            + ", ".join(SELECTION)})
     meta_epochs: int = field(default=100, metadata={"help": "epochs of meta-model training per round"})
     meta_min_steps: int = field(default=100, metadata={"help": "minimum SGD steps per meta-model epoch"})
-    meta_margin: float = field(default=0.1, metadata={"help": "margin of the ranking loss (published code: 1)"})
+    meta_margin: float | None = field(default=None, metadata={"help": "margin of the ranking loss (default None: "
+                                                                      "the meta_optimizer's)", "type": float})
 
     def __post_init__(self):
-        if self.purity not in PURITY:
-            raise ValueError(f"purity must be one of {', '.join(PURITY)}, got {self.purity!r}")
-        if self.informativeness not in INFORMATIVENESS:
-            raise ValueError(f"informativeness must be one of {', '.join(INFORMATIVENESS)}, "
-                             f"got {self.informativeness!r}")
-        if isinstance(self.meta_margin, bool) or not isinstance(self.meta_margin, (int, float)) or not self.meta_margin >= 0:
-            raise ValueError(f"meta_margin must be a number >= 0, got {self.meta_margin!r}")
-        if self.standardize not in STANDARDIZE:
-            raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
+        for name, allowed in (("purity", PURITY), ("informativeness", INFORMATIVENESS), ("standardize", STANDARDIZE),
+                              ("meta_init", META_INIT), ("meta_optimizer", tuple(META_OPTIMIZERS)),
+                              ("meta_history", META_HISTORY), ("selection", SELECTION)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        margin = self.meta_margin
+        if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0):
+            raise ValueError(f"meta_margin must be a number >= 0, got {margin!r}")
         for name in ("meta_epochs", "meta_min_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    @property
+    def recipe(self) -> MetaRecipe:
+        return META_OPTIMIZERS[self.meta_optimizer]
 
 
 @register
@@ -74,10 +136,16 @@ class MQNet(Strategy):
         super().__init__(options, seed)
         self.purity_fn = purity_fn
         self.informativeness_fn = informativeness_fn
-        self.meta_config = MetaTrainConfig(epochs=self.options.meta_epochs, min_steps_per_epoch=self.options.meta_min_steps,
-                                           margin=self.options.meta_margin)
-        self.model = MetaModel(seed=seed)
-        self.trained = False
+        recipe = self.options.recipe
+        margin = recipe.margin if self.options.meta_margin is None else float(self.options.meta_margin)
+        self.meta_config = MetaTrainConfig(epochs=self.options.meta_epochs, batch_size=recipe.batch_size,
+                                           min_steps_per_epoch=self.options.meta_min_steps, lr=recipe.lr,
+                                           momentum=recipe.momentum, weight_decay=recipe.weight_decay, margin=margin)
+        self.model = MetaModel(seed=seed, init=recipe.init)
+        self.trained = False        # Phi has learned from a query with ranking signal
+        self.purity_next = False    # the last training set held no ranking signal: rank the next query by P
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (z, losses) of every query so far
+        self.rule = None            # the rule that ranked the last selection
 
     @property
     def uses_loss_module(self) -> bool:
@@ -130,16 +198,41 @@ class MQNet(Strategy):
         raw = self.raw_scores(view)
         return raw, self.standardized(raw, None if view.shard is None else view.shard.gather(raw))
 
+    def ranking_rule(self) -> str:
+        """What ranks the next query: "purity" after a round without ranking signal, else "phi" once
+        Phi has learned, else "sum" (P + I)."""
+        return "purity" if self.purity_next else "phi" if self.trained else "sum"
+
+    def rule_scores(self, z: torch.Tensor, rule: str) -> torch.Tensor:
+        if rule == "purity":
+            return z[:, 0].clone()
+        if rule == "sum":
+            return z.sum(1)
+        return self.model.score(z) if z.shape[0] else z.new_zeros(0)  # a torchrun rank may hold no candidate
+
     def select(self, view, budget):
         raw, z = self._raw_and_standardized(view)
-        if self.trained:  # a torchrun rank may hold no candidate: nothing for Phi to score
-            scores = self.model.score(z) if z.shape[0] else z.new_zeros(0)
+        self.rule = self.ranking_rule()
+        scores = self.rule_scores(z, self.rule)
+        if self.options.selection == "top":
+            selection = top_selection(view, scores, budget)
         else:
-            scores = z.sum(1)
-        selection = top_selection(view, scores, budget)
+            selection = self._per_class(view, scores, budget)
         selection.columns = {"purity": raw[:, 0], "informativeness": raw[:, 1],
                              "purity_std": z[:, 0], "informativeness_std": z[:, 1]}
+        selection.extra = {**selection.extra, "meta_rule": self.rule}
         return selection
+
+    def _per_class(self, view, scores: torch.Tensor, budget: int) -> Selection:
+        """Quotas per class the target predicts (class_quota_query), over every rank's candidates."""
+        predicted = view.probs.argmax(1).cpu()
+        candidates = view.candidates
+        all_scores, all_predicted = scores, predicted
+        if view.shard is not None:
+            all_scores, all_predicted = view.shard.gather(scores), view.shard.gather(predicted)
+            candidates = view.shard.candidates
+        rows = class_quota_query(all_scores, all_predicted, view.probs.shape[1], budget)
+        return Selection(candidates[torch.from_numpy(rows)], scores)
 
     @staticmethod
     def selection_meta_inputs(selection) -> torch.Tensor:
@@ -147,28 +240,43 @@ class MQNet(Strategy):
         return torch.stack([selection.columns["purity_std"], selection.columns["informativeness_std"]], 1)
 
     def observe(self, view, selection, positions, losses, seed):
-        """Train Phi on the query: the meta-inputs `selection` scored them with (so Phi learns on
-        exactly the values it ranked; a Selection without them, e.g. built by hand, has them
-        recomputed from `view`) against the losses. Phi counts as trained only once a query carried
-        ranking signal, i.e. two examples with different losses: an all-OOD query (all losses 0) or a
-        one-example query leaves it as it was, and the next round still ranks by P + I if Phi never
-        got any."""
+        """Train Phi on the query (with meta_history "all", on every query so far): the meta-inputs
+        `selection` scored them with (so Phi learns on exactly the values it ranked; a Selection
+        without them, e.g. built by hand, has them recomputed from `view`) against the losses. With
+        meta_init "fresh" a new Phi (seeded by `seed`) is trained. A training set without two
+        examples of different losses leaves Phi as it was and sends the next query to the purity
+        rule (the module docstring)."""
         if selection is not None and "purity_std" in selection.columns:
             z = self.selection_meta_inputs(selection)
         else:
             z = self.meta_inputs(view)
         if view is not None and view.shard is not None:
             z = view.shard.gather(z)  # positions are rows of every rank's candidates
-        losses = losses.detach().float().cpu()
-        if losses.numel() < 2 or bool((losses == losses[0]).all()):
-            return {"meta_loss": float("nan"), "meta_rank_accuracy": float("nan"), "meta_steps": 0}
-        stats: MetaTrainStats = train_meta_model(self.model, z[positions.cpu()], losses, self.meta_config, seed)
-        self.trained = True
-        return {"meta_loss": stats.loss, "meta_rank_accuracy": stats.rank_accuracy, "meta_steps": stats.steps}
+        z_query, losses = z[positions.cpu()].float(), losses.detach().float().cpu()
+        rule = self.rule or self.ranking_rule()
+        record = {"query_rank_accuracy": ranking_accuracy(self.rule_scores(z_query, rule), losses)}
+        self.history.append((z_query, losses))
+        if self.options.meta_history == "last":
+            self.history = self.history[-1:]
+        z_train = torch.cat([h[0] for h in self.history])
+        targets = torch.cat([h[1] for h in self.history])
+        if targets.numel() < 2 or bool((targets == targets[0]).all()):
+            self.purity_next = True
+            return {**record, "meta_loss": float("nan"), "meta_rank_accuracy": float("nan"), "meta_steps": 0,
+                    "meta_weights_positive": self.model.positive_fraction() if self.trained else float("nan")}
+        if self.options.meta_init == "fresh":
+            self.model = MetaModel(seed=seed, init=self.options.recipe.init)
+        stats: MetaTrainStats = train_meta_model(self.model, z_train, targets, self.meta_config, seed)
+        self.trained, self.purity_next = True, False
+        return {**record, "meta_loss": stats.loss, "meta_rank_accuracy": stats.rank_accuracy,
+                "meta_steps": stats.steps, "meta_weights_positive": self.model.positive_fraction()}
 
     def state_dict(self):
-        return {"model": self.model.state_dict(), "trained": self.trained}
+        return {"model": self.model.state_dict(), "trained": self.trained, "purity_next": self.purity_next,
+                "history": [(z.clone(), t.clone()) for z, t in self.history]}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.trained = bool(state["trained"])
+        self.purity_next = bool(state.get("purity_next", False))
+        self.history = [(z.float(), t.float()) for z, t in state.get("history", [])]

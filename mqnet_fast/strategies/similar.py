@@ -25,11 +25,25 @@ labeled OOD examples, so picks resemble what turned out IN and not what turned o
 Similarity: cosine. `smi_embedding="gradients"` (the default of the published code, decile-team/
 distil's SCMI with gradType "bias_linear") uses the last layer's gradient embedding
 g = (onehot(y) - p) (x) [h, 1], whose cosine is cos(a_i, a_j) cos(h~_i, h~_j) with a = onehot(y) - p
-and h~ = [h, 1]: two factors, never the K (d + 1) embedding. y is the predicted class for candidates
-and labeled OOD examples and the true class for labeled IN examples when the view has it (as distil
-embeds its query set with labels). `"features"` uses the penultimate features h. With one IN class
-(K = 1) p is 1 and the gradient embedding vanishes (every similarity 0, the lowest rows are
-picked): use "features".
+and h~ = [h, 1]: two factors, never the K (d + 1) embedding. y is the predicted class for candidates,
+the true class for labeled IN examples when the view has it (as distil embeds its query set with
+labels), and for labeled OOD examples as `smi_private_label` says. `"features"` uses the
+penultimate features h. With one IN class (K = 1) p is 1 and the gradient embedding vanishes
+(every similarity 0, the lowest rows are picked): use "features".
+
+`smi_private_label` says how the gradient embedding labels the private set. "predicted": with the
+predicted IN class, as the candidates. "extra": with a (K + 1)-th class, as the published MQ-Net
+code does (kaist-dmlab/MQNet, methods/similar.py: its SIMILAR target model has K + 1 outputs and
+its labeled OOD examples carry the (K + 1)-th class's label, a class it never trains on). Our target model has
+K outputs, so the (K + 1)-th class gets probability 0: a = onehot(K + 1) - [p, 0] = [-p, 1] for
+the private rows and a = [onehot(y) - p, 0] for the candidates and the query set, the cosine factor
+cos(a_i, a_j) taken in K + 1 dimensions. (The appended 0 changes no candidate-candidate or
+candidate-query cosine; it is what lets [-p, 1] be compared with them.) With "features" it has no
+effect.
+
+The MQ-Net paper's SIMILAR baseline, as its published code runs it (arguments.py and
+methods/similar.py): smi_function="logdetcmi", smi_embedding="gradients", smi_private_label="extra",
+eta = nu = lambda = 1. The defaults here (flcmi, predicted) stay until a measurement chooses.
 
 FLCMI's maxima are taken over the set and 0: a similarity below 0 counts as 0 (facility location's
 non-negative similarities; submodlib's greedy starts its running maxima at 0), and an empty set gives
@@ -50,6 +64,7 @@ from mqnet_fast.strategies.base import Selection, Strategy, register
 
 FUNCTIONS = ("flcmi", "logdetcmi")
 EMBEDDINGS = ("gradients", "features")
+PRIVATE_LABELS = ("predicted", "extra")
 LAZY_BATCH = 64  # candidates re-evaluated per op call when their stale bounds could still win
 SIM_CHUNK = 4096  # rows per block of the (rows x |Q| or |P|) similarities
 
@@ -61,12 +76,18 @@ class SimilarOptions:
     smi_eta: float = field(default=1.0, metadata={"help": "SIMILAR's query-relevance weight eta"})
     smi_nu: float = field(default=1.0, metadata={"help": "SIMILAR's privacy hardness nu"})
     smi_lambda: float = field(default=1.0, metadata={"help": "LogDetCMI's diagonal addition lambda (> 0)"})
+    smi_private_label: str = field(default="predicted", metadata={
+        "help": "the class the gradient embedding gives labeled OOD examples: predicted (their predicted IN "
+                "class) or extra (a K+1-th class of probability 0, as the MQ-Net code)"})
 
     def __post_init__(self):
         if self.smi_function not in FUNCTIONS:
             raise ValueError(f"smi_function must be one of {', '.join(FUNCTIONS)}, got {self.smi_function!r}")
         if self.smi_embedding not in EMBEDDINGS:
             raise ValueError(f"smi_embedding must be one of {', '.join(EMBEDDINGS)}, got {self.smi_embedding!r}")
+        if self.smi_private_label not in PRIVATE_LABELS:
+            raise ValueError(f"smi_private_label must be one of {', '.join(PRIVATE_LABELS)}, "
+                             f"got {self.smi_private_label!r}")
         for name, low_open in (("smi_eta", False), ("smi_nu", False), ("smi_lambda", True)):
             value = getattr(self, name)
             ok = not isinstance(value, bool) and isinstance(value, (int, float)) and (value > 0 if low_open else value >= 0)
@@ -120,13 +141,17 @@ class Factors:
 
 
 def embed(probs: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor | None, embedding: str,
-          dtype: torch.dtype) -> Factors:
+          dtype: torch.dtype, extra_class: bool = False) -> Factors:
     """Factors of the rows' embedding: features h, or the bias+linear gradient embedding
-    (onehot(y) - p) (x) [h, 1] as its two factors (y = `labels`, or the argmax of p where None or -1)."""
+    (onehot(y) - p) (x) [h, 1] as its two factors (y = `labels`, or the argmax of p where None or -1).
+    With `extra_class`, over K + 1 classes, the last of probability 0 (p becomes [p, 0]); a label K
+    is that class."""
     feats = feats.to(dtype)
     if embedding == "features":
         return Factors([feats])
     probs = probs.to(feats.device, dtype)
+    if extra_class:
+        probs = torch.cat([probs, probs.new_zeros(probs.shape[0], 1)], 1)
     predicted = probs.argmax(1)
     y = predicted if labels is None else torch.where(labels.to(predicted.device) >= 0, labels.to(predicted.device), predicted)
     a = F.one_hot(y, probs.shape[1]).to(dtype) - probs
@@ -254,22 +279,25 @@ class Similar(Strategy):
         if gradients and view.labeled_probs is None and view.labeled_feats.shape[0]:
             raise ValueError("similar with smi_embedding 'gradients' needs labeled_probs in the RoundView "
                              "(the softmax of the labeled examples)")
-        ground = embed(view.probs, view.feats, None, o.smi_embedding, dtype)
+        extra = o.smi_private_label == "extra"
+        ground = embed(view.probs, view.feats, None, o.smi_embedding, dtype, extra)
         is_in = view.labeled_is_in.to(device)
         labeled_feats = view.labeled_feats.to(device)
         labeled_probs = (view.labeled_probs.to(device) if view.labeled_probs is not None
                          else labeled_feats.new_zeros(labeled_feats.shape[0], max(view.probs.shape[1], 1)))
         labels = view.labeled_labels.to(device) if view.labeled_labels is not None else None
         queries = embed(labeled_probs[is_in], labeled_feats[is_in], None if labels is None else labels[is_in],
-                        o.smi_embedding, dtype)
-        privates = embed(labeled_probs[~is_in], labeled_feats[~is_in], None, o.smi_embedding, dtype)
+                        o.smi_embedding, dtype, extra)
+        num_private = int((~is_in).sum())
+        private_labels = torch.full((num_private,), labeled_probs.shape[1], device=device) if extra else None
+        privates = embed(labeled_probs[~is_in], labeled_feats[~is_in], private_labels, o.smi_embedding, dtype, extra)
         if o.smi_function == "flcmi":
             positions, picked_gains, evaluated = flcmi_greedy(ground, queries, privates, budget, o.smi_eta, o.smi_nu)
-            extra = {"similar_gains_evaluated": evaluated}
+            record = {"similar_gains_evaluated": evaluated}
         else:
             positions, picked_gains = logdetcmi_greedy(ground, queries, privates, budget, o.smi_eta, o.smi_nu,
                                                        o.smi_lambda)
-            extra = {}
+            record = {}
         if budget:
-            extra.update(similar_first_gain=float(picked_gains[0]), similar_last_gain=float(picked_gains[-1]))
-        return Selection(view.candidates[positions.cpu()], None, extra)
+            record.update(similar_first_gain=float(picked_gains[0]), similar_last_gain=float(picked_gains[-1]))
+        return Selection(view.candidates[positions.cpu()], None, record)

@@ -24,6 +24,9 @@ from mqnet_fast.training.optim import set_lr, sgd, step_decay
 from mqnet_fast.progress import progress_bar
 
 
+BATCHING = ("fill", "distinct")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     iterations: int = 200
@@ -43,8 +46,15 @@ class TrainConfig:
     # process reproduces a torchrun run bit for bit. Running statistics follow part 0 (DDP
     # broadcasts rank 0's buffers). 1: the whole batch at once.
     micro_batches: int = 1
+    # "fill": every batch holds batch_size positions, cut from consecutive shuffles, so a set smaller
+    # than a batch repeats its examples in it. "distinct": a set smaller than a batch is one batch of
+    # all its examples, each once (rounded down to a multiple of micro_batches), as a DataLoader over
+    # the set gives; learning loss then never pairs an example with a copy of itself.
+    batching: str = "fill"
 
     def __post_init__(self):
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
         if isinstance(self.micro_batches, bool) or not isinstance(self.micro_batches, int) or self.micro_batches < 1:
             raise ValueError(f"micro_batches must be an integer >= 1, got {self.micro_batches!r}")
         if self.batch_size % self.micro_batches:
@@ -250,8 +260,12 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
     generator = torch.Generator().manual_seed(seed)
     optimizer = sgd(model.parameters(), config.lr, config.momentum, config.weight_decay)
     labels = labels.to(device)
-    batches = shuffled_batches(len(index), config.batch_size, generator)
-    parts, size = config.micro_batches, config.batch_size // config.micro_batches
+    parts = config.micro_batches
+    batch_size = config.batch_size
+    if config.batching == "distinct" and len(index) < batch_size:
+        batch_size = max(parts, len(index) - len(index) % parts)
+    batches = shuffled_batches(len(index), batch_size, generator)
+    size = batch_size // parts
     step_module = _Step(model)
     parallel = world is not None and world.size > 1
     if parallel:
