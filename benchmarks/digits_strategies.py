@@ -1,7 +1,9 @@
-"""One run per strategy on digits (split 4:6, noise 0.6, the digits defaults), 5 seeds: %IN of each
-query and test accuracy per round, and the time per phase; the table of docs/strategies.md.
+"""One run per strategy on digits (split 4:6, noise 0.6, the digits defaults), 10 seeds: %IN of each
+query and test accuracy per round, the class balance of the queried IN examples, the time per
+phase, and each strategy's accuracy averaged over rounds paired against RANDOM and against the best
+baseline (mean difference over seeds with its 95% t-interval); the table of docs/strategies.md.
 
-    python benchmarks/digits_strategies.py [--seeds 0,1,2,3,4] [--strategies all]
+    python benchmarks/digits_strategies.py [--seeds 0,...,9] [--strategies all]
         [--run-dir runs/digits-strategies] [--out benchmarks/results/digits-strategies.md]
     python benchmarks/digits_strategies.py --table-only --run-dir A,B   # one table from several
 
@@ -50,6 +52,20 @@ def pct(values) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
 
 
+def paired(a: list[float], b: list[float]) -> str:
+    """mean of a - b over seeds with its 95% t-interval, in points."""
+    from scipy import stats
+
+    d = 100 * (np.asarray(a) - np.asarray(b))
+    if len(d) < 2:
+        return f"{d.mean():+.1f}"
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
+
+
+OPEN_SET = ("mqnet",)  # the method under test; every other strategy is a baseline
+
+
 def tabulate(run_dirs: list[Path], strategies: list[str]) -> str:
     import torch
 
@@ -73,6 +89,24 @@ def tabulate(run_dirs: list[Path], strategies: list[str]) -> str:
         out.append(f"| {r} | " + " | ".join(pct([100 * runs[n][s][r]["test_accuracy"] for s in seeds]) for n in names) + " |")
     out.append("| mean | " + " | ".join(pct([100 * np.mean([rec["test_accuracy"] for rec in runs[n][s][:rounds]])
                                              for s in seeds]) for n in names) + " |")
+    mean_acc = {n: [np.mean([rec["test_accuracy"] for rec in runs[n][s][:rounds]]) for s in seeds] for n in names}
+    baselines = [n for n in names if n not in OPEN_SET and n != "random"]
+    best = max(baselines, key=lambda n: np.mean(mean_acc[n])) if baselines else None
+    out += ["", f"Accuracy averaged over rounds 0-{rounds - 1}, paired over the {len(seeds)} seeds: mean difference "
+            f"in points [95% t-interval]; the best baseline by that mean is {best}. Class balance: normalized entropy "
+            "of the queried IN examples' classes (1 = every IN class alike, 0 = one class), mean over queries and "
+            "seeds. Target recipe: the model every strategy trained.", "",
+            "| strategy | mean accuracy | vs random | vs " + (best or "-") + " | class balance | target recipe |",
+            "|---|---|---|---|---|---|"]
+    for n in names:
+        balance = [rec.get("query_class_balance") for s in seeds for rec in runs[n][s][:rounds - 1]]
+        balance = [b for b in balance if b is not None and b == b]
+        recipes = sorted({rec.get("target_recipe", "?") for s in seeds for rec in runs[n][s]})
+        vs_random = paired(mean_acc[n], mean_acc["random"]) if "random" in runs and n != "random" else "-"
+        vs_best = paired(mean_acc[n], mean_acc[best]) if best and n != best else "-"
+        out.append(f"| {n} | {100 * np.mean(mean_acc[n]):.1f} | {vs_random} | {vs_best} | "
+                   f"{np.mean(balance):.2f} | {'+'.join(recipes)} |" if balance else
+                   f"| {n} | {100 * np.mean(mean_acc[n]):.1f} | {vs_random} | {vs_best} | - | {'+'.join(recipes)} |")
     out += ["", "Time per round (s), mean over rounds and seeds; select includes training a detector (lfosa, eoal, "
             "eaoa) and, in the first round of a seed, the encoders (mqnet, ccal: CSI; ccal: SimCLR too) unless "
             "the run directory's cache held them:", "",
@@ -88,7 +122,7 @@ def tabulate(run_dirs: list[Path], strategies: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--strategies", default="all")
     parser.add_argument("--run-dir", default="runs/digits-strategies")
     parser.add_argument("--out", default="benchmarks/results/digits-strategies.md")

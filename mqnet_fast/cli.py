@@ -85,13 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--infer-batch", type=int, default=1024,
                      help="rows per inference batch (default 1024); under torchrun the candidates are split "
                           "across the processes at its multiples")
-    run.add_argument("--batching", choices=("distinct", "fill"), default="distinct",
-                     help="distinct (default): a labeled set smaller than a batch is one batch of its examples, each "
-                          "once, as a DataLoader gives; fill: batches filled up with repeats")
-    run.add_argument("--loss-module", choices=("auto", "all"), default="auto",
-                     help="auto (default): the target model carries learning loss's module where the strategy "
-                          "uses it (ll; mqnet with informativeness ll); all: for every strategy, so that all of "
-                          "them train the same model")
+    run.add_argument("--batching", choices=("fill", "distinct"), default="fill",
+                     help="fill (default): batches of --batch-size, a smaller labeled set repeated in them (each "
+                          "copy augmented on its own); distinct: batches of at most the labeled set, each example "
+                          "once, as a DataLoader gives (docs/strategies.md: fill trains better on digits)")
+    run.add_argument("--loss-module", choices=("all", "auto"), default="all",
+                     help="all (default): every strategy's target model carries learning loss's module, so that "
+                          "the strategies compared train the same model; auto: only where the strategy uses it (ll; "
+                          "mqnet with informativeness ll), as the published code trains them")
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")

@@ -124,7 +124,12 @@ def summarize(runs: list[dict]) -> list[dict]:
         queried_in = sum(r.get("query_in") or 0 for _, recs, _ in members for r in recs)
         queried = sum((r.get("query_in") or 0) + (r.get("query_ood") or 0) for _, recs, _ in members for r in recs)
         identity = members[0][2]
+        balances = [r["query_class_balance"] for _, recs, _ in members for r in recs
+                    if r.get("query_class_balance") is not None and r["query_class_balance"] == r["query_class_balance"]]
+        recipes = sorted({r["target_recipe"] for _, recs, _ in members for r in recs if "target_recipe" in r})
         rows.append({"setting": setting, "dataset": identity.get("dataset"), "split": identity.get("split"),
+                     "target_recipe": "+".join(recipes) if recipes else "",
+                     "query_class_balance": sum(balances) / len(balances) if balances else float("nan"),
                      "noise": identity.get("noise"), "strategy": method, "seeds": len(members),
                      "last_round": max(final["round"] for final, _, _ in members), "accuracy_mean": acc_mean,
                      "accuracy_std": acc_std,
@@ -150,6 +155,13 @@ def markdown_table(rows: list[dict]) -> str:
                 spread = f"±{100 * r['accuracy_std']:.1f}" if r["seeds"] > 1 else ""
                 cells.append(f"{100 * r['accuracy_mean']:.1f}{spread} ({r['query_in_percent']:.0f}% IN)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for column in columns:
+        recipes = {r["strategy"]: r["target_recipe"] for r in rows if r["setting"] == column}
+        if len(set(recipes.values())) > 1:
+            lines.append("")
+            lines.append(f"Not equal models in {column}: the strategies trained different target recipes ("
+                         + "; ".join(f"{m}: {recipe}" for m, recipe in sorted(recipes.items())) + "); "
+                         "rerun with --loss-module all to compare them on equal models.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,7 @@
 """EAOA: its scores and query rule on hand-worked cases, the reverse-neighbour counts against a
-direct count, the energy loss by hand, the adaptive k, and the strategy on separable embeddings."""
+direct count and their frequency weighting by hand, the energy loss by hand, the adaptive k, and the
+strategy on separable embeddings."""
+import dataclasses
 import math
 
 import numpy as np
@@ -8,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from mqnet_fast.strategies import make_strategy
-from mqnet_fast.strategies.eaoa import (aleatoric, data_epistemic, eaoa_query, energy_loss, learned_epistemic,
-                                        neighbour_counts)
+from mqnet_fast.strategies import eaoa
+from mqnet_fast.strategies.eaoa import (aleatoric, data_epistemic, eaoa_query, energy_loss, frequency_weighted,
+                                        learned_epistemic, neighbour_counts)
 from test_lfosa import _view
 
 
@@ -39,6 +42,47 @@ def test_neighbour_counts_by_hand_and_against_a_direct_count():
     assert torch.equal(got, want)
     assert neighbour_counts(labeled, candidates, groups, 3, neighbours=500).sum(0).tolist() == \
         torch.bincount(groups, minlength=3).mul(90).tolist()  # more neighbours than candidates: all of them
+
+
+def test_frequency_weighted_counts_by_hand():
+    # K = 2; labeled: 2 of class 0, 4 of class 1, 6 OOD. The mean IN class holds 3, so the columns are
+    # divided by 2/3, 4/3 and 6/3: each count times 3 over its group's size.
+    groups = torch.tensor([0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    counts = torch.tensor([[2.0, 4.0, 6.0], [1.0, 0.0, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float64)
+    want = torch.tensor([[3.0, 3.0, 3.0], [1.5, 0.0, 0.0], [0.0, 0.75, 1.5]], dtype=torch.float64)
+    torch.testing.assert_close(frequency_weighted(counts, groups), want)
+    # raw, row 0's 6 OOD neighbours outweigh its 2 + 4 IN ones and its EU2 exceeds row 2's; weighted,
+    # row 0 is as near the IN classes as the OOD (3, 3, 3) and its EU2 falls below row 2's (0, .75, 1.5)
+    raw, weighted = data_epistemic(counts), data_epistemic(want)
+    assert raw[0] > raw[2] and weighted[0] < weighted[2]
+    assert float(weighted[0]) == pytest.approx(-(3 + math.log(2)) + math.log(1 + math.exp(3)))
+    # class 1 has no labeled example: its column stays (0); the mean IN class holds 1
+    torch.testing.assert_close(frequency_weighted(torch.tensor([[2.0, 0.0, 4.0]], dtype=torch.float64),
+                                                  torch.tensor([0, 0, 2, 2])),
+                               torch.tensor([[1.0, 0.0, 2.0]], dtype=torch.float64))
+    # no labeled IN example: the counts as they are
+    only_ood = torch.tensor([[0.0, 0.0, 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(frequency_weighted(only_ood, torch.tensor([2, 2])), only_ood)
+
+
+@pytest.mark.parametrize("counts", ["raw", "frequency"])
+def test_the_strategy_uses_eaoa_counts(counts, monkeypatch):
+    seen = {}
+
+    def recorded(labeled, candidates, groups, num_groups, neighbours):
+        seen["counts"], seen["groups"] = neighbour_counts(labeled, candidates, groups, num_groups, neighbours), groups
+        return seen["counts"].clone()
+
+    monkeypatch.setattr(eaoa, "neighbour_counts", recorded)
+    view, kind = _view()
+    keep = ~((view.labeled_labels == 0) & (view.labeled >= 15))  # labeled: 5 of class 0, 10 of class 1, 10 OOD
+    view = dataclasses.replace(view, labeled=view.labeled[keep], labeled_labels=view.labeled_labels[keep],
+                               labeled_is_in=view.labeled_is_in[keep], labeled_feats=view.labeled_feats[keep])
+    eu2 = make_strategy("eaoa", eaoa_counts=counts).select(view, 10).columns["eaoa_eu2"]
+    raw = data_epistemic(seen["counts"])
+    weighted = data_epistemic(frequency_weighted(seen["counts"], seen["groups"]))
+    assert not torch.allclose(raw.float(), weighted.float())  # the case tells them apart
+    torch.testing.assert_close(eu2, (raw if counts == "raw" else weighted).float())
 
 
 def test_energy_loss_by_hand():
@@ -103,6 +147,7 @@ def test_strategy_on_separable_embeddings():
     assert again.k == strategy.k and again.last_query == strategy.last_query
     assert make_strategy("eaoa").select(_view()[0], 40).indices.tolist() == picked.tolist()
     for bad, match in ((dict(eaoa_k=0), "eaoa_k"), (dict(eaoa_target_precision=2.0), "eaoa_target_precision"),
-                       (dict(eaoa_energy_weight=-1.0), "eaoa_energy_weight"), (dict(eaoa_neighbours=0), "eaoa_neighbours")):
+                       (dict(eaoa_energy_weight=-1.0), "eaoa_energy_weight"),
+                       (dict(eaoa_neighbours=0), "eaoa_neighbours"), (dict(eaoa_counts="log"), "eaoa_counts.*'log'")):
         with pytest.raises(ValueError, match=match):
             make_strategy("eaoa", **bad)

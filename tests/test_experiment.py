@@ -208,3 +208,68 @@ def test_purity_diagnostics_and_the_encoder_epochs_reach_the_run(tmp_path, digit
     assert {f"auroc_{name}" for name in PURITY} <= set(record)
     with pytest.raises(ConfigError, match="encoder_epochs: 2 there, 3 now"):
         Experiment(tiny(strategies=["mqnet"], rounds=1, encoder_epochs=3), tmp_path / "run", data=digits)
+
+
+def test_loss_module_all_trains_every_strategy_on_one_model(tmp_path, digits):
+    """loss_module "all": every strategy's target carries learning loss's module, so round 0 (the
+    same labeled set) is one model for RANDOM, CONF and MQ-Net; "auto" gives MQ-Net (informativeness
+    ll) another model than RANDOM's. The records and the report say which recipe each trained."""
+    from mqnet_fast.report import write_report
+
+    strategies = ["random", "conf", "mqnet"]
+    for mode in ("auto", "all"):
+        records = Experiment(tiny(strategies=strategies, rounds=1, purity_diagnostics=False, loss_module=mode,
+                                  options={"purity": "knn"}), tmp_path / mode, data=digits).run()
+        first = {r["strategy"]: r for r in records if r["round"] == 0}
+        recipes = {r["target_recipe"] for r in first.values()}
+        models = {(r["test_accuracy"], r["train_loss"]) for r in first.values()}
+        if mode == "all":
+            assert recipes == {"resnet-loss-module"} and len(models) == 1
+        else:
+            assert recipes == {"resnet", "resnet-loss-module"} and len(models) == 2
+        table = write_report([tmp_path / mode])["table"]
+        assert ("Not equal models" in table) == (mode == "auto")
+
+
+def test_records_hold_the_class_balance_of_each_query(tmp_path, digits):
+    from mqnet_fast.experiment.runner import class_balance
+
+    assert class_balance(np.array([0, 1, 2, 3]), 4)["query_class_balance"] == pytest.approx(1.0)
+    assert class_balance(np.array([2, 2, 2]), 4) == {"query_in_classes": [0, 0, 3, 0], "query_class_balance": 0.0}
+    half = class_balance(np.array([0, 0, 1, 1]), 4)["query_class_balance"]
+    assert half == pytest.approx(np.log(2) / np.log(4))
+    assert np.isnan(class_balance(np.array([], dtype=np.int64), 4)["query_class_balance"])
+    records = Experiment(tiny(strategies=["random"], rounds=1), tmp_path / "run", data=digits).run()
+    query = records[0]
+    assert sum(query["query_in_classes"]) == query["query_in"] and len(query["query_in_classes"]) == 4
+
+
+@pytest.mark.parametrize("batching", ["fill", "distinct"])
+def test_batching_distinct_never_repeats_an_example_in_a_batch(batching, monkeypatch):
+    """A labeled set of 10 with batch 64: "fill" repeats examples to 64 rows a batch, "distinct" gives
+    batches of the 10, each once (rounded down to a multiple of micro_batches: 2 -> 10, 3 -> 9)."""
+    from mqnet_fast.training import DeviceFeatures, TrainConfig, make_model
+    from mqnet_fast.training import target
+
+    seen = []
+    real = target.shuffled_batches
+
+    def spy(n, batch_size, generator):
+        for batch in real(n, batch_size, generator):
+            seen.append(batch.clone())
+            yield batch
+
+    monkeypatch.setattr(target, "shuffled_batches", spy)
+    feats = torch.randn(30, 5)
+    images = DeviceFeatures(feats, feats.mean(0), feats.std(0), torch.device("cpu"))
+    for parts, size in ((2, 10), (3, 9)):
+        seen.clear()
+        model = make_model(3, 5, torch.device("cpu"), 0, arch="head", width=0)
+        config = TrainConfig(iterations=4, batch_size=64 if parts == 2 else 63, lr=0.1,
+                             micro_batches=parts, batching=batching)
+        target.train_model(model, images, torch.arange(10), torch.arange(10) % 3, config, seed=0, show_progress=False)
+        for batch in seen[:4]:
+            if batching == "fill":
+                assert len(batch) == config.batch_size and len(torch.unique(batch)) == 10
+            else:
+                assert len(batch) == size and len(torch.unique(batch)) == size

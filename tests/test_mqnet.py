@@ -116,3 +116,146 @@ def test_compiled_meta_training_equals_the_eager_loop():
         assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert stats_c.rank_accuracy == stats_e.rank_accuracy and stats_c.rank_accuracy > 0.6  # IN vs OOD pairs are random in z
     assert stats_c.loss == pytest.approx(stats_e.loss, abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The strategy's options across rounds (meta_init, meta_history, the purity rule, selection)
+
+def _mq_view(probs, seed=0):
+    from mqnet_fast.strategies import RoundView
+
+    probs = torch.tensor(probs)
+    return RoundView(torch.arange(100, 100 + len(probs)), probs, torch.randn(len(probs), 3),
+                     torch.Generator().manual_seed(seed))
+
+
+def _mq(purity, **options):
+    from mqnet_fast.strategies import make_strategy
+
+    strategy = make_strategy("mqnet", informativeness="conf", meta_epochs=3, meta_min_steps=10, **options)
+    strategy.purity_fn = lambda view: torch.tensor(purity, dtype=torch.float32)
+    return strategy
+
+
+# Six candidates: P ranks rows 0-2 high, least confidence ranks rows 3-5 high (the README's trap:
+# purity and informativeness disagree, and the z-scored sum ties them).
+PURITY_6 = [0.9, 0.8, 0.7, 0.1, 0.2, 0.3]
+PROBS_6 = [[0.95, 0.05], [0.9, 0.1], [0.85, 0.15], [0.5, 0.5], [0.55, 0.45], [0.6, 0.4]]
+
+
+def test_mqnet_all_ood_query_sends_the_next_one_to_purity():
+    """An all-OOD query (every loss 0) carries no ranking signal: Phi is not trained, and the next
+    query ranks by the standardized purity alone (meta_rule "purity"); a query with signal then
+    trains Phi and hands the ranking back to it."""
+    strategy = _mq(PURITY_6)
+    view = _mq_view(PROBS_6)
+    first = strategy.select(view, 2)
+    assert first.extra["meta_rule"] == "sum"
+    record = strategy.observe(view, first, torch.tensor([3, 5]), torch.zeros(2), seed=1)
+    assert record["meta_steps"] == 0 and not strategy.trained
+    second = strategy.select(view, 2)
+    assert second.extra["meta_rule"] == "purity"
+    assert second.indices.tolist() == [100, 101]  # the two purest rows
+    assert torch.equal(second.scores, second.columns["purity_std"])
+    record = strategy.observe(view, second, torch.tensor([0, 1]), torch.tensor([0.4, 0.9]), seed=2)
+    assert record["meta_steps"] == 3 * 10 and strategy.trained
+    assert strategy.select(view, 2).extra["meta_rule"] == "phi"
+
+
+def test_mqnet_history_all_learns_from_an_all_ood_query_after_an_in_one():
+    """meta_history "all": an all-OOD query after one with IN examples is ranked against them (IN
+    losses > 0 = OOD losses), so Phi trains; with "last" it has nothing to learn from."""
+    view = _mq_view(PROBS_6)
+    records = {}
+    for history in ("last", "all"):
+        strategy = _mq(PURITY_6, meta_history=history)
+        strategy.observe(view, strategy.select(view, 2), torch.tensor([0, 1]), torch.tensor([0.4, 0.9]), seed=1)
+        records[history] = strategy.observe(view, strategy.select(view, 2), torch.tensor([3, 4]), torch.zeros(2),
+                                            seed=2)
+        assert len(strategy.history) == (1 if history == "last" else 2)
+    assert records["last"]["meta_steps"] == 0
+    assert records["all"]["meta_steps"] == 3 * 10
+    assert not math.isnan(records["all"]["meta_rank_accuracy"])  # pairs across the two queries
+    assert math.isnan(records["last"]["meta_rank_accuracy"])
+
+
+def test_mqnet_meta_init_fresh_retrains_from_scratch_and_warm_continues():
+    """fresh: round 2's Phi is the one a new Phi (seeded by observe's seed) trains on query 2 alone;
+    warm: the Phi of round 1 trained further, which differs."""
+    from mqnet_fast.strategies.mqnet import MetaModel, train_meta_model
+
+    view = _mq_view(PROBS_6)
+    q1, l1 = torch.tensor([0, 3, 4]), torch.tensor([0.5, 0.0, 0.0])
+    q2, l2 = torch.tensor([1, 2, 5]), torch.tensor([0.2, 0.9, 0.0])
+    trained = {}
+    for init in ("fresh", "warm"):
+        strategy = _mq(PURITY_6, meta_init=init)
+        strategy.observe(view, strategy.select(view, 3), q1, l1, seed=1)
+        selection = strategy.select(view, 3)
+        strategy.observe(view, selection, q2, l2, seed=2)
+        trained[init] = torch.cat([w.flatten() for w in strategy.model.weights])
+    z = torch.stack([selection.columns["purity_std"], selection.columns["informativeness_std"]], 1)
+    scratch = MetaModel(seed=2, init=strategy.options.recipe.init)
+    train_meta_model(scratch, z[q2], l2, strategy.meta_config, seed=2)
+    assert torch.equal(trained["fresh"], torch.cat([w.flatten() for w in scratch.weights]))
+    assert not torch.equal(trained["warm"], trained["fresh"])
+
+
+def test_mqnet_records_weights_in_use_and_the_query_rank_accuracy():
+    """query_rank_accuracy: the rule that chose the query, on the query's losses (here P + I ranks
+    row 0 above row 3, and row 0 has the larger loss: 1.0); meta_weights_positive in (0, 1]."""
+    strategy = _mq(PURITY_6)
+    view = _mq_view(PROBS_6)
+    selection = strategy.select(view, 6)
+    record = strategy.observe(view, selection, torch.tensor([0, 3]), torch.tensor([0.8, 0.0]), seed=1)
+    z = torch.stack([selection.columns["purity_std"], selection.columns["informativeness_std"]], 1)
+    want = 1.0 if z[0].sum() > z[3].sum() else 0.0
+    assert record["query_rank_accuracy"] == want
+    assert 0.0 < record["meta_weights_positive"] <= 1.0
+    assert all(float(w.detach().min()) >= 0 for w in strategy.model.weights)
+
+
+def test_mqnet_per_class_selection_gives_each_predicted_class_its_quota():
+    """Rows 0-3 predicted class 0 and ranked above rows 4-5 (class 1): top-b takes four of class
+    0, per-class two of each."""
+    probs = [[0.9, 0.1]] * 4 + [[0.02, 0.98]] * 2  # class 1 also the more confident: ranked last by P + I
+    purity = [0.9, 0.8, 0.7, 0.6, 0.1, 0.0]
+    top = _mq(purity, selection="top").select(_mq_view(probs), 4)
+    per_class = _mq(purity, selection="per-class").select(_mq_view(probs), 4)
+    predicted = torch.tensor(probs).argmax(1)
+    assert predicted[top.indices - 100].tolist().count(0) == 4
+    assert sorted(predicted[per_class.indices - 100].tolist()) == [0, 0, 1, 1]
+
+
+def test_mqnet_state_dict_round_trip_keeps_history_and_rule():
+    strategy = _mq(PURITY_6, meta_history="all")
+    view = _mq_view(PROBS_6)
+    strategy.observe(view, strategy.select(view, 2), torch.tensor([3, 5]), torch.zeros(2), seed=1)
+    restored = _mq(PURITY_6, meta_history="all")
+    restored.load_state_dict(strategy.state_dict())
+    assert restored.purity_next and len(restored.history) == 1
+    assert torch.equal(restored.select(view, 2).indices, strategy.select(view, 2).indices)
+
+
+@pytest.mark.parametrize("option, value", [("meta_init", "cold"), ("meta_optimizer", "adam"),
+                                           ("meta_history", "some"), ("selection", "random"),
+                                           ("meta_margin", -1.0)])
+def test_mqnet_refuses_bad_options_by_name(option, value):
+    from mqnet_fast.strategies import make_strategy
+
+    with pytest.raises(ValueError, match=option):
+        make_strategy("mqnet", **{option: value})
+
+
+def test_mqnet_meta_optimizer_recipes():
+    """The recipes as documented: the published code's (lr 0.001, plain SGD, batch 32, margin 1,
+    U(0, 1) init), the paper's lr 0.01, and the earlier momentum recipe; meta_margin overrides."""
+    from mqnet_fast.strategies import make_strategy
+
+    code = make_strategy("mqnet", meta_optimizer="code")
+    assert (code.meta_config.lr, code.meta_config.momentum, code.meta_config.weight_decay,
+            code.meta_config.batch_size, code.meta_config.margin) == (0.001, 0.0, 0.0, 32, 1.0)
+    assert float(code.model.out.bias) >= 0 and float(code.model.hidden.weight.max()) > 0.5  # U(0, 1)
+    assert make_strategy("mqnet", meta_optimizer="paper").meta_config.lr == 0.01
+    momentum = make_strategy("mqnet", meta_optimizer="momentum", meta_margin=0.5).meta_config
+    assert (momentum.momentum, momentum.weight_decay, momentum.margin) == (0.9, 5e-4, 0.5)

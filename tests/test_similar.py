@@ -1,6 +1,7 @@
 """SIMILAR: FLCMI's lazy greedy and LogDetCMI's incremental greedy against brute-force greedy
 maximization of the objectives as the paper writes them; a hand-worked FLCMI case; the gradient
-embedding's factored cosine against the materialized embedding; the strategy contract."""
+embedding's factored cosine against the materialized embedding, with the private set's label the
+predicted or an extra (K + 1)-th class; the strategy contract."""
 import itertools
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import mqnet_fast
-from mqnet_fast.strategies import make_strategy
+from mqnet_fast.strategies import RoundView, make_strategy
 from mqnet_fast.strategies.similar import LAZY_BATCH, Factors, embed, flcmi_greedy, logdetcmi_greedy
 from testing import CPU_BACKENDS
 
@@ -143,6 +144,67 @@ def test_gradient_embedding_cosine_is_the_materialized_one():
     torch.testing.assert_close(factors.max_sim(factors.rows(slice(0, 5))), (explicit @ explicit[:5].T).amax(1))
 
 
+def _extra_class_embedding(probs, feats, labels):
+    """The (K + 1)(d + 1)-dim gradient embeddings (onehot(y) - [p, 0]) (x) [h, 1] of a model whose
+    (K + 1)-th output has probability 0, y = `labels` (K: that class), unit-normed."""
+    p = torch.cat([probs, probs.new_zeros(len(probs), 1)], 1)
+    a = F.one_hot(labels, p.shape[1]).double() - p
+    h = torch.cat([feats, feats.new_ones(len(feats), 1)], 1)
+    return F.normalize((a[:, :, None] * h[:, None, :]).flatten(1), dim=1)
+
+
+def test_extra_private_class_cosine_is_the_materialized_one():
+    g = torch.Generator().manual_seed(1)
+    rows = {"ground": 25, "queries": 7, "privates": 6}
+    probs = {k: torch.softmax(torch.randn(n, 4, generator=g, dtype=torch.float64) * 2, 1) for k, n in rows.items()}
+    feats = {k: torch.randn(n, 5, generator=g, dtype=torch.float64) for k, n in rows.items()}
+    labels = {"ground": probs["ground"].argmax(1), "queries": torch.randint(0, 4, (7,), generator=g),
+              "privates": torch.full((6,), 4)}
+    factors = {k: embed(probs[k], feats[k], None if k == "ground" else labels[k], "gradients", torch.float64,
+                        extra_class=True) for k in rows}
+    explicit = {k: _extra_class_embedding(probs[k], feats[k], labels[k]) for k in rows}
+    assert explicit["privates"][:, -6:].abs().max() > 0.1  # the (K + 1)-th class's block: a = 1 there
+    for x, y in itertools.combinations_with_replacement(rows, 2):
+        torch.testing.assert_close(factors[x].sim(factors[y]), explicit[x] @ explicit[y].T, rtol=0, atol=1e-12)
+    torch.testing.assert_close(factors["ground"].max_sim(factors["privates"]),
+                               (explicit["ground"] @ explicit["privates"].T).amax(1))
+    # with the predicted IN class the private rows embed otherwise
+    predicted = embed(probs["privates"], feats["privates"], None, "gradients", torch.float64)
+    assert not torch.allclose(predicted.sim(predicted), explicit["privates"] @ explicit["privates"].T, atol=1e-3)
+
+
+@pytest.mark.parametrize("function", ["flcmi", "logdetcmi"])
+def test_extra_private_label_picks_what_the_materialized_embedding_picks(function):
+    """The strategy with smi_private_label="extra" against a brute-force greedy over the hand-built
+    (K + 1)(d + 1)-dim embeddings; "predicted" picks otherwise on this case."""
+    g = torch.Generator().manual_seed(2)
+    n, labeled, k = 30, 12, 3
+    probs = torch.softmax(torch.randn(n, k, generator=g, dtype=torch.float64) * 2, 1)
+    feats = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    labeled_probs = torch.softmax(torch.randn(labeled, k, generator=g, dtype=torch.float64) * 2, 1)
+    labeled_feats = torch.randn(labeled, 4, generator=g, dtype=torch.float64)
+    is_in = torch.arange(labeled) % 2 == 0
+    labeled_labels = torch.where(is_in, torch.arange(labeled) % k, torch.full((labeled,), -1))
+
+    def view():
+        return RoundView(torch.arange(n), probs, feats, torch.Generator().manual_seed(0), labeled_feats=labeled_feats,
+                         labeled_is_in=is_in, labeled_probs=labeled_probs, labeled_labels=labeled_labels)
+
+    ground = Factors([_extra_class_embedding(probs, feats, probs.argmax(1))])
+    queries = Factors([_extra_class_embedding(labeled_probs[is_in], labeled_feats[is_in], labeled_labels[is_in])])
+    privates = Factors([_extra_class_embedding(labeled_probs[~is_in], labeled_feats[~is_in],
+                                               torch.full((int((~is_in).sum()),), k))])
+    if function == "flcmi":
+        objective = lambda picked: _flcmi(ground, queries, privates, picked, 1.0, 1.0)  # noqa: E731
+    else:
+        objective = lambda picked: _logdetcmi(ground, queries, privates, picked, 1.0, 1.0, 1.0)  # noqa: E731
+    want = _brute_greedy(objective, n, 6)
+    options = dict(smi_function=function, smi_embedding="gradients")
+    got = make_strategy("similar", smi_private_label="extra", **options).select(view(), 6).indices.tolist()
+    assert got == want
+    assert make_strategy("similar", smi_private_label="predicted", **options).select(view(), 6).indices.tolist() != want
+
+
 def _arrays(seed, n=60, labeled=16):
     g = torch.Generator().manual_seed(seed)
     return dict(probs=torch.softmax(torch.randn(n, 3, generator=g), 1), feats=torch.rand(n, 8, generator=g),
@@ -172,7 +234,8 @@ def test_missing_inputs_and_options_are_named():
         mqnet_fast.select("similar", 5, **arrays)
     for bad, match in ((dict(smi_function="x"), "smi_function"), (dict(smi_embedding="x"), "smi_embedding"),
                        (dict(smi_lambda=0.0), "smi_lambda"), (dict(smi_eta=-1.0), "smi_eta"),
-                       (dict(smi_nu=float("nan")), "smi_nu")):
+                       (dict(smi_nu=float("nan")), "smi_nu"),
+                       (dict(smi_private_label="ood"), "smi_private_label.*'ood'")):
         with pytest.raises(ValueError, match=match):
             make_strategy("similar", **bad)
 

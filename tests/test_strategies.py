@@ -84,12 +84,12 @@ def test_coreset_on_a_hand_worked_case():
 
 
 def _coreset_case():
-    # labeled IN (0, 0), labeled OOD (10, 0); candidates (9, 0) (4, 0) (0, 1). With every labeled
+    # labeled OOD (10, 0), labeled IN (0, 0); candidates (9, 0) (4, 0) (0, 1). With every labeled
     # example a center the distances are 1, 4, 1: (4, 0) first, then (9, 0) and (0, 1) both at 1, the
     # tie to the lower row. With the IN one alone they are 9, 4, 1: (9, 0) first, then (4, 0) at
     # min(4, 5) = 4. The labeled OOD example next to (9, 0) is what keeps it from being picked first.
     feats = [[9.0, 0.0], [4.0, 0.0], [0.0, 1.0]]
-    return _view([[1.0]] * 3, feats=feats, labeled_feats=[[0.0, 0.0], [10.0, 0.0]], labeled_is_in=[True, False])
+    return _view([[1.0]] * 3, feats=feats, labeled_feats=[[10.0, 0.0], [0.0, 0.0]], labeled_is_in=[False, True])
 
 
 CORESET_PICKS = {"all": ([101, 100], [1.0, 4.0, 1.0]), "in": ([100, 101], [9.0, 4.0, 1.0])}
@@ -115,13 +115,17 @@ def test_coreset_centers_is_checked_and_needs_the_flags():
 
 
 def _coreset_shard_worker(rank, init_file, out_file):
+    import datetime
+
     import torch.distributed as dist
 
     from mqnet_fast import distributed
     from mqnet_fast.strategies.base import Shard
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    # ranks that disagree on the centers would wait on each other: a timeout turns that into a failure
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
     whole = _coreset_case()
     offsets = [0, 1, 3]  # rank 0 holds candidate 0, rank 1 candidates 1 and 2
     rows = slice(offsets[rank], offsets[rank + 1])

@@ -64,10 +64,11 @@ class ExperimentConfig:
     micro_batches: int | None = None  # each batch as this many parts (TrainConfig.micro_batches); None: the
     #                                   number of processes (torchrun ranks), 1 in one process
     infer_batch: int = 1024           # rows per inference batch; under torchrun the shards start at its multiples
-    batching: str = "distinct"        # TrainConfig.batching: "distinct" (a set smaller than a batch, each example
-    #                                   once a batch) or "fill" (batches filled with repeats)
-    loss_module: str = "auto"         # "auto": the target carries learning loss's module where the strategy uses it
-    #                                   (ll, mqnet with informativeness ll); "all": for every strategy (equal models)
+    batching: str = "fill"            # TrainConfig.batching: "fill" (batches of batch_size, a small labeled set
+    #                                   repeated in them) or "distinct" (each example at most once a batch)
+    loss_module: str = "all"          # "all": every strategy's target carries learning loss's module (equal models
+    #                                   in one comparison); "auto": only where the strategy uses it (ll, mqnet with
+    #                                   informativeness ll), as the published code trains them
     options: dict = field(default_factory=dict)  # strategy options by name, e.g. {"purity": "knn"}
     data_root: str | None = None
     download: bool = False

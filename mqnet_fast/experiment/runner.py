@@ -292,7 +292,7 @@ def class_balance(labels: np.ndarray, num_classes: int) -> dict:
         balance = float("nan")
     else:
         shares = counts[counts > 0] / total
-        balance = float(-(shares * np.log(shares)).sum() / np.log(num_classes))
+        balance = max(0.0, float(-(shares * np.log(shares)).sum() / np.log(num_classes)))  # not -0.0
     return {"query_in_classes": counts.tolist(), "query_class_balance": balance}
 
 

@@ -46,7 +46,7 @@ class Coreset(Strategy):
         centers = view.labeled_feats
         if self.options.coreset_centers == "in":
             centers = view.labeled_in_feats
-        num_centers = centers.shape[0] if (view.shard is None or view.shard.world.rank == 0) else view.labeled_feats.shape[0]  # the same on every rank: the labeled set is
+        num_centers = centers.shape[0]  # the same on every rank: each holds the whole labeled set
         shard = view.shard
         first = shard is None or shard.world.rank == 0  # the rows of the pool start with the centers
         x = torch.cat([centers.to(view.feats), view.feats]) if first else view.feats  # float64 stays

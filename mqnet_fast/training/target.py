@@ -47,9 +47,10 @@ class TrainConfig:
     # broadcasts rank 0's buffers). 1: the whole batch at once.
     micro_batches: int = 1
     # "fill": every batch holds batch_size positions, cut from consecutive shuffles, so a set smaller
-    # than a batch repeats its examples in it. "distinct": a set smaller than a batch is one batch of
-    # all its examples, each once (rounded down to a multiple of micro_batches), as a DataLoader over
-    # the set gives; learning loss then never pairs an example with a copy of itself.
+    # than a batch repeats its examples in it. "distinct": batches of min(batch_size, n) examples
+    # (rounded down to a multiple of micro_batches), each shuffle cut into whole batches, so no batch
+    # holds an example twice (a DataLoader with drop_last); learning loss then never pairs an example
+    # with a copy of itself.
     batching: str = "fill"
 
     def __post_init__(self):
@@ -144,6 +145,17 @@ def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
         if len(pending) == 0:
             pending = torch.randperm(n, generator=generator)
         yield batch
+
+
+def distinct_batches(n: int, batch_size: int, generator: torch.Generator):
+    """Endless batches of min(batch_size, n) distinct positions in 0..n-1: each shuffle is cut into
+    as many whole batches as it holds and its remainder dropped (a DataLoader with drop_last), so
+    no batch spans two shuffles and none holds an example twice."""
+    size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - size + 1, size):
+            yield order[start:start + size]
 
 
 def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -262,9 +274,11 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
     labels = labels.to(device)
     parts = config.micro_batches
     batch_size = config.batch_size
-    if config.batching == "distinct" and len(index) < batch_size:
-        batch_size = max(parts, len(index) - len(index) % parts)
-    batches = shuffled_batches(len(index), batch_size, generator)
+    if config.batching == "distinct" and len(index) >= parts:
+        batch_size = min(batch_size, len(index) - len(index) % parts)  # equal micro-batches
+        batches = distinct_batches(len(index), batch_size, generator)
+    else:
+        batches = shuffled_batches(len(index), batch_size, generator)
     size = batch_size // parts
     step_module = _Step(model)
     parallel = world is not None and world.size > 1
