@@ -28,10 +28,11 @@ SETTING = dict(dataset="digits", noise=0.6, split="4:6")
 PHASES = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
 
 
-def run(run_dir: Path, strategies: list[str], seeds: list[int]) -> None:
+def run(run_dir: Path, strategies: list[str], seeds: list[int], cache_dir: str | None = None,
+        options: dict | None = None) -> None:
     for name in strategies:
         config = ExperimentConfig(**SETTING, strategies=[name], seeds=seeds, progress=False,
-                                  cache_dir=str(run_dir / "cache"))
+                                  cache_dir=cache_dir or str(run_dir / "cache"), options=options or {})
         tick = time.perf_counter()
         Experiment(config, run_dir).run()
         print(f"{name}: {time.perf_counter() - tick:.0f} s", flush=True)
@@ -127,13 +128,17 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/digits-strategies")
     parser.add_argument("--out", default="benchmarks/results/digits-strategies.md")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--cache-dir", help="the encoders' cache (default RUN_DIR/cache); several run directories "
+                                            "of the same seeds can share one")
+    parser.add_argument("--options", default="", help="strategy options, e.g. coreset_centers=in,eaoa_counts=raw")
     args = parser.parse_args()
     strategies = list(STRATEGIES) if args.strategies == "all" else args.strategies.split(",")
     run_dirs = [Path(p) for p in args.run_dir.split(",")]
     if not args.table_only:
         if len(run_dirs) != 1:
             raise SystemExit("--run-dir: give one directory to run in (several only with --table-only)")
-        run(run_dirs[0], strategies, [int(s) for s in args.seeds.split(",")])
+        options = dict(item.split("=", 1) for item in args.options.split(",") if item)
+        run(run_dirs[0], strategies, [int(s) for s in args.seeds.split(",")], args.cache_dir, options)
     table = tabulate(run_dirs, strategies)
     Path(args.out).write_text(table)
     print(table)

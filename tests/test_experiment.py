@@ -40,12 +40,10 @@ def test_end_to_end_every_strategy(tmp_path, digits):
     mq = json.loads((tmp_path / "run" / "mqnet" / "seed0" / "metrics.json").read_text())
     for record in mq[:2]:  # Phi trains (2 epochs of 5 steps) on a query with ranking signal: an IN example
         assert record["meta_steps"] == (2 * 5 if record["query_in"] > 0 else 0) and "meta_rank_accuracy" in record
-    # round 0 is shared: every strategy with the same training recipe saw the same first model
-    for uses_loss_module in (False, True):
-        recipe = [r for r in records if r["round"] == 0
-                  and make_strategy(r["strategy"]).uses_loss_module == uses_loss_module]
-        assert len(recipe) >= 1 and len({(r["test_accuracy"], r["train_loss"]) for r in recipe}) == 1
-    assert len({r["train_loss"] for r in records if r["round"] == 0}) == 2  # with and without the LL module
+    # round 0 is shared: by default (loss_module "all") every strategy trained the same first model
+    first = [r for r in records if r["round"] == 0]
+    assert {r["target_recipe"] for r in first} == {"resnet-loss-module"}
+    assert len({(r["test_accuracy"], r["train_loss"]) for r in first}) == 1
     import pandas as pd
 
     frame = pd.read_csv(tmp_path / "run" / "results.csv")

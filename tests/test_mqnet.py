@@ -259,3 +259,48 @@ def test_mqnet_meta_optimizer_recipes():
     assert make_strategy("mqnet", meta_optimizer="paper").meta_config.lr == 0.01
     momentum = make_strategy("mqnet", meta_optimizer="momentum", meta_margin=0.5).meta_config
     assert (momentum.momentum, momentum.weight_decay, momentum.margin) == (0.9, 5e-4, 0.5)
+
+
+def _per_class_shard_worker(rank, init_file, out_file):
+    import datetime
+
+    import torch.distributed as dist
+
+    from mqnet_fast import distributed
+    from mqnet_fast.strategies import RoundView
+    from mqnet_fast.strategies.base import Shard
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    probs, purity = _SHARD_CASE
+    offsets = [0, 2, 6]  # rank 0 holds rows 0-1, rank 1 rows 2-5
+    rows = slice(offsets[rank], offsets[rank + 1])
+    candidates = torch.arange(100, 106)
+    view = RoundView(candidates[rows], torch.tensor(probs)[rows], torch.zeros(offsets[rank + 1] - offsets[rank], 3),
+                     torch.Generator(), shard=Shard(distributed.World(), offsets, candidates))
+    strategy = _mq(purity[rows], selection="per-class")
+    picks = strategy.select(view, 4).indices.tolist()
+    gathered = [None, None]
+    dist.all_gather_object(gathered, picks)
+    if rank == 0:
+        torch.save(gathered, out_file)
+    dist.destroy_process_group()
+
+
+# rows 0, 2, 3 predicted class 0, rows 1, 4, 5 class 1; purity ranks 0 > 2 > 3 > 1 > 4 > 5
+_SHARD_CASE = ([[0.9, 0.1], [0.05, 0.95], [0.9, 0.1], [0.9, 0.1], [0.05, 0.95], [0.05, 0.95]],
+               [0.9, 0.5, 0.8, 0.7, 0.4, 0.3])
+
+
+def test_mqnet_per_class_selection_on_a_sharded_view(tmp_path):
+    """Two gloo processes, the candidates split 2 : 4: every rank picks what one process picks over
+    all six rows (the quotas are over every rank's candidates)."""
+    import torch.multiprocessing as mp
+
+    alone = _mq(_SHARD_CASE[1], selection="per-class").select(_mq_view(_SHARD_CASE[0]), 4).indices.tolist()
+    mp.spawn(_per_class_shard_worker, args=(str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True)
+    gathered = torch.load(tmp_path / "out.pt", weights_only=False)
+    assert gathered[0] == alone and gathered[1] == alone
+    predicted = torch.tensor(_SHARD_CASE[0]).argmax(1)
+    assert sorted(predicted[torch.tensor(alone) - 100].tolist()) == [0, 0, 1, 1]

@@ -71,7 +71,7 @@ class EAOAOptions:
     eaoa_target_precision: float = field(default=0.6, metadata={"help": "EAOA's target share of IN in a query"})
     eaoa_energy_weight: float = field(default=0.01, metadata={"help": "EAOA's energy loss weight"})
     eaoa_neighbours: int = field(default=250, metadata={"help": "EAOA's reverse nearest neighbours per labeled example"})
-    eaoa_counts: str = field(default="raw", metadata={
+    eaoa_counts: str = field(default="frequency", metadata={
         "help": "EAOA's reverse-neighbour counts: raw, or frequency (each group's divided by its relative "
                 "frequency among the labeled examples, as the published code)"})
 

@@ -71,12 +71,12 @@ SIM_CHUNK = 4096  # rows per block of the (rows x |Q| or |P|) similarities
 
 @dataclass(frozen=True)
 class SimilarOptions:
-    smi_function: str = field(default="flcmi", metadata={"help": "SIMILAR's measure: " + ", ".join(FUNCTIONS)})
+    smi_function: str = field(default="logdetcmi", metadata={"help": "SIMILAR's measure: " + ", ".join(FUNCTIONS)})
     smi_embedding: str = field(default="gradients", metadata={"help": "SIMILAR's representation: " + ", ".join(EMBEDDINGS)})
     smi_eta: float = field(default=1.0, metadata={"help": "SIMILAR's query-relevance weight eta"})
     smi_nu: float = field(default=1.0, metadata={"help": "SIMILAR's privacy hardness nu"})
     smi_lambda: float = field(default=1.0, metadata={"help": "LogDetCMI's diagonal addition lambda (> 0)"})
-    smi_private_label: str = field(default="predicted", metadata={
+    smi_private_label: str = field(default="extra", metadata={
         "help": "the class the gradient embedding gives labeled OOD examples: predicted (their predicted IN "
                 "class) or extra (a K+1-th class of probability 0, as the MQ-Net code)"})
 
