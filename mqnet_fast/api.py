@@ -187,8 +187,9 @@ def _prepare(chosen: Strategy, budget, generator, inputs: dict) -> tuple[RoundVi
 
 class MQNet:
     """MQ-Net across rounds of your own loop: `select` ranks the candidates by the meta-model Phi
-    (P + I before Phi has learned anything), `observe` trains Phi on what labeling the selected
-    rows taught you, `state_dict` / `load_state_dict` keep it between processes.
+    (P + I before Phi has learned anything; P alone after a query that held no ranking signal),
+    `observe` trains Phi on what labeling the selected rows taught you, `state_dict` /
+    `load_state_dict` keep it between processes.
 
     P and I are the `purity` / `informativeness` columns given to `select`, or else computed by the
     options' scores from the arrays (options as for make_strategy("mqnet", ...): e.g.
@@ -212,8 +213,9 @@ class MQNet:
         return self.strategy.trained
 
     def select(self, budget: int, **inputs) -> Selection:
-        """The top `budget` candidates by Phi(z) (inputs as for mqnet_fast.select). Remembers the
-        candidates' meta-inputs and softmax for the next `observe`."""
+        """`budget` candidates by Phi(z), the top ones or per predicted class (option `selection`;
+        inputs as for mqnet_fast.select). Remembers the candidates' meta-inputs and softmax for the
+        next `observe`."""
         generator = inputs.pop("generator", None)
         view, budget = _prepare(self.strategy, budget, generator, inputs)
         selection = self.strategy.select(view, budget)
@@ -226,8 +228,10 @@ class MQNet:
         its `.indices`, or the subset you labeled), and either `losses` (b,) their masked losses
         (the target model's cross-entropy for IN rows, 0 for OOD), or `is_in` (b,) bool and `labels`
         (b,) IN class per row (any value for OOD rows), from which the losses are computed as the
-        cross-entropy of the probs/logits given to `select`. Returns the meta-training record
-        (meta_loss, meta_rank_accuracy, meta_steps: 0 when the query held no ranking signal)."""
+        cross-entropy of the probs/logits given to `select`. Returns the meta-training record:
+        query_rank_accuracy (how the rule that chose the query ranks it), meta_loss,
+        meta_rank_accuracy (on Phi's training set), meta_steps (0 when it held no ranking signal:
+        the next select then ranks by purity alone) and meta_weights_positive."""
         if self._last is None:
             raise RuntimeError("observe() needs a select() first: it trains on rows of the last selection's pool")
         selection = self._last["selection"]

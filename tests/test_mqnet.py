@@ -304,3 +304,14 @@ def test_mqnet_per_class_selection_on_a_sharded_view(tmp_path):
     assert gathered[0] == alone and gathered[1] == alone
     predicted = torch.tensor(_SHARD_CASE[0]).argmax(1)
     assert sorted(predicted[torch.tensor(alone) - 100].tolist()) == [0, 0, 1, 1]
+
+
+def test_mqnet_per_class_on_arrays_needs_the_predicted_classes():
+    import mqnet_fast
+
+    columns = dict(purity=torch.tensor([0.9, 0.8, 0.7, 0.1]), informativeness=torch.zeros(4))
+    with pytest.raises(ValueError, match="needs probs .for selection 'per-class'"):
+        mqnet_fast.select("mqnet", 2, options={"selection": "per-class"}, **columns)
+    logits = torch.tensor([[3.0, 0.0], [3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    picks = mqnet_fast.select("mqnet", 2, options={"selection": "per-class"}, logits=logits, **columns).indices
+    assert picks.tolist() == [0, 3]  # the purest of class 0, and class 1's only row

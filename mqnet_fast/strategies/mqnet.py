@@ -96,10 +96,10 @@ class MQNetOptions:
                                                               "(paper's Algorithm 1)"})
     meta_optimizer: str = field(default="code", metadata={"help": "Phi's recipe: " + ", ".join(META_OPTIMIZERS)
                                                                   + " (code: published code; paper: its lr 0.01)"})
-    meta_history: str = field(default="last", metadata={"help": "Phi trains on the last query (paper) or all "
-                                                                "queries: " + ", ".join(META_HISTORY)})
-    selection: str = field(default="top", metadata={"help": "top-b (paper) or per-class quotas: "
-                                                            + ", ".join(SELECTION)})
+    meta_history: str = field(default="all", metadata={"help": "Phi trains on the last query (paper) or all "
+                                                               "queries: " + ", ".join(META_HISTORY)})
+    selection: str = field(default="per-class", metadata={"help": "top-b (paper) or per-class quotas: "
+                                                                  + ", ".join(SELECTION)})
     meta_epochs: int = field(default=100, metadata={"help": "epochs of meta-model training per round"})
     meta_min_steps: int = field(default=100, metadata={"help": "minimum SGD steps per meta-model epoch"})
     meta_margin: float | None = field(default=None, metadata={"help": "margin of the ranking loss (default None: "
@@ -167,6 +167,8 @@ class MQNet(Strategy):
                                f"the option {kind}= one of {', '.join(usable)})")
             else:
                 missing += [f"{need} (for {kind} {name!r})" for need in needs if need not in given]
+        if self.options.selection == "per-class" and "probs" not in given:
+            missing.append("probs (for selection 'per-class': the classes the target predicts)")
         return missing
 
     def raw_scores(self, view) -> torch.Tensor:
