@@ -58,7 +58,8 @@ def test_hand_worked_cases_and_logits_equal_their_softmax():
     picks = mqnet_fast.select("coreset", 3, feats=feats, labeled_feats=np.zeros((1, 2), np.float32))
     assert picks.indices.tolist() == [3, 2, 0]
     # MQ-Net on precomputed columns: z_P + z_I of P = 0 1 2 3, I = .1 .5 .4 .2 ranks rows 2, 1
-    mq = mqnet_fast.select("mqnet", 2, purity=np.arange(4.0), informativeness=np.array([0.1, 0.5, 0.4, 0.2]))
+    mq = mqnet_fast.select("mqnet", 2, purity=np.arange(4.0), informativeness=np.array([0.1, 0.5, 0.4, 0.2]),
+                           options={"selection": "top"})  # per-class (the default) needs the predicted classes
     assert mq.indices.tolist() == [2, 1]
     assert mqnet_fast.select("ll", 2, informativeness=np.array([0.1, 0.5, 0.4, 0.2])).indices.tolist() == [1, 2]
 

@@ -148,13 +148,15 @@ def test_end_to_end_on_an_rgb_imagefolder(tmp_path):
 
 
 def test_run_directory_holds_config_and_scores(tmp_path, digits):
-    Experiment(tiny(strategies=["mqnet", "random"], rounds=1), tmp_path / "run", data=digits).run()
+    # top-b selection: a per-class query has no Selection.scores (only the column meta_score)
+    Experiment(tiny(strategies=["mqnet", "random"], rounds=1, options={"selection": "top"}), tmp_path / "run",
+               data=digits).run()
     run = tmp_path / "run" / "mqnet" / "seed0"
     config = json.loads((run / "config.json").read_text())
     assert config["strategy"] == "mqnet" and config["budget"] == 12 and len(config["in_classes"]) == 4
     with np.load(run / "scores" / "round_000.npz") as f:
         assert set(f.files) >= {"candidates", "query", "is_in", "score", "purity", "informativeness",
-                                "purity_std", "informativeness_std"}
+                                "purity_std", "informativeness_std", "meta_score"}
         from mqnet_fast.metrics import auroc
 
         record = json.loads((run / "metrics.json").read_text())[0]

@@ -156,7 +156,7 @@ def test_mqnet_all_ood_query_sends_the_next_one_to_purity():
     second = strategy.select(view, 2)
     assert second.extra["meta_rule"] == "purity"
     assert second.indices.tolist() == [100, 101]  # the two purest rows
-    assert torch.equal(second.scores, second.columns["purity_std"])
+    assert torch.equal(second.columns["meta_score"], second.columns["purity_std"])
     record = strategy.observe(view, second, torch.tensor([0, 1]), torch.tensor([0.4, 0.9]), seed=2)
     assert record["meta_steps"] == 3 * 10 and strategy.trained
     assert strategy.select(view, 2).extra["meta_rule"] == "phi"
@@ -189,7 +189,7 @@ def test_mqnet_meta_init_fresh_retrains_from_scratch_and_warm_continues():
     q2, l2 = torch.tensor([1, 2, 5]), torch.tensor([0.2, 0.9, 0.0])
     trained = {}
     for init in ("fresh", "warm"):
-        strategy = _mq(PURITY_6, meta_init=init)
+        strategy = _mq(PURITY_6, meta_init=init, meta_history="last")
         strategy.observe(view, strategy.select(view, 3), q1, l1, seed=1)
         selection = strategy.select(view, 3)
         strategy.observe(view, selection, q2, l2, seed=2)

@@ -16,4 +16,4 @@ def test_readme_loop_runs_and_mqnet_learns_purity():
         exec(compile(block.group(1), "README.md", "exec"), {})
     shares = [int(m) for m in re.findall(r"round \d: (\d+)% of the query is IN", out.getvalue())]
     assert len(shares) == 4
-    assert shares[0] <= 10 and shares[1] >= 90 and shares[2] >= 90, shares  # what the README says it prints
+    assert shares[0] <= 10 and min(shares[1:]) >= 90, shares  # what the README says it prints

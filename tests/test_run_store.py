@@ -47,7 +47,7 @@ def test_checkpoint_with_other_pickled_objects_is_refused(tmp_path, digits):
 
 def test_round_zero_file_is_loaded_without_pickles(tmp_path, digits):
     Experiment(tiny(strategies=["random"], rounds=0), tmp_path / "run", data=digits).run()
-    path = tmp_path / "run" / "round0" / "seed0" / "resnet.pt"
+    path = tmp_path / "run" / "round0" / "seed0" / "resnet-loss-module.pt"  # loss_module "all": every strategy
     saved = torch.load(path, weights_only=True)
     torch.save({**saved, "train_loss": _RunsCode()}, path)
     with pytest.raises(ConfigError, match="not loaded"):
@@ -93,7 +93,7 @@ def test_crash_between_checkpoint_and_outputs_leaves_nothing_stale(tmp_path, dig
 
 def test_round_zero_is_trained_once_across_processes(tmp_path, digits, monkeypatch):
     first = Experiment(tiny(strategies=["random"], rounds=1), tmp_path / "run", data=digits).run()
-    assert (tmp_path / "run" / "round0" / "seed0" / "resnet.pt").exists()
+    assert (tmp_path / "run" / "round0" / "seed0" / "resnet-loss-module.pt").exists()
     trained = []
     original = phases.train
     monkeypatch.setattr(phases, "train", lambda *a, **k: trained.append(k["desc"]) or original(*a, **k))

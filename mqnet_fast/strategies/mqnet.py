@@ -221,7 +221,7 @@ class MQNet(Strategy):
         else:
             selection = self._per_class(view, scores, budget)
         selection.columns = {"purity": raw[:, 0], "informativeness": raw[:, 1],
-                             "purity_std": z[:, 0], "informativeness_std": z[:, 1]}
+                             "purity_std": z[:, 0], "informativeness_std": z[:, 1], "meta_score": scores}
         selection.extra = {**selection.extra, "meta_rule": self.rule}
         return selection
 
@@ -234,7 +234,9 @@ class MQNet(Strategy):
             all_scores, all_predicted = view.shard.gather(scores), view.shard.gather(predicted)
             candidates = view.shard.candidates
         rows = class_quota_query(all_scores, all_predicted, view.probs.shape[1], budget)
-        return Selection(candidates[torch.from_numpy(rows)], scores)
+        # no Selection.scores: under quotas a higher score is no promise of a pick (the rule's
+        # scores are the column "meta_score")
+        return Selection(candidates[torch.from_numpy(rows)], None)
 
     @staticmethod
     def selection_meta_inputs(selection) -> torch.Tensor:
