@@ -6,7 +6,8 @@ distributed.kcenter_greedy, rank 0 holding the initial centers' rows before its 
 OOD ones included, so a candidate next to a labeled OOD example counts as covered) or "in" (only
 the labeled IN examples, `labeled_is_in`). The published MQ-Net code (kaist-dmlab/MQNet,
 methods/coreset.py, the baseline the MQ-Net paper ran) seeds k-center with its labeled IN set only:
-"in". The default stays "all" until a measurement chooses.
+"in". The default is "all": the k-center problem of the CORESET paper covers the whole labeled
+set, and it runs on arrays without IN/OOD flags; docs/strategies.md measures both on digits.
 """
 from __future__ import annotations
 

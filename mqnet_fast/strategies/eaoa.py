@@ -38,7 +38,7 @@ From the published code (chenchenzong/EAOA, query_strategies.eaoa_sampling and m
 paper leaves them open: m_in, m_out, the energy weight, the 250 neighbours, the mixture settings,
 the 0.05 tolerance. The code at its head counts the OOD reverse neighbours (earlier versions of
 the file did not) and divides the counts by the groups' relative frequencies: eaoa_counts=
-"frequency" (the default stays "raw" until a measurement chooses). Differences: before its first
+"frequency", the default (the method as its authors run it now). Differences: before its first
 query (no OOD example labeled yet) the published detector trains on cross-entropy alone, here the
 energy loss's IN term applies from the start; in that first round its EU2 leaves the OOD term out
 and its mean class size runs over K + 1 groups, the OOD's 0 included, here the OOD column is 0

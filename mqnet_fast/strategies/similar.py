@@ -43,7 +43,8 @@ effect.
 
 The MQ-Net paper's SIMILAR baseline, as its published code runs it (arguments.py and
 methods/similar.py): smi_function="logdetcmi", smi_embedding="gradients", smi_private_label="extra",
-eta = nu = lambda = 1. The defaults here (flcmi, predicted) stay until a measurement chooses.
+eta = nu = lambda = 1; those are the defaults here, so that SIMILAR is the baseline MQ-Net was
+compared with (docs/strategies.md has it measured beside flcmi on digits).
 
 FLCMI's maxima are taken over the set and 0: a similarity below 0 counts as 0 (facility location's
 non-negative similarities; submodlib's greedy starts its running maxima at 0), and an empty set gives
