@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--cache-dir", help="the encoders' cache (default RUN_DIR/cache); several run directories "
                                             "of the same seeds can share one")
+    parser.add_argument("--plot", help="also draw accuracy and %%IN per round (mean, band = min..max) to this PNG")
     parser.add_argument("--options", default="", help="strategy options, e.g. coreset_centers=in,eaoa_counts=raw")
     args = parser.parse_args()
     strategies = list(STRATEGIES) if args.strategies == "all" else args.strategies.split(",")
@@ -142,6 +143,12 @@ def main() -> None:
     table = tabulate(run_dirs, strategies)
     Path(args.out).write_text(table)
     print(table)
+    if args.plot:
+        from mqnet_fast.report import _label_runs, collect_runs, plot
+
+        runs = [r for r in collect_runs(run_dirs) if r["strategy"] in strategies]
+        _label_runs(runs)
+        print(plot(runs, Path(args.plot)))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ def ranking_accuracy(scores: torch.Tensor, targets: torch.Tensor, chunk: int = 1
 
 @dataclass(frozen=True)
 class MetaTrainConfig:
+    """Defaults: the "momentum" recipe; the strategy builds its config from its meta_optimizer."""
     epochs: int = 100
     batch_size: int = 64
     min_steps_per_epoch: int = 100
@@ -50,11 +51,13 @@ class MetaTrainStats:
 def train_meta_model(model: MetaModel, z: torch.Tensor, targets: torch.Tensor, config: MetaTrainConfig,
                      seed: int, backend: str = "auto") -> MetaTrainStats:
     """Train Phi on a query set: z (n, k) standardized meta-inputs, targets (n,) the masked
-    cross-entropy of the target model (0 for OOD examples). SGD with momentum and weight decay, lr
-    x0.1 at half the epochs. An epoch is max(ceil(n / batch), min_steps_per_epoch) steps, each on a
-    random mini-batch of min(batch, n) distinct examples: with a query set of a few dozen examples,
-    "100 epochs" of ceil(n / batch) steps would be a few hundred steps, too few for Phi to move
-    (the published code runs at least 150 steps per epoch).
+    cross-entropy of the target model (0 for OOD examples). SGD with the config's lr, momentum and
+    weight decay (MQ-Net's recipes: mqnet_fast.strategies.mqnet.META_OPTIMIZERS), lr x0.1 at half the
+    epochs, the weights projected onto W >= 0 after every step. An epoch is max(ceil(n / batch),
+    min_steps_per_epoch) steps, each on a random mini-batch of min(batch, n) distinct examples: with
+    a query set of a few dozen examples, "100 epochs" of ceil(n / batch) steps would be a few hundred
+    steps, too few for Phi to move (the published code loops over the query until an epoch has at
+    least 100 steps).
 
     All mini-batches and per-step learning rates are drawn up front and the whole loop runs in one
     call of ops.nonneg_mlp_rank_train (compiled; `backend="torch"` runs the same steps eagerly with
