@@ -41,8 +41,9 @@ def main() -> None:
     acc = {}
     for batching in ("fill", "distinct"):
         run_dir = Path(args.run_dir) / batching
+        # loss_module "auto": RANDOM's model without the module, LL's with it (under "all" both carry it)
         config = ExperimentConfig(dataset="digits", noise=0.6, split="4:6", rounds=0, strategies=["random", "ll"],
-                                  seeds=seeds, batching=batching, progress=False)
+                                  seeds=seeds, batching=batching, loss_module="auto", progress=False)
         Experiment(config, run_dir).run()
         acc[batching] = {s: 100 * accuracies(run_dir, s, seeds) for s in ("random", "ll")}
     out = [f"digits, split 4:6, noise 0.6, round 0 (the initial labeled set), seeds {first}-{last}; test accuracy (%) "

@@ -185,6 +185,10 @@ def _prepare(chosen: Strategy, budget, generator, inputs: dict) -> tuple[RoundVi
     return view, budget
 
 
+# What MQ-Net did before each of these options existed: a state saved then ran with these values.
+OPTIONS_BEFORE = {"meta_init": "warm", "meta_optimizer": "momentum", "meta_history": "last", "selection": "top"}
+
+
 class MQNet:
     """MQ-Net across rounds of your own loop: `select` ranks the candidates by the meta-model Phi
     (P + I before Phi has learned anything; P alone after a query that held no ranking signal),
@@ -286,6 +290,8 @@ class MQNet:
 
     def load_state_dict(self, state: dict) -> None:
         options = dataclasses.asdict(self.strategy.options)
+        if "options" in state:  # a state saved before an option existed ran as that option's OPTIONS_BEFORE
+            state = {**state, "options": {**OPTIONS_BEFORE, **state["options"]}}
         if state.get("options", options) != options:
             raise ValueError(f"the state was saved with options {state['options']}, this MQNet has {options}")
         self.strategy.load_state_dict(state["strategy"])

@@ -156,7 +156,7 @@ def markdown_table(rows: list[dict]) -> str:
                 cells.append(f"{100 * r['accuracy_mean']:.1f}{spread} ({r['query_in_percent']:.0f}% IN)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     for column in columns:
-        recipes = {r["strategy"]: r["target_recipe"] for r in rows if r["setting"] == column}
+        recipes = {r["strategy"]: r["target_recipe"] for r in rows if r["setting"] == column and r["target_recipe"]}
         if len(set(recipes.values())) > 1:
             lines.append("")
             lines.append(f"Not equal models in {column}: the strategies trained different target recipes ("

@@ -252,14 +252,16 @@ def test_batching_distinct_never_repeats_an_example_in_a_batch(batching, monkeyp
     from mqnet_fast.training import target
 
     seen = []
-    real = target.shuffled_batches
 
-    def spy(n, batch_size, generator):
-        for batch in real(n, batch_size, generator):
-            seen.append(batch.clone())
-            yield batch
+    def spy(real):
+        def batches(n, batch_size, generator):
+            for batch in real(n, batch_size, generator):
+                seen.append(batch.clone())
+                yield batch
+        return batches
 
-    monkeypatch.setattr(target, "shuffled_batches", spy)
+    monkeypatch.setattr(target, "shuffled_batches", spy(target.shuffled_batches))
+    monkeypatch.setattr(target, "distinct_batches", spy(target.distinct_batches))
     feats = torch.randn(30, 5)
     images = DeviceFeatures(feats, feats.mean(0), feats.std(0), torch.device("cpu"))
     for parts, size in ((2, 10), (3, 9)):
@@ -268,8 +270,28 @@ def test_batching_distinct_never_repeats_an_example_in_a_batch(batching, monkeyp
         config = TrainConfig(iterations=4, batch_size=64 if parts == 2 else 63, lr=0.1,
                              micro_batches=parts, batching=batching)
         target.train_model(model, images, torch.arange(10), torch.arange(10) % 3, config, seed=0, show_progress=False)
+        assert len(seen) >= 4
         for batch in seen[:4]:
             if batching == "fill":
                 assert len(batch) == config.batch_size and len(torch.unique(batch)) == 10
             else:
                 assert len(batch) == size and len(torch.unique(batch)) == size
+
+
+@pytest.mark.parametrize("field, first, second", [("batching", "fill", "distinct"), ("loss_module", "all", "auto")])
+def test_batching_and_loss_module_are_part_of_the_experiment(tmp_path, digits, field, first, second):
+    """A run directory made with one value refuses a rerun with the other, naming the field; one made
+    before the field was recorded counts as its earlier behaviour (batching fill, loss_module auto)."""
+    run_dir = tmp_path / "run"
+    Experiment(tiny(strategies=["random"], rounds=0, **{field: first}), run_dir, data=digits).run()
+    with pytest.raises(ConfigError, match=field):
+        Experiment(tiny(strategies=["random"], rounds=0, **{field: second}), run_dir, data=digits)
+    recorded = json.loads((run_dir / "experiment.json").read_text())
+    assert recorded[field] == first
+    del recorded[field]  # as a run directory from before the field existed
+    (run_dir / "experiment.json").write_text(json.dumps(recorded))
+    before = {"batching": "fill", "loss_module": "auto"}[field]
+    Experiment(tiny(strategies=["random"], rounds=0, **{field: before}), run_dir, data=digits)
+    other = {"fill": "distinct", "distinct": "fill", "auto": "all", "all": "auto"}[before]
+    with pytest.raises(ConfigError, match=field):
+        Experiment(tiny(strategies=["random"], rounds=0, **{field: other}), run_dir, data=digits)

@@ -255,7 +255,7 @@ def test_mqnet_meta_optimizer_recipes():
     code = make_strategy("mqnet", meta_optimizer="code")
     assert (code.meta_config.lr, code.meta_config.momentum, code.meta_config.weight_decay,
             code.meta_config.batch_size, code.meta_config.margin) == (0.001, 0.0, 0.0, 32, 1.0)
-    assert float(code.model.out.bias) >= 0 and float(code.model.hidden.weight.max()) > 0.5  # U(0, 1)
+    assert float(code.model.out.bias.detach()) >= 0 and float(code.model.hidden.weight.detach().max()) > 0.5  # U(0, 1)
     assert make_strategy("mqnet", meta_optimizer="paper").meta_config.lr == 0.01
     momentum = make_strategy("mqnet", meta_optimizer="momentum", meta_margin=0.5).meta_config
     assert (momentum.momentum, momentum.weight_decay, momentum.margin) == (0.9, 5e-4, 0.5)
@@ -315,3 +315,44 @@ def test_mqnet_per_class_on_arrays_needs_the_predicted_classes():
     logits = torch.tensor([[3.0, 0.0], [3.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
     picks = mqnet_fast.select("mqnet", 2, options={"selection": "per-class"}, logits=logits, **columns).indices
     assert picks.tolist() == [0, 3]  # the purest of class 0, and class 1's only row
+
+
+def test_mqnet_records_phi_on_the_next_query_whatever_ranked_it():
+    """phi_query_rank_accuracy: the trained Phi ranking the query the purity rule chose (nan before
+    Phi has learned); the rule used for a query is kept in the state until observe uses it."""
+    strategy = _mq(PURITY_6)
+    view = _mq_view(PROBS_6)
+    record = strategy.observe(view, strategy.select(view, 2), torch.tensor([0, 3]), torch.tensor([0.8, 0.0]), seed=1)
+    assert math.isnan(record["phi_query_rank_accuracy"]) and strategy.trained
+    strategy.purity_next = True  # as after a round without signal: the next query ranks by purity
+    selection = strategy.select(view, 2)
+    assert selection.extra["meta_rule"] == "purity" and strategy.state_dict()["rule"] == "purity"
+    z = torch.stack([selection.columns["purity_std"], selection.columns["informativeness_std"]], 1)
+    rows, losses = torch.tensor([1, 4]), torch.tensor([0.5, 0.0])
+    record = strategy.observe(view, selection, rows, losses, seed=2)
+    assert record["query_rank_accuracy"] == (1.0 if z[1, 0] > z[4, 0] else 0.0)
+    assert not math.isnan(record["phi_query_rank_accuracy"]) and strategy.rule is None
+
+
+def test_class_quota_remainder_goes_to_the_classes_with_the_best_rows():
+    from mqnet_fast.strategies.base import class_quota_query
+
+    scores = torch.tensor([0.1, 0.2, 0.9, 0.8, 0.5])
+    classes = torch.tensor([0, 0, 2, 2, 1])
+    # b = 2 over K = 3: one each for the classes whose best row scores highest (2: 0.9, 1: 0.5)
+    assert sorted(class_quota_query(scores, classes, 3, 2).tolist()) == [2, 4]
+    # b = 4: one each, the remaining one to class 2; a class short of rows leaves its quota to the rest
+    assert sorted(class_quota_query(scores, classes, 3, 4).tolist()) == [1, 2, 3, 4]
+
+
+def test_mqnet_state_from_before_the_options_loads_with_their_old_values():
+    import mqnet_fast
+
+    old = mqnet_fast.MQNet(purity="knn", informativeness="conf", meta_init="warm", meta_optimizer="momentum",
+                           meta_history="last", selection="top", meta_margin=0.1)
+    state = old.state_dict()
+    for name in ("meta_init", "meta_optimizer", "meta_history", "selection"):
+        del state["options"][name]  # as saved before these options existed
+    old.load_state_dict(state)
+    with pytest.raises(ValueError, match="saved with options"):
+        mqnet_fast.MQNet(purity="knn", informativeness="conf").load_state_dict(state)

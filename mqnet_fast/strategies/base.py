@@ -184,13 +184,16 @@ def min_max(x: torch.Tensor) -> torch.Tensor:
 
 def class_quota_query(scores: torch.Tensor, classes: torch.Tensor, num_classes: int, budget: int) -> np.ndarray:
     """Rows of a query that covers the classes: class c (the class each row is assigned, e.g. the
-    target's prediction) takes its quota, b // K and one more for the first b mod K classes, of its
-    rows by score, highest first (ties to the lower row); a class with too few rows leaves the rest
-    of its quota to the highest scores among the rows not taken."""
+    target's prediction) takes its quota of its rows by score, highest first (ties to the lower row):
+    b // K each, and one more for the b mod K classes whose best row scores highest (ties to the
+    lower class); a class with too few rows leaves the rest of its quota to the highest scores among
+    the rows not taken."""
     scores, classes = scores.double().cpu().numpy(), classes.cpu().numpy()
+    best = [scores[classes == c].max() if (classes == c).any() else -np.inf for c in range(num_classes)]
+    extra = set(np.argsort(-np.asarray(best), kind="stable")[:budget % num_classes].tolist()) if num_classes else set()
     chosen = []
     for c in range(num_classes):
-        quota = budget // num_classes + (1 if c < budget % num_classes else 0)
+        quota = budget // num_classes + (1 if c in extra else 0)
         rows = np.flatnonzero(classes == c)
         chosen.append(rows[np.argsort(-scores[rows], kind="stable")][:quota])
     return fill_by_score(np.concatenate(chosen) if chosen else np.zeros(0, np.int64), scores, budget)

@@ -37,9 +37,10 @@ standardized P; its `meta_rule` is "purity"): the query that held nothing IN was
 that put OOD examples on top, and purity is the score meant to separate them. Without that rule a
 fresh Phi would rank by P + I again and a warm Phi by the weights that chose the all-OOD query, and
 both repeat it. Each round records the rule that chose its query (`meta_rule`: "sum", "phi",
-"purity"), that rule's ranking accuracy on the query it chose (`query_rank_accuracy`: how well the
-Phi trained in the round before ranks what it picked), and after training the fraction of Phi's
-weights > 0 (`meta_weights_positive`).
+"purity"), that rule's ranking accuracy on the query it chose (`query_rank_accuracy`), the trained
+Phi's ranking accuracy on it whatever rule chose it (`phi_query_rank_accuracy`: how well the Phi of
+the round before ranks the next query; nan before Phi has learned), and after training the fraction
+of Phi's weights > 0 (`meta_weights_positive`).
 
 Differences from the published code, where it differs from the paper's text or does something the
 text leaves open:
@@ -258,7 +259,10 @@ class MQNet(Strategy):
             z = view.shard.gather(z)  # positions are rows of every rank's candidates
         z_query, losses = z[positions.cpu()].float(), losses.detach().float().cpu()
         rule = self.rule or self.ranking_rule()
-        record = {"query_rank_accuracy": ranking_accuracy(self.rule_scores(z_query, rule), losses)}
+        self.rule = None  # used once: a second observe without a select ranks by what would select next
+        record = {"query_rank_accuracy": ranking_accuracy(self.rule_scores(z_query, rule), losses),
+                  "phi_query_rank_accuracy": (ranking_accuracy(self.rule_scores(z_query, "phi"), losses)
+                                              if self.trained else float("nan"))}
         self.history.append((z_query, losses))
         if self.options.meta_history == "last":
             self.history = self.history[-1:]
@@ -277,10 +281,11 @@ class MQNet(Strategy):
 
     def state_dict(self):
         return {"model": self.model.state_dict(), "trained": self.trained, "purity_next": self.purity_next,
-                "history": [(z.clone(), t.clone()) for z, t in self.history]}
+                "history": [(z.clone(), t.clone()) for z, t in self.history], "rule": self.rule}
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state["model"])
         self.trained = bool(state["trained"])
         self.purity_next = bool(state.get("purity_next", False))
         self.history = [(z.float(), t.float()) for z, t in state.get("history", [])]
+        self.rule = state.get("rule")

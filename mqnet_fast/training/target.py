@@ -50,7 +50,7 @@ class TrainConfig:
     # than a batch repeats its examples in it. "distinct": batches of min(batch_size, n) examples
     # (rounded down to a multiple of micro_batches), each shuffle cut into whole batches, so no batch
     # holds an example twice (a DataLoader with drop_last); learning loss then never pairs an example
-    # with a copy of itself.
+    # with a copy of itself. A set smaller than micro_batches is batched as "fill" (one example per part).
     batching: str = "fill"
 
     def __post_init__(self):
