@@ -7,7 +7,7 @@ baseline (mean difference over seeds with its 95% t-interval); the table of docs
         [--run-dir runs/digits-strategies] [--out benchmarks/results/digits-strategies.md]
     python benchmarks/digits_strategies.py --table-only --run-dir A,B   # one table from several
 
-Rerunning resumes the runs (the run directory keeps them; the encoders are cached in it, so each
+Rerunning resumes the runs (the run directory keeps them; the encoders are cached in it or in --cache-dir, so each
 seed trains its CSI and SimCLR encoders once, inside the first select that needs them). Two
 processes of one thread each (OMP_NUM_THREADS=1, each its own run directory and strategies) use
 both cores of a 2-core machine.
@@ -15,6 +15,7 @@ both cores of a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -38,12 +39,24 @@ def run(run_dir: Path, strategies: list[str], seeds: list[int], cache_dir: str |
         print(f"{name}: {time.perf_counter() - tick:.0f} s", flush=True)
 
 
-def load(run_dirs: list[Path], strategy: str) -> dict[int, list[dict]]:
-    runs = {}
-    for path in sorted(p for run_dir in run_dirs for p in (run_dir / strategy).glob("seed*/metrics.json")):
-        records = json.loads(path.read_text())
-        runs[records[0]["seed"]] = records
-    return runs
+def load(run_dirs: list[Path], strategies: list[str]) -> dict[str, dict[int, list[dict]]]:
+    """Every strategy's runs by seed, labeled by name and the options in which they differ from the
+    defaults (so CORESET's two centers rules, in two run directories, are two rows)."""
+    from mqnet_fast.strategies import make_options
+
+    out = {}
+    for run_dir in run_dirs:
+        for name in strategies:
+            paths = sorted((run_dir / name).glob("seed*/metrics.json"))
+            if not paths:
+                continue
+            config = json.loads((paths[0].parent / "config.json").read_text())
+            defaults = dataclasses.asdict(make_options(name))
+            changed = {k: v for k, v in config.get("strategy_options", {}).items() if defaults.get(k) != v}
+            label = name + (" (" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
+            runs = [json.loads(p.read_text()) for p in paths]
+            out.setdefault(label, {}).update({records[0]["seed"]: records for records in runs if records})
+    return out
 
 
 def pct(values) -> str:
@@ -67,17 +80,18 @@ def paired(a: list[float], b: list[float]) -> str:
 OPEN_SET = ("mqnet",)  # the method under test; every other strategy is a baseline
 
 
-def tabulate(run_dirs: list[Path], strategies: list[str]) -> str:
+def tabulate(run_dirs: list[Path], strategies: list[str], seeds: list[int]) -> str:
     import torch
 
-    runs = {name: load(run_dirs, name) for name in strategies}
-    runs = {name: r for name, r in runs.items() if r}
-    seeds = sorted(set.intersection(*(set(r) for r in runs.values())))
+    found = load(run_dirs, strategies)
+    runs = {name: r for name, r in found.items() if all(s in r and len(r[s]) == len(r[min(r)]) for s in seeds)}
+    missing = sorted(set(found) - set(runs))
     rounds = min(len(runs[n][s]) for n in runs for s in seeds)
     names = list(runs)
     out = [f"digits, split 4:6, noise 0.6, the digits defaults (b = 20, 5 rounds, 300 iterations); seeds {seeds}; "
-           f"mean ± std over seeds. Each strategy with its default options. Times with {torch.get_num_threads()} "
-           "thread(s) per process (as this table was made).", ""]
+           f"mean ± std over seeds. Each strategy with its default options unless its name says otherwise. Times "
+           f"with {torch.get_num_threads()} thread(s) per process (as this table was made)."
+           + (f" Left out, not run on every seed: {', '.join(missing)}." if missing else ""), ""]
     head = "| round | " + " | ".join(names) + " |"
     rule = "|---" * (len(names) + 1) + "|"
     out += ["%IN of each query set, per round:", "", head, rule]
@@ -91,26 +105,38 @@ def tabulate(run_dirs: list[Path], strategies: list[str]) -> str:
     out.append("| mean | " + " | ".join(pct([100 * np.mean([rec["test_accuracy"] for rec in runs[n][s][:rounds]])
                                              for s in seeds]) for n in names) + " |")
     mean_acc = {n: [np.mean([rec["test_accuracy"] for rec in runs[n][s][:rounds]]) for s in seeds] for n in names}
-    baselines = [n for n in names if n not in OPEN_SET and n != "random"]
+    baselines = [n for n in names if n.split()[0] not in OPEN_SET and n != "random"]
     best = max(baselines, key=lambda n: np.mean(mean_acc[n])) if baselines else None
+    versus = [n for n in ("random", "conf", best) if n in runs and n is not None]
+    versus = list(dict.fromkeys(versus))
     out += ["", f"Accuracy averaged over rounds 0-{rounds - 1}, paired over the {len(seeds)} seeds: mean difference "
-            f"in points [95% t-interval]; the best baseline by that mean is {best}. Class balance: normalized entropy "
-            "of the queried IN examples' classes (1 = every IN class alike, 0 = one class), mean over queries and "
-            "seeds. Target recipe: the model every strategy trained.", "",
-            "| strategy | mean accuracy | vs random | vs " + (best or "-") + " | class balance | target recipe |",
-            "|---|---|---|---|---|---|"]
+            f"in points [95% t-interval] against RANDOM, CONF and the best baseline by that mean ({best}; chosen on "
+            "these seeds, so its interval is optimistic). Round 0: the difference from RANDOM before any query. "
+            "%IN > random: the query rounds whose mean %IN is above RANDOM's. Lowest later %IN: the lowest %IN of a "
+            "query after the first, over seeds (0% IN queries: how many). Class balance: normalized entropy of the "
+            "queried IN examples' classes (1 = every IN class alike, 0 = one class), mean over queries and seeds. "
+            "Target recipe: the model every strategy trained.", "",
+            "| strategy | mean accuracy | " + " | ".join(f"vs {v}" for v in versus) + " | round 0 | %IN > random | "
+            "lowest later %IN (0% IN queries) | class balance | target recipe |",
+            "|---" * (len(versus) + 7) + "|"]
+    random_in = ([np.mean([runs["random"][s][r]["query_in_percent"] for s in seeds]) for r in range(rounds - 1)]
+                 if "random" in runs else None)
     for n in names:
         balance = [rec.get("query_class_balance") for s in seeds for rec in runs[n][s][:rounds - 1]]
         balance = [b for b in balance if b is not None and b == b]
         recipes = sorted({rec.get("target_recipe", "?") for s in seeds for rec in runs[n][s]})
-        vs_random = paired(mean_acc[n], mean_acc["random"]) if "random" in runs and n != "random" else "-"
-        vs_best = paired(mean_acc[n], mean_acc[best]) if best and n != best else "-"
-        out.append(f"| {n} | {100 * np.mean(mean_acc[n]):.1f} | {vs_random} | {vs_best} | "
-                   f"{np.mean(balance):.2f} | {'+'.join(recipes)} |" if balance else
-                   f"| {n} | {100 * np.mean(mean_acc[n]):.1f} | {vs_random} | {vs_best} | - | {'+'.join(recipes)} |")
+        vs = [paired(mean_acc[n], mean_acc[v]) if n != v else "-" for v in versus]
+        round0 = (paired([runs[n][s][0]["test_accuracy"] for s in seeds],
+                         [runs["random"][s][0]["test_accuracy"] for s in seeds]) if random_in and n != "random" else "-")
+        mine_in = [np.mean([runs[n][s][r]["query_in_percent"] for s in seeds]) for r in range(rounds - 1)]
+        above = f"{sum(a > b for a, b in zip(mine_in, random_in))} of {rounds - 1}" if random_in and n != "random" else "-"
+        later = [runs[n][s][r]["query_in_percent"] for s in seeds for r in range(1, rounds - 1)]
+        out.append(f"| {n} | {100 * np.mean(mean_acc[n]):.1f} | " + " | ".join(vs) + f" | {round0} | {above} | "
+                   f"{min(later):.0f} ({sum(v == 0 for v in later)}) | "
+                   f"{f'{np.mean(balance):.2f}' if balance else '-'} | {'+'.join(recipes)} |")
     out += ["", "Time per round (s), mean over rounds and seeds; select includes training a detector (lfosa, eoal, "
             "eaoa) and, in the first round of a seed, the encoders (mqnet, ccal: CSI; ccal: SimCLR too) unless "
-            "the run directory's cache held them:", "",
+            "the cache held them:", "",
             "| strategy | " + " | ".join(p[5:] for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
     for n in names:
         cells = []
@@ -140,13 +166,14 @@ def main() -> None:
             raise SystemExit("--run-dir: give one directory to run in (several only with --table-only)")
         options = dict(item.split("=", 1) for item in args.options.split(",") if item)
         run(run_dirs[0], strategies, [int(s) for s in args.seeds.split(",")], args.cache_dir, options)
-    table = tabulate(run_dirs, strategies)
+    table = tabulate(run_dirs, strategies, [int(s) for s in args.seeds.split(",")])
     Path(args.out).write_text(table)
     print(table)
     if args.plot:
         from mqnet_fast.report import _label_runs, collect_runs, plot
 
-        runs = [r for r in collect_runs(run_dirs) if r["strategy"] in strategies]
+        seeds = {int(s) for s in args.seeds.split(",")}
+        runs = [r for r in collect_runs(run_dirs) if r["strategy"] in strategies and r["seed"] in seeds]
         _label_runs(runs)
         print(plot(runs, Path(args.plot)))
 
