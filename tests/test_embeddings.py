@@ -11,7 +11,7 @@ import torch
 from mqnet_fast.data import DataError, FeatureArrays, load_dataset, load_embeddings
 from mqnet_fast.experiment import ConfigError, DEFAULTS, Experiment, ExperimentConfig
 from mqnet_fast.models import FeatureHead, LossPredictionModule
-from mqnet_fast.strategies import STRATEGIES, make_strategy, strategy_class
+from mqnet_fast.strategies import STRATEGIES, strategy_class
 from mqnet_fast.training import DeviceFeatures, TrainConfig, infer, make_model, model_arch, train_model
 from mqnet_fast.training.target import head_threads
 from testing import strip_timing, tiny_config
@@ -212,13 +212,9 @@ def test_every_strategy_runs_on_embeddings(tmp_path, digits_embeddings):
         assert 0.0 <= metrics[2]["test_accuracy"] <= 1.0
     mq = json.loads((tmp_path / "run" / "mqnet" / "seed0" / "metrics.json").read_text())
     assert 0.0 <= mq[0]["purity_auroc"] <= 1.0 and mq[0]["meta_steps"] == 2 * 5
-    # round 0 shared per recipe: the head with and without the loss module
-    assert sorted(p.name for p in (tmp_path / "run" / "round0" / "seed0").iterdir()) == ["head-loss-module.pt",
-                                                                                     "head.pt"]
-    for uses_loss_module in (False, True):
-        same = {(r["test_accuracy"], r["train_loss"]) for r in records
-                if r["round"] == 0 and make_strategy(r["strategy"]).uses_loss_module == uses_loss_module}
-        assert len(same) == 1
+    # round 0 shared: by default (loss_module "all") every strategy's head carries the loss module
+    assert sorted(p.name for p in (tmp_path / "run" / "round0" / "seed0").iterdir()) == ["head-loss-module.pt"]
+    assert len({(r["test_accuracy"], r["train_loss"]) for r in records if r["round"] == 0}) == 1
 
 
 def test_csi_purity_on_embeddings_is_max_cosine_in_the_given_space(tmp_path, digits_embeddings):
