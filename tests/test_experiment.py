@@ -8,7 +8,7 @@ import torch
 from mqnet_fast.cli import main
 from mqnet_fast.data import load_digits
 from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, check_selection
-from mqnet_fast.strategies import STRATEGIES, make_strategy
+from mqnet_fast.strategies import STRATEGIES
 from testing import strip_timing, tiny_config
 
 tiny, _strip = tiny_config, strip_timing
