@@ -5,7 +5,8 @@
 #   1. build the extension (sm_90);
 #   2. time the target model's training iteration and its breakdown, and N runs sharing the GPU
 #      (benchmarks/train_step_bench.py -> train-step.json);
-#   3. one seed of MQ-Net (the paper's configuration: CSI purity, LL informativeness, z-scores),
+#   3. one seed of MQ-Net (the paper's configuration: CSI purity, LL informativeness, z-scores, the
+#      published code's Phi and top-b query),
 #      CONF, RANDOM and CORESET on the shared CIFAR-10 (../shared/data/cifar10-jpeg.tar.gz), 4:6
 #      split, 60% noise, ROUNDS rounds of 500, ITERS iterations per round, a CSI encoder of
 #      ENC_EPOCHS epochs trained once on the pool; the report beside Tables 8 and 10
@@ -69,16 +70,20 @@ echo "train-step bench rc=$?" | tee -a "$OUT/timing.txt"
 stamp train-step
 
 # MQ-Net (whose round 0 trains the CSI encoder) and the baselines as two processes sharing the device,
-# so that the baselines are not left waiting behind the encoder
-run_part() {  # name strategies
+# so that the baselines are not left waiting behind the encoder. As the paper ran them: MQ-Net with the
+# published code's Phi (fresh each round, trained on the last query, top-b), the loss module only where
+# a strategy uses it (--loss-module auto), CORESET seeded with the labeled IN examples.
+run_part() {  # name strategies [options...]
+    local name="$1" strategies="$2"
+    shift 2
     timeout "$RUN_LIMIT" "$PY" -m mqnet_fast run --dataset "$DATASET" --split 4:6 --noise 0.6 \
-        --strategies "$2" --seeds 0 --budget "$BUDGET" --rounds "$ROUNDS" \
+        --strategies "$strategies" --seeds 0 --budget "$BUDGET" --rounds "$ROUNDS" \
         --iterations "$ITERS" --encoder-epochs "$ENC_EPOCHS" --width "$WIDTH" --device "$DEVICE" \
-        --run-dir "$WORK/run-$1" --quiet > "$OUT/run-$1.txt" 2>&1
-    echo "fidelity run $1 rc=$? (124: stopped at ${RUN_LIMIT} s; the rounds done are reported)" >> "$OUT/timing.txt"
+        --loss-module auto "$@" --run-dir "$WORK/run-$name" --quiet > "$OUT/run-$name.txt" 2>&1
+    echo "fidelity run $name rc=$? (124: stopped at ${RUN_LIMIT} s; the rounds done are reported)" >> "$OUT/timing.txt"
 }
-run_part mqnet mqnet &
-run_part baselines conf,random,coreset &
+run_part mqnet mqnet --meta-init fresh --meta-optimizer code --meta-history last --selection top &
+run_part baselines conf,random,coreset --coreset-centers in &
 wait
 stamp fidelity-run
 dirs=()
