@@ -167,18 +167,22 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot(runs: list[dict], path: Path) -> Path:
     """Test accuracy and %IN of each query set per round, one line per method (mean over seeds,
-    band = min..max), one row of panels per setting (runs labeled by summarize)."""
+    band = min..max where a panel has at most 6 methods), one row of panels per setting (runs
+    labeled by summarize)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 (MaxNLocator below)
 
     settings = sorted({run["setting_label"] for run in runs})
     fig, axes = plt.subplots(len(settings), 2, figsize=(11, 3.8 * len(settings)), squeeze=False)
     for row, setting in enumerate(settings):
         recs = [dict(r, strategy=run["method"]) for run in runs if run["setting_label"] == setting
                 for r in run["records"]]
-        for strategy in sorted({r["strategy"] for r in recs}, key=lambda s: (not s.startswith("mqnet"), s)):
+        methods = sorted({r["strategy"] for r in recs}, key=lambda s: (not s.startswith("mqnet"), s))
+        many = len(methods) > 6  # no min..max bands (they would cover each other), 20 distinct colours
+        for number, strategy in enumerate(methods):
             mine = [r for r in recs if r["strategy"] == strategy]
             for col, (key, scale, label) in enumerate((("test_accuracy", 100.0, "test accuracy (%)"),
                                                        ("query_in_percent", 1.0, "IN in query set (%)"))):
@@ -193,15 +197,18 @@ def plot(runs: list[dict], path: Path) -> Path:
                 mean = [sum(by_round[x]) / len(by_round[x]) for x in rounds]
                 ax = axes[row][col]
                 style = dict(lw=2.5) if strategy.startswith("mqnet") else dict(lw=1.3)
+                if many:
+                    style["color"] = plt.cm.tab20(number % 20)
                 line, = ax.plot(rounds, mean, marker="o", ms=3, label=strategy, **style)
-                if any(len(by_round[x]) > 1 for x in rounds):
+                if not many and any(len(by_round[x]) > 1 for x in rounds):
                     ax.fill_between(rounds, [min(by_round[x]) for x in rounds], [max(by_round[x]) for x in rounds],
                                     color=line.get_color(), alpha=0.15)
                 ax.set_xlabel("round")
+                ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
                 ax.set_ylabel(label)
                 ax.set_title(setting)
                 ax.grid(alpha=0.3)
-        axes[row][0].legend(fontsize=8)
+        axes[row][0].legend(fontsize=7 if many else 8, ncol=2 if many else 1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
