@@ -44,7 +44,8 @@ effect.
 The MQ-Net paper's SIMILAR baseline, as its published code runs it (arguments.py and
 methods/similar.py): smi_function="logdetcmi", smi_embedding="gradients", smi_private_label="extra",
 eta = nu = lambda = 1; those are the defaults here, so that SIMILAR is the baseline MQ-Net was
-compared with (docs/strategies.md has it measured beside flcmi on digits).
+compared with (flcmi, the cheaper measure in memory, and "predicted" remain options; not measured
+against each other yet).
 
 FLCMI's maxima are taken over the set and 0: a similarity below 0 counts as 0 (facility location's
 non-negative similarities; submodlib's greedy starts its running maxima at 0), and an empty set gives
