@@ -68,7 +68,7 @@ def test_mqnet_standardizations():
     z = (raw - raw.mean(0)) / raw.std(0)
     assert torch.allclose(make_strategy("mqnet", **knn_conf).meta_inputs(view), z, atol=1e-6)
     assert torch.allclose(make_strategy("mqnet", standardize="exp-zscore", **knn_conf).meta_inputs(view), torch.exp(z), atol=1e-6)
-    selection = make_strategy("mqnet", standardize="exp-zscore", **knn_conf).select(view, 5)
+    selection = make_strategy("mqnet", standardize="exp-zscore", selection="top", **knn_conf).select(view, 5)
     assert set(selection.indices.tolist()) == set(torch.topk(torch.exp(z).sum(1), 5).indices.tolist())
     assert torch.equal(selection.columns["purity"], raw[:, 0])
     with pytest.raises(ValueError, match="standardize must be one of"):
