@@ -15,19 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from digits_strategies import paired  # the script's folder is on sys.path
 from mqnet_fast.experiment import Experiment, ExperimentConfig
 
 
 def accuracies(run_dir: Path, strategy: str, seeds) -> np.ndarray:
     return np.array([json.loads((run_dir / strategy / f"seed{s}" / "metrics.json").read_text())[0]["test_accuracy"]
                      for s in seeds])
-
-
-def interval(d: np.ndarray) -> str:
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
 
 
 def main() -> None:
@@ -45,16 +39,17 @@ def main() -> None:
         config = ExperimentConfig(dataset="digits", noise=0.6, split="4:6", rounds=0, strategies=["random", "ll"],
                                   seeds=seeds, batching=batching, loss_module="auto", progress=False)
         Experiment(config, run_dir).run()
-        acc[batching] = {s: 100 * accuracies(run_dir, s, seeds) for s in ("random", "ll")}
+        acc[batching] = {s: accuracies(run_dir, s, seeds) for s in ("random", "ll")}
     out = [f"digits, split 4:6, noise 0.6, round 0 (the initial labeled set), seeds {first}-{last}; test accuracy (%) "
            "mean, and paired differences over the seeds with their 95% t-interval "
            "(benchmarks/digits_loss_module_cost.py).", "",
            "| batching | RANDOM's model | LL's model (with the module) | module's cost (LL - RANDOM) |",
            "|---|---|---|---|"]
     for batching, a in acc.items():
-        out.append(f"| {batching} | {a['random'].mean():.1f} | {a['ll'].mean():.1f} | {interval(a['ll'] - a['random'])} |")
-    out += ["", f"distinct - fill, RANDOM's model: {interval(acc['distinct']['random'] - acc['fill']['random'])}; "
-            f"LL's model: {interval(acc['distinct']['ll'] - acc['fill']['ll'])}"]
+        out.append(f"| {batching} | {100 * a['random'].mean():.1f} | {100 * a['ll'].mean():.1f} | "
+                   f"{paired(a['ll'], a['random'])} |")
+    out += ["", f"distinct - fill, RANDOM's model: {paired(acc['distinct']['random'], acc['fill']['random'])}; "
+            f"LL's model: {paired(acc['distinct']['ll'], acc['fill']['ll'])}"]
     text = "\n".join(out) + "\n"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)

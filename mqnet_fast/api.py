@@ -233,7 +233,8 @@ class MQNet:
         (the target model's cross-entropy for IN rows, 0 for OOD), or `is_in` (b,) bool and `labels`
         (b,) IN class per row (any value for OOD rows), from which the losses are computed as the
         cross-entropy of the probs/logits given to `select`. Returns the meta-training record:
-        query_rank_accuracy (how the rule that chose the query ranks it), meta_loss,
+        query_rank_accuracy (how the rule that chose the query ranks it), phi_query_rank_accuracy
+        (how the Phi trained before ranks it, whatever rule chose it), meta_loss,
         meta_rank_accuracy (on Phi's training set), meta_steps (0 when it held no ranking signal:
         the next select then ranks by purity alone) and meta_weights_positive."""
         if self._last is None:

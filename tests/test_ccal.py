@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from mqnet_fast.strategies import make_strategy
-from mqnet_fast.strategies.ccal import ccal_query, distinctive_scores, semantic_scores
+from mqnet_fast.strategies.base import class_quota_query
+from mqnet_fast.strategies.ccal import distinctive_scores, semantic_scores
 
 
 def test_semantic_score_by_hand():
@@ -47,8 +48,8 @@ def test_query_takes_per_class_quotas():
     pseudo = torch.tensor([0, 0, 0, 0, 1, 2])
     # b = 5, K = 3: quotas 2, 2, 1; class 0 gives 0, 1; class 1 has only row 4; class 2 row 5; the
     # leftover 1 goes to the best of the rest: row 2
-    assert ccal_query(scores, pseudo, 3, 5).tolist() == [0, 1, 4, 5, 2]
-    assert ccal_query(scores, pseudo, 3, 2).tolist() == [0, 4]
+    assert class_quota_query(scores, pseudo, 3, 5).tolist() == [0, 1, 4, 5, 2]
+    assert class_quota_query(scores, pseudo, 3, 2).tolist() == [0, 4]
 
 
 def test_simclr_encoder_has_no_shift_loss():

@@ -91,12 +91,6 @@ def distinctive_scores(candidates: torch.Tensor, references: torch.Tensor) -> to
     return total / rotations
 
 
-def ccal_query(scores: torch.Tensor, pseudo: torch.Tensor, num_classes: int, budget: int) -> np.ndarray:
-    """Rows of the query: per class its quota of its candidates by score, the leftover quota by score
-    among the rest."""
-    return class_quota_query(scores, pseudo, num_classes, budget)
-
-
 @register
 class CCAL(Strategy):
     name = "ccal"
@@ -132,7 +126,7 @@ class CCAL(Strategy):
                 d = min_max(distinctive_scores(rot_cand, rot_in[labels == c]))
                 own[mine] = (1 - d)[mine]
         scores = sem + own
-        positions = ccal_query(scores, pseudo, num_classes, budget)
+        positions = class_quota_query(scores, pseudo, num_classes, budget)
         # no Selection.scores: the per-class quotas make a higher score no promise of a pick
         return Selection(view.candidates[torch.from_numpy(positions)], None, {"ccal_labeled_in": int(labels.numel())},
                          {"ccal_score": scores.float().cpu(), "ccal_semantic": sem.float().cpu(),
