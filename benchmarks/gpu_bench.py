@@ -149,7 +149,7 @@ def main():
                    hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
 
     def bench_kcenter_prune():
-        # the Triton k-center with and without triangle-inequality pruning (kernels/kcenter_greedy_triton.py,
+        # the Triton k-center with and without triangle-inequality pruning (mqnet_fast/kernels/kcenter_greedy_triton.py,
         # prune=True gives the same results), on Gaussian rows (little to prune: what it costs) and on the
         # clustered mixture of benchmarks/data.py (what it gains); the plain-PyTorch baseline is the one
         # timed on the Gaussian rows (a torch.mv per pick costs the same whatever the values)

@@ -1,5 +1,5 @@
 """What the nearest-set kernel's key-tile loop costs in sm_90 machine code, without a GPU: compiles
-kernels/nearest_triton.py ahead of time (tests/triton_aot.py) for bf16, d=128, cosine, with the
+mqnet_fast/kernels/nearest_triton.py ahead of time (tests/triton_aot.py) for bf16, d=128, cosine, with the
 per-tile reduction and with DEFER, and prints per configuration the registers per thread and the
 SASS instructions of the loop that holds the tensor-core MMAs (one key tile per iteration, per warp).
 Needs Triton's bundled cuobjdump; run without TRITON_INTERPRET.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import torch
 
@@ -18,18 +19,41 @@ def build_info() -> dict | None:
         return None
 
 
+REBUILD = ("Rebuild it from the project root with `pip install --no-build-isolation --no-deps -e .` "
+           "(MQNET_FAST_WITH_CUDA=0 for a CPU-only build).")
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """This CPU's feature flags as Linux lists them (avx2, avx512f, ...); None where unknown."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 def _load():
+    info = build_info()
+    flags = cpu_flags()
+    missing = sorted(set((info or {}).get("cpu_features") or []) - flags) if flags is not None else []
+    if missing:  # loading would end the process with an illegal instruction at the first kernel call
+        return None, (
+            f"mqnet_fast._C was built for CPUs with {', '.join(missing)} (MQNET_FAST_CPU_ARCH="
+            f"{info.get('cpu_arch')}), which this CPU lacks. {REBUILD} backend='torch' works without it.")
     try:
         from mqnet_fast import _C  # noqa: F401  (registers torch.ops.mqnet_fast.*)
     except ImportError as exc:
-        info = build_info()
         built = ("it was never built" if info is None else
                  f"it was built for torch {info['torch_full']} (CUDA {info['cuda']}, backends {info['backends']})")
         return None, (
             f"mqnet_fast._C failed to load ({exc}); {built}, and this is torch {torch.__version__} "
-            f"(CUDA {torch.version.cuda}). Rebuild it from the project root with "
-            "`pip install --no-build-isolation --no-deps -e .` (MQNET_FAST_FORCE_CPU=1 for a CPU-only build). "
-            "backend='torch' works without it.")
+            f"(CUDA {torch.version.cuda}). {REBUILD} backend='torch' works without it.")
+    if info is not None and info.get("torch_full") != torch.__version__:
+        warnings.warn(f"mqnet_fast._C was built against torch {info.get('torch_full')} and this is torch "
+                      f"{torch.__version__}: its kernels may misbehave or crash. {REBUILD}", RuntimeWarning, stacklevel=3)
     return _C, None
 
 

@@ -1,4 +1,4 @@
-"""CUDA-source kernels (kernels/cuda/*.cu) against the references; skipped where no GPU is visible
+"""CUDA-source kernels (csrc/cuda/*.cu) against the references; skipped where no GPU is visible
 (conftest.py) or _C was built without CUDA."""
 import pytest
 import torch

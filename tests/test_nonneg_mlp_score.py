@@ -257,3 +257,41 @@ def test_auto_on_cuda_runs_other_depths_through_the_reference():
     weights, biases = [w.cuda() for w in weights], [b.cuda() for b in biases]
     assert torch.equal(ops.nonneg_mlp_score(z, weights, biases),
                        ops.nonneg_mlp_score(z, weights, biases, backend="torch"))
+
+
+def _cpu_has(isa):
+    from mqnet_fast._library import cpu_flags
+
+    flags = cpu_flags() or set()
+    return {"avx512": "avx512f" in flags, "avx2": {"avx2", "fma"} <= flags, "generic": True}[isa]
+
+
+@needs_cpp
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 255, 256, 257, 1000])
+@pytest.mark.parametrize("standardize", [False, True])
+def test_each_cpu_path_matches_the_reference(monkeypatch, isa, n, standardize):
+    """MQ-Net's shape (2 -> H -> 1, float32) has an AVX-512 and an AVX2 path, chosen at run time from
+    the CPU's features (csrc/cpu/isa.h); MQNET_FAST_CPU_ISA caps the choice, so every path this CPU
+    has is checked here, with row counts around their 16- and 8-row groups and the 256-row blocks."""
+    if not _cpu_has(isa):
+        pytest.skip(f"this CPU has no {isa}")
+    monkeypatch.setenv("MQNET_FAST_CPU_ISA", isa)
+    for hidden in (1, 64, 130):
+        weights, biases = _mlp((2, hidden, 1), torch.float32, seed=n + hidden)
+        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(n)) * 6 + 1
+        z[::5] *= 30  # saturated units on both sides
+        mean, std = (z.mean(0), z.std(0, unbiased=False) + 0.5) if standardize else (None, None)
+        got = ops.nonneg_mlp_score(z, weights, biases, mean=mean, std=std, backend="cpp")
+        want = reference.nonneg_mlp_score(z.double(), [w.double() for w in weights], [b.double() for b in biases],
+                                          None if mean is None else mean.double(), None if std is None else std.double())
+        scale = 1 + weights[-1].clamp_min(0).sum().item() + biases[-1].abs().item()
+        assert_close(got, want, torch.float32, atol=TOL_ATOL[torch.float32] * scale, what=f"{isa} scores")
+
+
+@needs_cpp
+def test_an_unknown_cpu_path_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("MQNET_FAST_CPU_ISA", "sse9")
+    weights, biases = _mlp((2, 4, 1), torch.float32, seed=0)
+    with pytest.raises(RuntimeError, match="MQNET_FAST_CPU_ISA must be avx512, avx2 or generic, got 'sse9'"):
+        ops.nonneg_mlp_score(torch.zeros(3, 2), weights, biases, backend="cpp")

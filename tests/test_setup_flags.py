@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-# what setup.py passed on every machine before the flags depended on the architecture
-X86_FLAGS = ["-O3", "-fopenmp", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-mprefer-vector-width=512"]
+# a portable x86-64 build (the default): AVX2 + FMA, the AVX-512 paths chosen at run time
+X86_FLAGS = ["-O3", "-fopenmp", "-march=x86-64-v3", "-ffp-contract=off", "-fno-trapping-math", "-mprefer-vector-width=512"]
 # an OpenMP loop, so -fopenmp is exercised too
 SOURCE = "int main() {\n  int s = 0;\n#pragma omp parallel for reduction(+ : s)\n  for (int i = 0; i < 8; ++i) s += i;\n  return s != 28;\n}\n"
 
@@ -34,23 +34,56 @@ def setup_py():
     return module
 
 
-def test_x86_64_flags_are_unchanged(setup_py):
+def test_x86_64_builds_portable_unless_asked(setup_py):
+    """-march=native was the default: a wheel built on an AVX-512 machine died with an illegal
+    instruction on an AVX2 one. Portable (x86-64-v3) is the default now, native an opt-in."""
     for machine in ("x86_64", "AMD64"):
         assert setup_py.cxx_flags(machine) == X86_FLAGS
         assert setup_py.cxx_flags(machine, "") == X86_FLAGS
-    assert setup_py.cxx_flags("x86_64", "x86-64-v3") == [f.replace("native", "x86-64-v3") for f in X86_FLAGS]
+        assert setup_py.cxx_flags(machine, "portable") == X86_FLAGS
+    for cpu in ("native", "x86-64-v4"):
+        assert setup_py.cxx_flags("x86_64", cpu) == [f.replace("x86-64-v3", cpu) for f in X86_FLAGS]
 
 
 @pytest.mark.parametrize("machine", ["aarch64", "arm64", "ppc64le"])
 def test_arm_and_power_take_mcpu_and_no_x86_flag(setup_py, machine):
-    flags = setup_py.cxx_flags(machine)
-    assert flags == ["-O3", "-fopenmp", "-mcpu=native", "-ffp-contract=off", "-fno-trapping-math"]
-    assert setup_py.cxx_flags(machine, "neoverse-v2") == [f.replace("native", "neoverse-v2") for f in flags]
+    portable = ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
+    assert setup_py.cxx_flags(machine) == portable
+    for cpu in ("native", "neoverse-v2"):
+        assert setup_py.cxx_flags(machine, cpu) == ["-O3", "-fopenmp", f"-mcpu={cpu}", "-ffp-contract=off",
+                                                    "-fno-trapping-math"]
 
 
 def test_other_machines_name_a_cpu_only_when_asked(setup_py):
     assert setup_py.cxx_flags("riscv64") == ["-O3", "-fopenmp", "-ffp-contract=off", "-fno-trapping-math"]
     assert "-march=rv64gc" in setup_py.cxx_flags("riscv64", "rv64gc")
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 feature macros")
+def test_required_cpu_features_follow_the_flags(setup_py):
+    """The build record names the CPU features the code may use unconditionally; _library refuses to
+    load a build whose features this CPU lacks (instead of an illegal instruction)."""
+    portable = setup_py.required_cpu_features(setup_py.cxx_flags("x86_64"))
+    if portable is None:
+        pytest.skip("no C++ compiler on PATH")
+    assert {"avx2", "fma"} <= set(portable) and not any(f.startswith("avx512") for f in portable)
+    v4 = setup_py.required_cpu_features(setup_py.cxx_flags("x86_64", "x86-64-v4"))
+    assert {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(v4)
+
+
+@pytest.mark.parametrize("env, toolkit, gpu, want", [
+    ({}, True, False, False), ({}, True, True, True), ({}, False, True, False),
+    ({"MQNET_FAST_WITH_CUDA": "1"}, True, False, True), ({"MQNET_FAST_WITH_CUDA": "1"}, False, False, False),
+    ({"MQNET_FAST_WITH_CUDA": "0"}, True, True, False), ({"MQNET_FAST_FORCE_CPU": "1"}, True, True, False)])
+def test_cuda_kernels_are_built_only_when_usable_or_asked(setup_py, monkeypatch, env, toolkit, gpu, want):
+    """nvcc spent minutes on the .cu kernels of CPU machines, where backend="auto" never runs them."""
+    for name in ("MQNET_FAST_WITH_CUDA", "MQNET_FAST_FORCE_CPU"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(setup_py.cpp_extension, "CUDA_HOME", "/usr/local/cuda" if toolkit else None)
+    monkeypatch.setattr(setup_py.torch.cuda, "is_available", lambda: gpu)
+    assert setup_py.with_cuda()[0] is want
 
 
 @pytest.mark.parametrize("machine, cpu_arch", [("aarch64", None), ("x86_64", None), ("aarch64", "neoverse-v2")])
@@ -61,14 +94,15 @@ def test_the_extension_is_built_with_this_machines_flags(setup_py, monkeypatch, 
         monkeypatch.delenv("MQNET_FAST_CPU_ARCH", raising=False)
     else:
         monkeypatch.setenv("MQNET_FAST_CPU_ARCH", cpu_arch)
-    monkeypatch.setenv("MQNET_FAST_FORCE_CPU", "1")
+    monkeypatch.setenv("MQNET_FAST_WITH_CUDA", "0")
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", os.environ.get("TORCH_CUDA_ARCH_LIST", ""))  # restored after
-    monkeypatch.setattr(setup_py, "ROOT", str(tmp_path))  # the build record goes here, not into the package
-    (tmp_path / "mqnet_fast").mkdir()
     monkeypatch.chdir(ROOT)
+    before = sorted(p.name for p in (ROOT / "mqnet_fast").iterdir())
     ext = setup_py._extension()
     assert ext.extra_compile_args["cxx"] == setup_py.cxx_flags(machine, cpu_arch)
-    assert (tmp_path / "mqnet_fast" / "_build_info.json").read_text().count(f'"cpu_arch": "{cpu_arch or "native"}"') == 1
+    assert ext.build_info["cpu_arch"] == (cpu_arch or "portable") and ext.build_info["backends"] == ["cpu"]
+    # the record is written beside the built extension by build_ext, never into the source tree here
+    assert sorted(p.name for p in (ROOT / "mqnet_fast").iterdir()) == before
 
 
 def _compile(compiler: str, flags: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

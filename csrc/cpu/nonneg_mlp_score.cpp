@@ -2,13 +2,15 @@
 // sigmoid between them -> one score per row, on blocks of rows held in cache (layout [unit][row],
 // so every inner loop runs over rows and vectorizes).
 #include "cpu/common.h"
+#include "cpu/isa.h"
 #include "cpu/sigmoid.h"
 
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(MQNET_FAST_X86)
 #include <immintrin.h>
 #endif
 
@@ -17,7 +19,7 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block
 
-#if defined(__AVX512F__)
+#if defined(MQNET_FAST_X86)
 // MQ-Net's shape (2 inputs -> one sigmoid layer -> score) with AVX-512, 16 rows at a time with the
 // two inputs and the score in registers across all hidden units (the weights are broadcast from a
 // small table). Fewer instructions than the portable path:
@@ -30,6 +32,10 @@ constexpr int64_t kBlock = 256;  // rows per block
 // - 1 / (1 + 2^t) from rcp14 (relative error < 2^-14) and one Newton step (~2^-28, plus rounding).
 // t is clamped above at 115 (x below at about -80, as in the portable path) so 1 + 2^t stays finite
 // and its reciprocal normal; below, 2^t underflows to 0 and the sigmoid is exactly 1.
+// The AVX2 path (16 rows at a time, as two groups of 8) computes the same steps with what AVX2 has:
+// 2^n built from its exponent bits (t clamped below at -126 so that 2^n stays a normal float; 1 +
+// 2^t is then 1 exactly, as when scalef underflows), and rcp (relative error < 1.5 * 2^-12) with
+// one Newton step (~2^-22.8, about float32 rounding; the sigmoid moves by < 2e-7). Both are chosen at run time (cpu/isa.h); the portable loop below is the fallback.
 struct FoldedUnits {
   std::vector<float> a0, a1, b, out;  // -w0 log2e, -w1 log2e, -bias log2e, relu(w_out) per unit
 };
@@ -47,7 +53,7 @@ inline FoldedUnits fold_units(const float* w, const float* bias, const float* w_
 }
 
 // Scores `rows` rows of z (interleaved (rows, 2), standardized here when scale != nullptr) into out.
-inline void score_rows_avx512(const float* z, int64_t rows, const float* shift, const float* scale,
+__attribute__((target("avx512f"))) void score_rows_avx512(const float* z, int64_t rows, const float* shift, const float* scale,
                               const FoldedUnits& f, float out_bias, float* out) {
   const __m512 hi = _mm512_set1_ps(115.0f), one = _mm512_set1_ps(1.0f);
   const __m512 c5 = _mm512_set1_ps(0.001327647129073739f), c4 = _mm512_set1_ps(0.009675540961325169f);
@@ -87,6 +93,78 @@ inline void score_rows_avx512(const float* z, int64_t rows, const float* shift, 
     _mm512_mask_storeu_ps(out + r, static_cast<__mmask16>((1u << left) - 1), acc);
   }
 }
+
+// Rows 0-3 interleaved in a, rows 4-7 in b -> x0, x1 of the 8 rows in order: the shuffles give rows
+// 0 1 4 5 | 2 3 6 7 and the 64-bit permute puts them in order.
+__attribute__((target("avx2,fma"))) inline void deinterleave8(const float* src, __m256& x0, __m256& x1) {
+  const __m256 a = _mm256_loadu_ps(src), b = _mm256_loadu_ps(src + 8);
+  const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+  const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+  x0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+  x1 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+// One hidden unit's sigmoid on 8 rows, as 1 / (1 + 2^t) (see the AVX-512 path). 2^n comes from the
+// shifter 1.5 * 2^23 + 127: t + shifter rounds t to the nearest integer n, held in the low bits with
+// the exponent bias already added, so shifting those bits by 23 is 2^n (the 1.5 * 2^23 part leaves
+// through the top), and subtracting the shifter gives n exactly.
+__attribute__((target("avx2,fma"))) inline __m256 sigmoid_unit8(__m256 t) {
+  const __m256 shifter = _mm256_set1_ps(12583039.0f);  // 1.5 * 2^23 + 127
+  t = _mm256_max_ps(_mm256_min_ps(t, _mm256_set1_ps(115.0f)), _mm256_set1_ps(-126.0f));
+  const __m256 shifted = _mm256_add_ps(t, shifter);
+  const __m256 fr = _mm256_sub_ps(t, _mm256_sub_ps(shifted, shifter));
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.001327647129073739f), fr, _mm256_set1_ps(0.009675540961325169f));
+  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(0.05550713092088699f));
+  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(0.24022120237350464f));
+  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(0.6931469440460205f));
+  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(1.0000001192092896f));
+  const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(shifted), 23));
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 d = _mm256_fmadd_ps(p, pow2n, one);
+  const __m256 y = _mm256_rcp_ps(d);
+  return _mm256_fmadd_ps(y, _mm256_fnmadd_ps(d, y, one), y);  // one Newton step: ~2^-22.8 relative
+}
+
+__attribute__((target("avx2,fma"))) void score_rows_avx2(const float* z, int64_t rows, const float* shift,
+                                                          const float* scale, const FoldedUnits& f,
+                                                          float out_bias, float* out) {
+  const int64_t units = static_cast<int64_t>(f.out.size());
+  for (int64_t r = 0; r < rows; r += 16) {  // two groups of 8 rows share each unit's broadcasts
+    const int64_t left = std::min<int64_t>(16, rows - r);
+    alignas(32) float in[32] = {0}, res[16];
+    const float* src = z + 2 * r;
+    if (left < 16) {
+      std::memcpy(in, src, sizeof(float) * 2 * left);
+      src = in;
+    }
+    __m256 x0a, x1a, x0b, x1b;
+    deinterleave8(src, x0a, x1a);
+    deinterleave8(src + 16, x0b, x1b);
+    if (scale != nullptr) {  // (z - mean) / std, as the reference rounds it
+      const __m256 m0 = _mm256_set1_ps(shift[0]), m1 = _mm256_set1_ps(shift[1]);
+      const __m256 s0 = _mm256_set1_ps(scale[0]), s1 = _mm256_set1_ps(scale[1]);
+      x0a = _mm256_div_ps(_mm256_sub_ps(x0a, m0), s0);
+      x1a = _mm256_div_ps(_mm256_sub_ps(x1a, m1), s1);
+      x0b = _mm256_div_ps(_mm256_sub_ps(x0b, m0), s0);
+      x1b = _mm256_div_ps(_mm256_sub_ps(x1b, m1), s1);
+    }
+    __m256 acc_a = _mm256_set1_ps(out_bias), acc_b = acc_a;
+    for (int64_t j = 0; j < units; ++j) {
+      const __m256 a0 = _mm256_set1_ps(f.a0[j]), a1 = _mm256_set1_ps(f.a1[j]), b = _mm256_set1_ps(f.b[j]);
+      const __m256 w = _mm256_set1_ps(f.out[j]);
+      acc_a = _mm256_fmadd_ps(w, sigmoid_unit8(_mm256_fmadd_ps(a1, x1a, _mm256_fmadd_ps(a0, x0a, b))), acc_a);
+      acc_b = _mm256_fmadd_ps(w, sigmoid_unit8(_mm256_fmadd_ps(a1, x1b, _mm256_fmadd_ps(a0, x0b, b))), acc_b);
+    }
+    if (left == 16) {
+      _mm256_storeu_ps(out + r, acc_a);
+      _mm256_storeu_ps(out + r + 8, acc_b);
+    } else {
+      _mm256_store_ps(res, acc_a);
+      _mm256_store_ps(res + 8, acc_b);
+      std::memcpy(out + r, res, sizeof(float) * left);
+    }
+  }
+}
 #endif
 
 template <typename T>
@@ -116,8 +194,9 @@ at::Tensor nonneg_mlp_score_kernel(const at::Tensor& z_in, at::TensorList weight
   T* op = out.data_ptr<T>();
   const T* zp = z.data_ptr<T>();
 
-#if defined(__AVX512F__)
-  const bool mqnet_shape = std::is_same_v<T, float> && layers == 2 && k == 2;
+#if defined(MQNET_FAST_X86)
+  const CpuIsa isa = cpu_isa();
+  const bool mqnet_shape = std::is_same_v<T, float> && layers == 2 && k == 2 && isa != CpuIsa::kGeneric;
   FoldedUnits folded;
   if constexpr (std::is_same_v<T, float>) {
     if (mqnet_shape)
@@ -132,11 +211,12 @@ at::Tensor nonneg_mlp_score_kernel(const at::Tensor& z_in, at::TensorList weight
     T score[kBlock];
     for (int64_t blk = b; blk < e; ++blk) {
       const int64_t r0 = blk * kBlock, rows = std::min(kBlock, n - r0);
-#if defined(__AVX512F__)
+#if defined(MQNET_FAST_X86)
       if constexpr (std::is_same_v<T, float>) {
         if (mqnet_shape) {
-          score_rows_avx512(zp + r0 * 2, rows, standardize ? shift.data() : nullptr,
-                            standardize ? scale.data() : nullptr, folded, biases[1].data_ptr<float>()[0], op + r0);
+          const auto rows_fn = isa == CpuIsa::kAvx512 ? score_rows_avx512 : score_rows_avx2;
+          rows_fn(zp + r0 * 2, rows, standardize ? shift.data() : nullptr, standardize ? scale.data() : nullptr,
+                  folded, biases[1].data_ptr<float>()[0], op + r0);
           continue;
         }
       }
