@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_strategy_options(run)
     run.add_argument("--device", default="auto", help="auto (GPU if visible), cpu, cuda, cuda:1, ...")
     run.add_argument("--run-dir", required=True, help="where results and checkpoints go")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="(strategy, seed) runs at once, each in its own process with 1/N of the CPU threads "
+                          "(default 1). Round 0 is trained first, at that thread count too, so --jobs N gives what "
+                          "one process gives at the same threads per run (a run's numbers depend on its threads)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--purity-diagnostics", action="store_true",
                      help="record the AUROC (IN vs OOD candidates) of every purity score in every round")
@@ -258,7 +262,8 @@ def main(argv=None) -> int:
                 micro_batches=args.micro_batches, infer_batch=args.infer_batch, batching=args.batching,
                 loss_module=args.loss_module, options=_options(args),
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
-                device=args.device, progress=not args.quiet, purity_diagnostics=args.purity_diagnostics)
+                device=args.device, progress=not args.quiet, jobs=args.jobs,
+                purity_diagnostics=args.purity_diagnostics)
             start = time.perf_counter()
             experiment = Experiment(config, args.run_dir, world=world)
             main_rank = world.is_main
@@ -268,8 +273,9 @@ def main(argv=None) -> int:
             if world.size > 1:
                 world.barrier()  # every rank done before any tears the group down (_leave_group)
             if main_rank:
+                processes = world.size if world.size > 1 else config.jobs
                 print(f"done in {time.perf_counter() - start:.0f} s; results in {args.run_dir}"
-                      + (f" ({world.size} processes)" if world.size > 1 else ""), file=sys.stderr)
+                      + (f" ({processes} processes)" if processes > 1 else ""), file=sys.stderr)
             if args.report and main_rank:
                 _report([args.run_dir], None)
         else:

@@ -27,7 +27,7 @@ assert not any(os.path.realpath(p or ".") == os.path.realpath(src) for p in sys.
 import mqnet_fast
 assert mqnet_fast.__file__.startswith(site), f"mqnet_fast imported from {mqnet_fast.__file__}, not the wheel"
 assert mqnet_fast.has_compiled(), "the wheel's mqnet_fast._C does not load"
-names = [m.name for m in pkgutil.walk_packages(mqnet_fast.__path__, "mqnet_fast.")]
+names = [m.name for m in pkgutil.walk_packages(mqnet_fast.__path__, "mqnet_fast.") if m.name != "mqnet_fast.__main__"]
 for name in names:
     module = importlib.import_module(name)
     assert module.__file__.startswith(site), f"{name} imported from {module.__file__}"

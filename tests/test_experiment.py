@@ -1,4 +1,5 @@
 """The AL loop end to end (tiny settings), resuming, bad configuration, CLI and report."""
+import dataclasses
 import json
 
 import numpy as np
@@ -295,3 +296,45 @@ def test_batching_and_loss_module_are_part_of_the_experiment(tmp_path, digits, f
     other = {"fill": "distinct", "distinct": "fill", "auto": "all", "all": "auto"}[before]
     with pytest.raises(ConfigError, match=field):
         Experiment(tiny(strategies=["random"], rounds=0, **{field: other}), run_dir, data=digits)
+
+
+def test_jobs_give_what_one_process_gives_at_the_same_threads(tmp_path, digits):
+    """--jobs 2 runs the (strategy, seed) runs in two spawned processes of threads // 2 threads each,
+    round 0 trained first at that count: the same records and queries as one process at that count
+    (a run's numbers depend on its thread count, not on which process ran it)."""
+    config = tiny(strategies=["mqnet", "random", "coreset"], seeds=[0, 1], rounds=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        jobs = Experiment(dataclasses.replace(config, jobs=2), tmp_path / "jobs", data=digits).run()
+        torch.set_num_threads(1)
+        serial = Experiment(config, tmp_path / "serial", data=digits).run()
+    finally:
+        torch.set_num_threads(before)
+    assert _strip(jobs) == _strip(serial)
+    assert [(r["strategy"], r["seed"]) for r in jobs] == [(r["strategy"], r["seed"]) for r in serial]
+    for name in config.strategies:
+        for seed in (0, 1):
+            a = json.loads((tmp_path / "jobs" / name / f"seed{seed}" / "queries.json").read_text())
+            assert a == json.loads((tmp_path / "serial" / name / f"seed{seed}" / "queries.json").read_text())
+            assert json.loads((tmp_path / "jobs" / name / f"seed{seed}" / "config.json").read_text())["torch_threads"] == 1
+    import pandas as pd
+
+    assert len(pd.read_csv(tmp_path / "jobs" / "results.csv")) == 3 * 2 * 3  # every run's rounds, once all ended
+
+
+def test_a_failed_job_is_named_and_the_others_keep_their_rounds(tmp_path, digits):
+    config = tiny(strategies=["random", "conf"], rounds=1, jobs=2)
+    # a checkpoint the worker cannot read: run conf seed 0 fails when it resumes
+    bad = tmp_path / "run" / "conf" / "seed0"
+    bad.mkdir(parents=True)
+    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="run conf seed 0 failed in its worker process"):
+        Experiment(config, tmp_path / "run", data=digits).run()
+    assert len(json.loads((tmp_path / "run" / "random" / "seed0" / "metrics.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_bad_jobs_are_refused_by_name(tmp_path, digits, jobs):
+    with pytest.raises(ConfigError, match="jobs must be an integer >= 1"):
+        Experiment(tiny(jobs=jobs), tmp_path / "run", data=digits)

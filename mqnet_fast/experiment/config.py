@@ -75,6 +75,10 @@ class ExperimentConfig:
     cache_dir: str | None = None
     device: str = "auto"
     progress: bool = True
+    # (strategy, seed) runs at once, each in its own process with torch.get_num_threads() // jobs
+    # threads (Experiment.run); not part of the identity, though a run's numbers depend on its thread
+    # count (oneDNN splits its reductions by thread): --jobs N equals OMP_NUM_THREADS=threads // N --jobs 1
+    jobs: int = 1
     purity_diagnostics: bool = False  # record every purity score's AUROC per round (not part of the identity)
 
     def resolved(self, world_size: int = 1) -> "ExperimentConfig":
@@ -93,6 +97,11 @@ class ExperimentConfig:
         return out
 
     def validate(self, world_size: int = 1) -> None:
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ConfigError(f"jobs must be an integer >= 1, got {self.jobs!r}")
+        if self.jobs > 1 and world_size > 1:
+            raise ConfigError(f"jobs ({self.jobs}) runs processes on one machine; under torchrun the {world_size} "
+                              "processes already share every run (use jobs 1)")
         for name in self.strategies:
             if name not in STRATEGIES:
                 raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")

@@ -113,13 +113,65 @@ class Experiment:
             raise ConfigError(f"ood_dataset {cfg.ood_dataset!r}: {err}") from err
 
     def run(self, stop_after_rounds: int | None = None) -> list[dict]:
-        """Run (or resume) every (strategy, seed) pair; returns all round records. `stop_after_rounds`
-        ends each run after that many completed rounds in this call (for tests of resuming)."""
+        """Run (or resume) every (strategy, seed) pair; returns all round records, seed by seed in
+        the order of config.strategies. `stop_after_rounds` ends each run after that many completed
+        rounds in this call (for tests of resuming). With config.jobs > 1 the runs go to that many
+        worker processes (_run_in_jobs)."""
+        pairs = [(name, seed) for seed in self.config.seeds for name in self.config.strategies]
+        if self.config.jobs > 1 and len(pairs) > 1:
+            return self._run_in_jobs(pairs, stop_after_rounds)
         records = []
-        for seed in self.config.seeds:
-            for name in self.config.strategies:
-                records += self.run_one(name, seed, stop_after_rounds)
+        for name, seed in pairs:
+            records += self.run_one(name, seed, stop_after_rounds)
         return records
+
+    def _run_in_jobs(self, pairs: list[tuple[str, int]], stop_after_rounds: int | None) -> list[dict]:
+        """The runs in config.jobs processes (multiprocessing's spawn: no state shared but the run
+        directory and the cache), each with torch.get_num_threads() // jobs threads. Round 0's
+        models are trained first, here and at that thread count, so that no two workers train the
+        same one and every run starts from it as in one process. Runs whose strategy trains more
+        than the target model (an encoder, a detector) are handed out first, so that the longest do
+        not start last. A failed run stops the others (each has kept its completed rounds) and is
+        raised naming the run; results.csv is rewritten once every run has ended."""
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        import multiprocessing
+
+        threads = max(1, torch.get_num_threads() // self.config.jobs)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for seed in self.config.seeds:
+                for name in self.config.strategies:
+                    self._round_zero_model(name, seed)
+        finally:
+            torch.set_num_threads(before)
+        worker_config = dataclasses.replace(self.config, jobs=1, progress=False)
+        order = sorted(pairs, key=lambda pair: not strategy_class(pair[0]).trains_extra_models)
+        results = {}
+        executor = ProcessPoolExecutor(self.config.jobs, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures = {executor.submit(_run_job, worker_config, str(self.run_dir), self.data, name, seed, threads,
+                                       stop_after_rounds): (name, seed) for name, seed in order}
+            for future in progress_bar(as_completed(futures), total=len(futures), disable=not self.progress,
+                                       desc=f"runs ({self.config.jobs} processes x {threads} threads)"):
+                name, seed = futures[future]
+                error = future.exception()
+                if error is not None:
+                    raise RuntimeError(f"run {name} seed {seed} failed in its worker process: "
+                                       f"{type(error).__name__}: {error}") from error
+                results[(name, seed)] = future.result()
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+            self.store.write_results()
+        return [record for pair in pairs for record in results[pair]]
+
+    def _round_zero_model(self, strategy_name: str, seed: int) -> None:
+        """Train (or load) the seed's round-0 model of the strategy's recipe."""
+        options = self.config.strategy_options(strategy_name)
+        strategy = make_strategy(strategy_name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))
+        split = self.splits[seed]
+        labeled_in = split.initial_labeled[split.is_in[split.initial_labeled]]
+        self._train(seed, 0, labeled_in, strategy)
 
     # ----------------------------------------------------------------------------------------------
 
@@ -129,6 +181,7 @@ class Experiment:
         strategy = make_strategy(strategy_name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))
         run = self.store.run(strategy_name, seed)
         run.write_config({**dataclasses.asdict(cfg), "strategy": strategy_name, "seed": seed,
+                          "torch_threads": torch.get_num_threads(),
                           "strategy_options": dataclasses.asdict(options), "num_in_classes": self.num_in,
                           "in_classes": split.in_classes, "split_notes": split.notes})
         state = self.world.from_main(run.load_checkpoint)  # one state for every rank
@@ -280,6 +333,13 @@ class Experiment:
         if r == 0:
             self._round_zero[(seed, recipe)] = result
         return result
+
+
+def _run_job(config: ExperimentConfig, run_dir: str, data, name: str, seed: int, threads: int,
+             stop_after_rounds: int | None) -> list[dict]:
+    """One (strategy, seed) run in a worker process of Experiment._run_in_jobs."""
+    torch.set_num_threads(threads)
+    return Experiment(config, run_dir, data=data).run_one(name, seed, stop_after_rounds)
 
 
 def class_balance(labels: np.ndarray, num_classes: int) -> dict:

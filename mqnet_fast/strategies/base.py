@@ -120,6 +120,9 @@ class Strategy:
     sharded: ClassVar[bool] = False
     # Whether it needs the pool's images (contrastive encoders), so not fixed embeddings.
     needs_images: ClassVar[bool] = False
+    # Whether its runs train more than the target model (an encoder, a detector): `--jobs` starts
+    # those runs first, as they take longest.
+    trains_extra_models: ClassVar[bool] = False
 
     def __init__(self, options=None, seed: int = 0):
         self.options = options if options is not None else self.Options()

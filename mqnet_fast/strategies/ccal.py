@@ -93,6 +93,7 @@ def distinctive_scores(candidates: torch.Tensor, references: torch.Tensor) -> to
 
 @register
 class CCAL(Strategy):
+    trains_extra_models = True  # two contrastive encoders
     name = "ccal"
     Options = CCALOptions
     inputs = None  # two contrastive encoders of the pool's images

@@ -177,6 +177,7 @@ def eaoa_query(predicted: np.ndarray, clean: np.ndarray, info: np.ndarray, num_c
 
 @register
 class EAOA(Strategy):
+    trains_extra_models = True  # its detector
     name = "eaoa"
     Options = EAOAOptions
     inputs = None  # trains a detector on the labeled images

@@ -282,6 +282,7 @@ def diverse_lowest(s: np.ndarray, clusters: np.ndarray, budget: int) -> np.ndarr
 
 @register
 class EOAL(Strategy):
+    trains_extra_models = True  # its detectors
     name = "eoal"
     Options = EOALOptions
     inputs = None  # trains a detector on the labeled images

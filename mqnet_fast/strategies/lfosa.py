@@ -64,6 +64,7 @@ def lfosa_scores(logits: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.T
 
 @register
 class LfOSA(Strategy):
+    trains_extra_models = True  # its detector
     name = "lfosa"
     Options = LfOSAOptions
     inputs = None  # trains a detector on the labeled images

@@ -127,6 +127,7 @@ class MQNetOptions:
 
 @register
 class MQNet(Strategy):
+    trains_extra_models = True  # a CSI encoder (purity csi)
     name = "mqnet"
     Options = MQNetOptions
     sharded = True  # P and I per rank; the standardization's statistics over every rank's candidates

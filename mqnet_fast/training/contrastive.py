@@ -131,10 +131,7 @@ def make_encoder(in_channels: int, config: EncoderConfig, device: torch.device, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = ContrastiveEncoder(in_channels, config.width, config.projection_dim)
-    encoder = encoder.to(device)
-    if device.type == "cuda":
-        encoder = encoder.to(memory_format=torch.channels_last)
-    return encoder
+    return encoder.to(device).to(memory_format=torch.channels_last)  # on every device (DeviceImages)
 
 
 def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig, seed: int, *,

@@ -104,7 +104,7 @@ def make_model(num_classes: int, in_channels: int, device: torch.device, seed: i
         if loss_module:
             model.loss_module = LossPredictionModule(model.stage_channels)
     model = model.to(device)
-    if device.type == "cuda" and arch == "resnet18":
+    if arch == "resnet18":  # channels-last on every device (DeviceImages)
         model = model.to(memory_format=torch.channels_last)
     return model
 
