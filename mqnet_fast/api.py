@@ -290,6 +290,8 @@ class MQNet:
                 "options": dataclasses.asdict(self.strategy.options)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore Phi and the round count from `state_dict()` (also states saved before an option
+        existed: they ran as that option's OPTIONS_BEFORE value). Refused if the options differ."""
         options = dataclasses.asdict(self.strategy.options)
         if "options" in state:  # a state saved before an option existed ran as that option's OPTIONS_BEFORE
             state = {**state, "options": {**OPTIONS_BEFORE, **state["options"]}}

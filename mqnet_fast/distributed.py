@@ -7,7 +7,7 @@ the winner's row (O(d) bytes) and O(W) bytes of candidates move; the pool's othe
 their rank (k-center's labeled rows, L x d, are gathered once per call). Launch with torchrun
 (NCCL on GPUs: call torch.cuda.set_device(LOCAL_RANK) first; gloo on CPUs); every function is a
 collective that every rank of `group` calls, with its own shard. An argument refused on one rank
-is refused on every rank (no rank is left waiting in a collective).
+is refused on every rank (no rank is left waiting in a collective). What moves, per op::
 
     kcenter_greedy   per pick: one max all-reduce of each shard's (max radius, lowest global index),
                      packed into an int64 in float32 (an all-gather of the pairs in float64), then

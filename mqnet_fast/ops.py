@@ -4,6 +4,7 @@ backend: "torch" (the reference in mqnet_fast.reference, any device), "cpp" (the
 kernel), "triton" (the Triton kernels in mqnet_fast.kernels: CUDA tensors, or CPU tensors under
 TRITON_INTERPRET=1), "cuda" (the CUDA-source kernels in csrc/cuda, compiled into _C), or "auto",
 which takes (_resolve_backend):
+
 - on CPU tensors "cpp" when _C is built, else "torch";
 - on CUDA tensors "triton" when triton imports, except for float64 input to nearest, badge_kmeanspp,
   nonneg_mlp_score and fl_gains (their Triton kernels compute in float32), which "torch" computes

@@ -47,6 +47,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ExperimentConfig:
+    """One experiment: data, open-set split, AL protocol, training recipe and strategies with their
+    options (the fields in IDENTITY define it), and how to run it (device, progress, jobs). None
+    fields take the dataset's defaults in `resolved()`."""
     dataset: str = "digits"
     split: str = "4:6"            # IN:OOD class ratio (not used with ood_dataset)
     ood_dataset: str | None = None  # the cross-dataset setup: every class of `dataset` IN, this dataset's OOD
@@ -97,6 +100,7 @@ class ExperimentConfig:
         return out
 
     def validate(self, world_size: int = 1) -> None:
+        """Raise ConfigError naming the first field that is out of range or inconsistent."""
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
             raise ConfigError(f"jobs must be an integer >= 1, got {self.jobs!r}")
         if self.jobs > 1 and world_size > 1:
@@ -192,9 +196,11 @@ class ExperimentConfig:
             raise ConfigError(f"strategy {strategy!r}: {err}") from err
 
     def identity(self) -> dict:
+        """The fields that define the experiment (IDENTITY): what a run directory is bound to."""
         return {name: getattr(self, name) for name in IDENTITY}
 
     def torch_device(self) -> torch.device:
+        """The device to run on ("auto": the GPU if one is visible, else the CPU)."""
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)

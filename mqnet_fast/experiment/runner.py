@@ -176,6 +176,7 @@ class Experiment:
     # ----------------------------------------------------------------------------------------------
 
     def run_one(self, strategy_name: str, seed: int, stop_after_rounds: int | None = None) -> list[dict]:
+        """Run (or resume) one (strategy, seed) run; returns its round records."""
         cfg, split = self.config, self.splits[seed]
         options = cfg.strategy_options(strategy_name)
         strategy = make_strategy(strategy_name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))

@@ -90,6 +90,8 @@ class RoundView:
         return self.extras["stage_features"]
 
     def require(self, *names: str, by: str) -> None:
+        """Raise ValueError naming the fields (or extras) in `names` that this view lacks and the
+        strategy `by` that needs them."""
         missing = [n for n in names if getattr(self, n) is None and n not in self.extras]
         if missing:
             raise ValueError(f"{by} needs {', '.join(missing)} in the RoundView, which were not given")
@@ -97,6 +99,8 @@ class RoundView:
 
 @dataclass
 class Selection:
+    """A strategy's query: the picked rows in pick order, optionally one score per candidate, the
+    per-candidate columns it computed (P, I, ...) and record fields (`extra`)."""
     indices: torch.Tensor                     # (budget,) global indices, in pick/rank order
     scores: torch.Tensor | None = None        # (U,) one score per candidate (higher = preferred)
     extra: dict = field(default_factory=dict)  # per-strategy numbers for the round's record
@@ -140,6 +144,7 @@ class Strategy:
         return [name for name in self.inputs if name not in given]
 
     def select(self, view: RoundView, budget: int) -> Selection:
+        """The `budget` candidates of `view` to label next."""
         raise NotImplementedError
 
     def observe(self, view: RoundView, selection: Selection, positions: torch.Tensor, losses: torch.Tensor,
@@ -150,9 +155,11 @@ class Strategy:
         return {}
 
     def state_dict(self) -> dict:
+        """What the strategy keeps across rounds (tensors, numbers, dicts), for the checkpoint."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict()` returned."""
         pass
 
 
@@ -227,6 +234,7 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def strategy_class(name: str) -> type[Strategy]:
+    """The registered Strategy class of `name` (ValueError listing the names if unknown)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
     return STRATEGIES[name]
