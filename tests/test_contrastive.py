@@ -237,10 +237,14 @@ def test_cache_hit_miss_and_weights_only_reload(tmp_path, monkeypatch):
     first = load_or_train_encoder(images, cache, TINY, show_progress=False)
     assert len(calls) == 1
     assert load_or_train_encoder(images, cache, TINY, show_progress=False) is first  # memory hit
-    # the entry is keyed as before micro_batches and shifts existed (left out at 1 and 4): older caches still hit
+    # the entry is keyed without micro_batches and shifts at 1 and 4, and with the trainer's version:
+    # an encoder an earlier trainer cached (other bits from the same config) is not taken for this one's
     recorded = {k: v for k, v in dataclasses.asdict(TINY).items() if k not in ("micro_batches", "shifts")}
+    recorded["trainer_version"] = contrastive.TRAINER_VERSION
     path = cache.disk_path("csi-encoder", **recorded)
     assert path.exists()
+    stale = {**recorded, "trainer_version": contrastive.TRAINER_VERSION - 1}
+    assert cache.disk_path("csi-encoder", **stale) != path
     payload = torch.load(path, weights_only=True)
     assert payload["config"] == recorded and payload["in_channels"] == 1
 

@@ -230,10 +230,16 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
     return loss.detach()
 
 
+# Bumped whenever the trainer computes other bits from the same config, so that an encoder cached by
+# an earlier version is not taken for this one's. 2: channels-last on every device (the CPU's
+# convolutions round otherwise than in NCHW).
+TRAINER_VERSION = 2
+
+
 def _cache_fields(config: EncoderConfig) -> dict:
-    """The config as its disk entry records it: micro_batches left out at 1 and shifts at 4 (the
-    entries written before they existed hold the same bits)."""
-    fields = asdict(config)
+    """The config as its disk entry records it, with the trainer's version: micro_batches left out
+    at 1 and shifts at 4 (the entries written before they existed hold the same bits)."""
+    fields = {**asdict(config), "trainer_version": TRAINER_VERSION}
     for name, before in (("micro_batches", 1), ("shifts", NUM_ROTATIONS)):
         if fields[name] == before:
             del fields[name]
