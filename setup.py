@@ -36,9 +36,19 @@ import torch
 ROOT = os.path.dirname(os.path.abspath(__file__))
 PORTABLE_X86 = "x86-64-v3"  # AVX2 + FMA: every x86-64 server CPU since 2013-2015
 # compiler macros -> /proc/cpuinfo flags: what the built code may execute without checking
-X86_FEATURE_MACROS = {"__SSE4_2__": "sse4_2", "__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma",
-                      "__BMI2__": "bmi2", "__F16C__": "f16c", "__AVX512F__": "avx512f",
-                      "__AVX512BW__": "avx512bw", "__AVX512DQ__": "avx512dq", "__AVX512VL__": "avx512vl"}
+X86_FEATURE_MACROS = {
+    "__SSE3__": "pni", "__SSSE3__": "ssse3", "__SSE4_1__": "sse4_1", "__SSE4_2__": "sse4_2", "__POPCNT__": "popcnt",
+    "__AVX__": "avx", "__AVX2__": "avx2", "__FMA__": "fma", "__F16C__": "f16c", "__BMI__": "bmi1", "__BMI2__": "bmi2",
+    "__LZCNT__": "abm", "__MOVBE__": "movbe", "__AES__": "aes", "__PCLMUL__": "pclmulqdq", "__ADX__": "adx",
+    "__SHA__": "sha_ni", "__GFNI__": "gfni", "__VAES__": "vaes", "__VPCLMULQDQ__": "vpclmulqdq",
+    "__AVXVNNI__": "avx_vnni", "__AVX512F__": "avx512f", "__AVX512BW__": "avx512bw", "__AVX512DQ__": "avx512dq",
+    "__AVX512VL__": "avx512vl", "__AVX512CD__": "avx512cd", "__AVX512VNNI__": "avx512_vnni",
+    "__AVX512VBMI__": "avx512vbmi", "__AVX512VBMI2__": "avx512_vbmi2", "__AVX512BF16__": "avx512_bf16",
+    "__AVX512IFMA__": "avx512ifma", "__AVX512BITALG__": "avx512_bitalg", "__AVX512VPOPCNTDQ__": "avx512_vpopcntdq",
+    "__AVX512FP16__": "avx512_fp16", "__AMX_TILE__": "amx_tile", "__AMX_BF16__": "amx_bf16", "__AMX_INT8__": "amx_int8"}
+# x86-64-v3 spelled out, for compilers older than GCC 11 / Clang 12 that do not know the name
+X86_64_V3_FLAGS = ["-msse4.2", "-mpopcnt", "-mavx", "-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-mlzcnt",
+                   "-mmovbe"]
 
 
 def _flag(name):
@@ -90,6 +100,18 @@ def required_cpu_features(flags: list[str], compiler: str | None = None) -> list
     return sorted(feature for macro, feature in X86_FEATURE_MACROS.items() if macro in macros)
 
 
+def compiler_accepts(flags: list[str], compiler: str | None = None) -> bool:
+    """Whether the C++ compiler takes these flags (True where it cannot be asked)."""
+    compiler = compiler or shutil.which(os.environ.get("CXX", "c++"))
+    if compiler is None:
+        return True
+    try:
+        done = subprocess.run([compiler, *flags, "-E", "-x", "c++", os.devnull], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return done.returncode == 0
+
+
 def with_cuda() -> tuple[bool, str]:
     """Whether to compile csrc/cuda/*.cu, and why."""
     choice = os.environ.get("MQNET_FAST_WITH_CUDA", "auto").strip().lower()
@@ -135,6 +157,9 @@ def _extension():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
     cpu_arch = os.environ.get("MQNET_FAST_CPU_ARCH", "").strip() or "portable"
     cxx = cxx_flags(platform.machine(), cpu_arch)
+    if f"-march={PORTABLE_X86}" in cxx and not compiler_accepts([f"-march={PORTABLE_X86}"]):
+        march = cxx.index(f"-march={PORTABLE_X86}")
+        cxx = cxx[:march] + X86_64_V3_FLAGS + cxx[march + 1:]
     backends = ["cpu"]
     kwargs = dict(name="mqnet_fast._C", include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if cuda:

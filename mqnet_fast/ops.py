@@ -83,7 +83,8 @@ def _resolve_backend(op: str, backend: str, device: torch.device, dtype: torch.d
     if backend == "cuda":
         if "cuda" not in compiled_backends():
             raise ValueError(f"{op}: backend 'cuda' needs mqnet_fast._C built with CUDA (found backends "
-                             f"{compiled_backends()}); rebuild where CUDA_HOME is set, without MQNET_FAST_FORCE_CPU")
+                             f"{compiled_backends()}); rebuild where a CUDA toolkit is found, on a machine with a visible GPU or with "
+                             "MQNET_FAST_WITH_CUDA=1 (pip install --no-build-isolation --no-deps -e .)")
         if device.type != "cuda":
             raise ValueError(f"{op}: backend 'cuda' runs on CUDA tensors, got tensors on {device}")
         if op in ("badge_kmeanspp", "nearest") and dtype == torch.float64:

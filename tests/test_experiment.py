@@ -313,6 +313,10 @@ def test_jobs_give_what_one_process_gives_at_the_same_threads(tmp_path, digits):
         torch.set_num_threads(before)
     assert _strip(jobs) == _strip(serial)
     assert [(r["strategy"], r["seed"]) for r in jobs] == [(r["strategy"], r["seed"]) for r in serial]
+    # round 0 was trained once per seed, by the parent, before any worker started a run
+    first_config = min(p.stat().st_mtime for p in (tmp_path / "jobs").glob("*/seed*/config.json"))
+    assert all(p.stat().st_mtime <= first_config for p in (tmp_path / "jobs" / "round0").glob("seed*/*.pt"))
+    assert len(list((tmp_path / "jobs" / "round0").glob("seed*/*.pt"))) == 2
     for name in config.strategies:
         for seed in (0, 1):
             a = json.loads((tmp_path / "jobs" / name / f"seed{seed}" / "queries.json").read_text())
@@ -329,8 +333,11 @@ def test_a_failed_job_is_named_and_the_others_keep_their_rounds(tmp_path, digits
     bad = tmp_path / "run" / "conf" / "seed0"
     bad.mkdir(parents=True)
     (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="run conf seed 0 failed in its worker process"):
+    with pytest.raises(RuntimeError, match="run conf seed 0 failed in its worker process: .*checkpoint"):
         Experiment(config, tmp_path / "run", data=digits).run()
+    # the other run was stopped at once; what it saved is whole rounds, and a rerun completes it
+    (bad / "checkpoint.pt").unlink()
+    Experiment(config, tmp_path / "run", data=digits).run()
     assert len(json.loads((tmp_path / "run" / "random" / "seed0" / "metrics.json").read_text())) == 2
 
 

@@ -17,3 +17,14 @@ def test_readme_loop_runs_and_mqnet_learns_purity():
     shares = [int(m) for m in re.findall(r"round \d: (\d+)% of the query is IN", out.getvalue())]
     assert len(shares) == 4
     assert shares[0] <= 10 and min(shares[1:]) >= 90, shares  # what the README says it prints
+
+
+def test_the_readme_is_one_screen_of_use():
+    """Usage first and short (at most 150 lines); the detail lives in docs/ and benchmarks/."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 150, len(lines)
+    first_heading = next(i for i, line in enumerate(lines) if line.startswith("## "))
+    assert lines[first_heading] == "## Install" and first_heading < 30
+    for link in ("docs/ops.md", "docs/kernels.md", "docs/engine.md", "docs/strategies.md", "docs/distributed.md",
+                 "docs/gpu.md", "benchmarks/README.md"):
+        assert link in README.read_text() and (README.parent / link).exists(), link

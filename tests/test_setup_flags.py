@@ -18,6 +18,12 @@ X86_FLAGS = ["-O3", "-fopenmp", "-march=x86-64-v3", "-ffp-contract=off", "-fno-t
 SOURCE = "int main() {\n  int s = 0;\n#pragma omp parallel for reduction(+ : s)\n  for (int i = 0; i < 8; ++i) s += i;\n  return s != 28;\n}\n"
 
 
+def _library_cpu_flags():
+    from mqnet_fast._library import cpu_flags
+
+    return cpu_flags()
+
+
 @pytest.fixture(scope="module")
 def setup_py():
     import setuptools
@@ -68,7 +74,13 @@ def test_required_cpu_features_follow_the_flags(setup_py):
         pytest.skip("no C++ compiler on PATH")
     assert {"avx2", "fma"} <= set(portable) and not any(f.startswith("avx512") for f in portable)
     v4 = setup_py.required_cpu_features(setup_py.cxx_flags("x86_64", "x86-64-v4"))
-    assert {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(v4)
+    assert {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"} <= set(v4)
+    # every flag named is one /proc/cpuinfo uses, so a feature this CPU lacks is found by name
+    spelled = setup_py.required_cpu_features(setup_py.X86_64_V3_FLAGS)
+    assert set(spelled) == set(portable), "the spelled-out x86-64-v3 flags are not x86-64-v3"
+    here = _library_cpu_flags()
+    if here is not None and {"avx2", "fma"} <= here:
+        assert set(portable) <= here
 
 
 @pytest.mark.parametrize("env, toolkit, gpu, want", [

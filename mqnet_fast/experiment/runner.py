@@ -120,20 +120,27 @@ class Experiment:
         pairs = [(name, seed) for seed in self.config.seeds for name in self.config.strategies]
         if self.config.jobs > 1 and len(pairs) > 1:
             return self._run_in_jobs(pairs, stop_after_rounds)
+        before = torch.get_num_threads()
+        if self.config.jobs > 1:  # one run: still at the thread count --jobs gives every run
+            torch.set_num_threads(max(1, before // self.config.jobs))
         records = []
-        for name, seed in pairs:
-            records += self.run_one(name, seed, stop_after_rounds)
+        try:
+            for name, seed in pairs:
+                records += self.run_one(name, seed, stop_after_rounds)
+        finally:
+            torch.set_num_threads(before)
         return records
 
     def _run_in_jobs(self, pairs: list[tuple[str, int]], stop_after_rounds: int | None) -> list[dict]:
         """The runs in config.jobs processes (multiprocessing's spawn: no state shared but the run
-        directory and the cache), each with torch.get_num_threads() // jobs threads. Round 0's
-        models are trained first, here and at that thread count, so that no two workers train the
-        same one and every run starts from it as in one process. Runs whose strategy trains more
-        than the target model (an encoder, a detector) are handed out first, so that the longest do
-        not start last. A failed run stops the others (each has kept its completed rounds) and is
-        raised naming the run; results.csv is rewritten once every run has ended."""
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        directory and the cache), each with torch.get_num_threads() // jobs threads and one
+        Experiment built once per process. Round 0's models are trained first, here and at that
+        thread count, so that no two workers train the same one and every run starts from it as in
+        one process. Runs whose strategy trains more than the target model (an encoder, a detector)
+        are handed out first, so that the longest do not start last. The workers ignore Ctrl-C:
+        on Ctrl-C, or when a run fails (raised naming the run), the workers are stopped at once;
+        every run keeps its completed rounds (each is saved atomically) and a rerun resumes.
+        results.csv is rewritten at the end."""
         import multiprocessing
 
         threads = max(1, torch.get_num_threads() // self.config.jobs)
@@ -148,20 +155,20 @@ class Experiment:
         worker_config = dataclasses.replace(self.config, jobs=1, progress=False)
         order = sorted(pairs, key=lambda pair: not strategy_class(pair[0]).trains_extra_models)
         results = {}
-        executor = ProcessPoolExecutor(self.config.jobs, mp_context=multiprocessing.get_context("spawn"))
+        pool = multiprocessing.get_context("spawn").Pool(
+            self.config.jobs, initializer=_start_worker, initargs=(worker_config, str(self.run_dir), self.data, threads))
         try:
-            futures = {executor.submit(_run_job, worker_config, str(self.run_dir), self.data, name, seed, threads,
-                                       stop_after_rounds): (name, seed) for name, seed in order}
-            for future in progress_bar(as_completed(futures), total=len(futures), disable=not self.progress,
-                                       desc=f"runs ({self.config.jobs} processes x {threads} threads)"):
-                name, seed = futures[future]
-                error = future.exception()
+            done = pool.imap_unordered(_run_job, [(name, seed, stop_after_rounds) for name, seed in order])
+            for name, seed, records, error in progress_bar(
+                    done, total=len(order), disable=not self.progress,
+                    desc=f"runs ({self.config.jobs} processes x {threads} threads)"):
                 if error is not None:
-                    raise RuntimeError(f"run {name} seed {seed} failed in its worker process: "
-                                       f"{type(error).__name__}: {error}") from error
-                results[(name, seed)] = future.result()
+                    raise RuntimeError(f"run {name} seed {seed} failed in its worker process: {error}")
+                results[(name, seed)] = records
+            pool.close()
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            pool.terminate()  # at once: a failed run or Ctrl-C does not wait for the others
+            pool.join()
             self.store.write_results()
         return [record for pair in pairs for record in results[pair]]
 
@@ -336,11 +343,35 @@ class Experiment:
         return result
 
 
-def _run_job(config: ExperimentConfig, run_dir: str, data, name: str, seed: int, threads: int,
-             stop_after_rounds: int | None) -> list[dict]:
-    """One (strategy, seed) run in a worker process of Experiment._run_in_jobs."""
+_WORKER: dict = {}
+
+
+def _start_worker(config: ExperimentConfig, run_dir: str, data, threads: int) -> None:
+    """A worker process of Experiment._run_in_jobs: Ctrl-C is the parent's to handle; one Experiment."""
+    import signal
+
+    import traceback
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    return Experiment(config, run_dir, data=data).run_one(name, seed, stop_after_rounds)
+    try:
+        _WORKER["experiment"] = Experiment(config, run_dir, data=data)
+    except Exception as err:  # noqa: BLE001 (a pool replaces a worker whose initializer raises, forever)
+        _WORKER["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+
+
+def _run_job(task: tuple[str, int, int | None]) -> tuple[str, int, list[dict] | None, str | None]:
+    """One (strategy, seed) run in a worker: (name, seed, its records, None) or (name, seed, None,
+    the error with its traceback)."""
+    import traceback
+
+    name, seed, stop_after_rounds = task
+    if "error" in _WORKER:
+        return name, seed, None, _WORKER["error"]
+    try:
+        return name, seed, _WORKER["experiment"].run_one(name, seed, stop_after_rounds), None
+    except Exception as err:  # noqa: BLE001 (reported by the parent, naming the run)
+        return name, seed, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
 
 
 def class_balance(labels: np.ndarray, num_classes: int) -> dict:
