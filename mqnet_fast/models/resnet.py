@@ -6,14 +6,34 @@ from torch import nn
 import torch.nn.functional as F
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that computes a convolution with one output position whose window covers the whole
+    (zero-padded) input as the linear map it is, on the CPU: out = W[:, :, taps that meet the input]
+    . x. The padding's taps multiply zeros, so the value is the same sum (rounded in another order)
+    and their weight gradients are zero either way. On 8x8 images this is the last stage (1x1
+    maps) and the stride-2 convolution into it, where oneDNN's weight gradient ran im2col and a GEMM
+    nine times the size (a fifth of a digits training step with AVX2: docs/engine.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        h, w = x.shape[-2:]
+        whole = (x.device.type == "cpu" and x.dim() == 4 and self.groups == 1 and self.dilation == (1, 1)
+                 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+                 and (h + 2 * ph - kh) // sh == 0 and (w + 2 * pw - kw) // sw == 0 and h <= kh - ph and w <= kw - pw)
+        if not whole:
+            return super().forward(x)
+        weight = self.weight[:, :, ph:ph + h, pw:pw + w].flatten(1)
+        return F.linear(x.flatten(1), weight, self.bias).view(x.shape[0], -1, 1, 1)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or in_planes != planes:
@@ -34,7 +54,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.conv1 = Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         layers, in_planes = [], width
         self.stage_channels = tuple(width * m for m in (1, 2, 4, 8))

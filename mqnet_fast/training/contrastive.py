@@ -232,8 +232,9 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
 
 # Bumped whenever the trainer computes other bits from the same config, so that an encoder cached by
 # an earlier version is not taken for this one's. 2: channels-last on every device (the CPU's
-# convolutions round otherwise than in NCHW).
-TRAINER_VERSION = 2
+# convolutions round otherwise than in NCHW). 3: one-position convolutions as linear maps on the CPU
+# (models/resnet.py Conv2d).
+TRAINER_VERSION = 3
 
 
 def _cache_fields(config: EncoderConfig) -> dict:
