@@ -61,3 +61,8 @@ def test_resnet18_on_8x8_images_matches_plain_convolutions():
     want.sum().backward()
     for (name, a), b in zip(model.named_parameters(), plain.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-11, msg=name)
+
+
+def test_an_empty_batch_goes_through():
+    conv = Conv2d(16, 32, 3, 1, 1, bias=False)
+    assert conv(torch.zeros(0, 16, 1, 1)).shape == (0, 32, 1, 1)

@@ -15,15 +15,17 @@ class Conv2d(nn.Conv2d):
     nine times the size (a fifth of a digits training step with AVX2: docs/engine.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.padding, str) or x.dim() != 4:  # "same" / "valid", or an unbatched input
+            return super().forward(x)
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         h, w = x.shape[-2:]
-        whole = (x.device.type == "cpu" and x.dim() == 4 and self.groups == 1 and self.dilation == (1, 1)
-                 and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+        whole = (x.device.type == "cpu" and self.groups == 1 and self.dilation == (1, 1)
+                 and self.padding_mode == "zeros"
                  and (h + 2 * ph - kh) // sh == 0 and (w + 2 * pw - kw) // sw == 0 and h <= kh - ph and w <= kw - pw)
         if not whole:
             return super().forward(x)
         weight = self.weight[:, :, ph:ph + h, pw:pw + w].flatten(1)
-        return F.linear(x.flatten(1), weight, self.bias).view(x.shape[0], -1, 1, 1)
+        return F.linear(x.flatten(1), weight, self.bias).view(x.shape[0], self.out_channels, 1, 1)
 
 
 class BasicBlock(nn.Module):
