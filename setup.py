@@ -85,10 +85,15 @@ def cxx_flags(machine: str, cpu_arch: str | None = None) -> list[str]:
     return common + ([] if cpu in ("portable", "native") else [f"-march={cpu}"]) + rounding
 
 
+def _compiler() -> str | None:
+    """The C++ compiler the build uses ($CXX, else c++), if it is on PATH."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
 def required_cpu_features(flags: list[str], compiler: str | None = None) -> list[str] | None:
     """The x86 CPU features (as /proc/cpuinfo names them) that code compiled with these flags may
     use unconditionally, from the compiler's predefined macros; None where that cannot be told."""
-    compiler = compiler or shutil.which(os.environ.get("CXX", "c++"))
+    compiler = compiler or _compiler()
     if compiler is None or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     try:
@@ -102,7 +107,7 @@ def required_cpu_features(flags: list[str], compiler: str | None = None) -> list
 
 def compiler_accepts(flags: list[str], compiler: str | None = None) -> bool:
     """Whether the C++ compiler takes these flags (True where it cannot be asked)."""
-    compiler = compiler or shutil.which(os.environ.get("CXX", "c++"))
+    compiler = compiler or _compiler()
     if compiler is None:
         return True
     try:

@@ -35,7 +35,12 @@ constexpr int64_t kBlock = 256;  // rows per block
 // The AVX2 path (16 rows at a time, as two groups of 8) computes the same steps with what AVX2 has:
 // 2^n built from its exponent bits (t clamped below at -126 so that 2^n stays a normal float; 1 +
 // 2^t is then 1 exactly, as when scalef underflows), and rcp (relative error < 1.5 * 2^-12) with
-// one Newton step (~2^-22.8, about float32 rounding; the sigmoid moves by < 2e-7). Both are chosen at run time (cpu/isa.h); the portable loop below is the fallback.
+// one Newton step (~2^-22.8, about float32 rounding; the sigmoid moves by < 2e-7). Both are chosen
+// at run time (cpu/isa.h); the portable loop below is the fallback.
+constexpr float kExp2Coeffs[6] = {1.0000001192092896f, 0.6931469440460205f, 0.24022120237350464f,
+                                  0.05550713092088699f, 0.009675540961325169f, 0.001327647129073739f};  // c0..c5
+constexpr float kMaxExponent = 115.0f;  // t's clamp above (both paths)
+
 struct FoldedUnits {
   std::vector<float> a0, a1, b, out;  // -w0 log2e, -w1 log2e, -bias log2e, relu(w_out) per unit
 };
@@ -53,12 +58,13 @@ inline FoldedUnits fold_units(const float* w, const float* bias, const float* w_
 }
 
 // Scores `rows` rows of z (interleaved (rows, 2), standardized here when scale != nullptr) into out.
-__attribute__((target("avx512f"))) void score_rows_avx512(const float* z, int64_t rows, const float* shift, const float* scale,
-                              const FoldedUnits& f, float out_bias, float* out) {
-  const __m512 hi = _mm512_set1_ps(115.0f), one = _mm512_set1_ps(1.0f);
-  const __m512 c5 = _mm512_set1_ps(0.001327647129073739f), c4 = _mm512_set1_ps(0.009675540961325169f);
-  const __m512 c3 = _mm512_set1_ps(0.05550713092088699f), c2 = _mm512_set1_ps(0.24022120237350464f);
-  const __m512 c1 = _mm512_set1_ps(0.6931469440460205f), c0 = _mm512_set1_ps(1.0000001192092896f);
+__attribute__((target("avx512f"))) void score_rows_avx512(const float* z, int64_t rows, const float* shift,
+                                                           const float* scale, const FoldedUnits& f,
+                                                           float out_bias, float* out) {
+  const __m512 hi = _mm512_set1_ps(kMaxExponent), one = _mm512_set1_ps(1.0f);
+  const __m512 c5 = _mm512_set1_ps(kExp2Coeffs[5]), c4 = _mm512_set1_ps(kExp2Coeffs[4]);
+  const __m512 c3 = _mm512_set1_ps(kExp2Coeffs[3]), c2 = _mm512_set1_ps(kExp2Coeffs[2]);
+  const __m512 c1 = _mm512_set1_ps(kExp2Coeffs[1]), c0 = _mm512_set1_ps(kExp2Coeffs[0]);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
   const int64_t units = static_cast<int64_t>(f.out.size());
@@ -110,14 +116,11 @@ __attribute__((target("avx2,fma"))) inline void deinterleave8(const float* src, 
 // through the top), and subtracting the shifter gives n exactly.
 __attribute__((target("avx2,fma"))) inline __m256 sigmoid_unit8(__m256 t) {
   const __m256 shifter = _mm256_set1_ps(12583039.0f);  // 1.5 * 2^23 + 127
-  t = _mm256_max_ps(_mm256_min_ps(t, _mm256_set1_ps(115.0f)), _mm256_set1_ps(-126.0f));
+  t = _mm256_max_ps(_mm256_min_ps(t, _mm256_set1_ps(kMaxExponent)), _mm256_set1_ps(-126.0f));
   const __m256 shifted = _mm256_add_ps(t, shifter);
   const __m256 fr = _mm256_sub_ps(t, _mm256_sub_ps(shifted, shifter));
-  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(0.001327647129073739f), fr, _mm256_set1_ps(0.009675540961325169f));
-  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(0.05550713092088699f));
-  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(0.24022120237350464f));
-  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(0.6931469440460205f));
-  p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(1.0000001192092896f));
+  __m256 p = _mm256_set1_ps(kExp2Coeffs[5]);
+  for (int c = 4; c >= 0; --c) p = _mm256_fmadd_ps(p, fr, _mm256_set1_ps(kExp2Coeffs[c]));
   const __m256 pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(shifted), 23));
   const __m256 one = _mm256_set1_ps(1.0f);
   const __m256 d = _mm256_fmadd_ps(p, pow2n, one);

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -116,20 +117,23 @@ class Experiment:
         """Run (or resume) every (strategy, seed) pair; returns all round records, seed by seed in
         the order of config.strategies. `stop_after_rounds` ends each run after that many completed
         rounds in this call (for tests of resuming). With config.jobs > 1 the runs go to that many
-        worker processes (_run_in_jobs)."""
+        worker processes (_run_in_jobs), each at torch.get_num_threads() // jobs threads; a single
+        run stays in this process at that thread count."""
         pairs = [(name, seed) for seed in self.config.seeds for name in self.config.strategies]
         if self.config.jobs > 1 and len(pairs) > 1:
             return self._run_in_jobs(pairs, stop_after_rounds)
-        before = torch.get_num_threads()
-        if self.config.jobs > 1:  # one run: still at the thread count --jobs gives every run
-            torch.set_num_threads(max(1, before // self.config.jobs))
         records = []
-        try:
+        with _threads(self._threads_per_run()):
             for name, seed in pairs:
                 records += self.run_one(name, seed, stop_after_rounds)
-        finally:
-            torch.set_num_threads(before)
         return records
+
+    def _threads_per_run(self) -> int:
+        return max(1, torch.get_num_threads() // self.config.jobs)
+
+    def _make_strategy(self, name: str, seed: int) -> Strategy:
+        options = self.config.strategy_options(name)
+        return make_strategy(name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))
 
     def _run_in_jobs(self, pairs: list[tuple[str, int]], stop_after_rounds: int | None) -> list[dict]:
         """The runs in config.jobs processes (multiprocessing's spawn: no state shared but the run
@@ -143,15 +147,12 @@ class Experiment:
         results.csv is rewritten at the end."""
         import multiprocessing
 
-        threads = max(1, torch.get_num_threads() // self.config.jobs)
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            for seed in self.config.seeds:
-                for name in self.config.strategies:
-                    self._round_zero_model(name, seed)
-        finally:
-            torch.set_num_threads(before)
+        threads = self._threads_per_run()
+        with _threads(threads):
+            for name, seed in pairs:
+                split = self.splits[seed]
+                labeled_in = split.initial_labeled[split.is_in[split.initial_labeled]]
+                self._train(seed, 0, labeled_in, self._make_strategy(name, seed))  # trained once per recipe
         worker_config = dataclasses.replace(self.config, jobs=1, progress=False)
         order = sorted(pairs, key=lambda pair: not strategy_class(pair[0]).trains_extra_models)
         results = {}
@@ -172,21 +173,13 @@ class Experiment:
             self.store.write_results()
         return [record for pair in pairs for record in results[pair]]
 
-    def _round_zero_model(self, strategy_name: str, seed: int) -> None:
-        """Train (or load) the seed's round-0 model of the strategy's recipe."""
-        options = self.config.strategy_options(strategy_name)
-        strategy = make_strategy(strategy_name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))
-        split = self.splits[seed]
-        labeled_in = split.initial_labeled[split.is_in[split.initial_labeled]]
-        self._train(seed, 0, labeled_in, strategy)
-
     # ----------------------------------------------------------------------------------------------
 
     def run_one(self, strategy_name: str, seed: int, stop_after_rounds: int | None = None) -> list[dict]:
         """Run (or resume) one (strategy, seed) run; returns its round records."""
         cfg, split = self.config, self.splits[seed]
         options = cfg.strategy_options(strategy_name)
-        strategy = make_strategy(strategy_name, seed=derive_seed(seed, "meta-init"), **dataclasses.asdict(options))
+        strategy = self._make_strategy(strategy_name, seed)
         run = self.store.run(strategy_name, seed)
         run.write_config({**dataclasses.asdict(cfg), "strategy": strategy_name, "seed": seed,
                           "torch_threads": torch.get_num_threads(),
@@ -343,13 +336,23 @@ class Experiment:
         return result
 
 
+@contextmanager
+def _threads(count: int):
+    """torch's CPU thread count set to `count` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 _WORKER: dict = {}
 
 
 def _start_worker(config: ExperimentConfig, run_dir: str, data, threads: int) -> None:
     """A worker process of Experiment._run_in_jobs: Ctrl-C is the parent's to handle; one Experiment."""
     import signal
-
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -19,8 +19,9 @@ class DeviceImages:
         self.flip = flip
         self.pad = max(1, self.images.shape[-1] // 8)  # 4 for 32x32 (the usual CIFAR crop), 1 for 8x8
         # channels-last (NHWC) batches, as the models are laid out: oneDNN's convolutions on the CPU
-        # are faster so too (the digits CSI encoder's step 1.6x with AVX2, 1.15x with AVX-512:
-        # benchmarks/digits_step_profile.py), and so are cuDNN's.
+        # are faster so too (the digits CSI encoder's step 1.25x with AVX2, 1.2x with AVX-512 at 1
+        # thread: benchmarks/digits_step_time.py, which sets this False for its NCHW runs), and so
+        # are cuDNN's.
         self.channels_last = True
 
     def __len__(self) -> int:
