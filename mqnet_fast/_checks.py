@@ -36,9 +36,12 @@ def tensor_list(name: str, value) -> list:
 
 
 def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
-           allow_empty: bool = False, check_values: bool = True) -> torch.Tensor:
-    """t, checked to be a 2-D float tensor of the given size; its values are checked finite unless
-    check_values is False (for a kernel that checks them itself)."""
+           allow_empty: bool = False, check_values: bool = True, products: int = 0) -> torch.Tensor:
+    """t, checked to be a 2-D float tensor of the given size, and returned detached (the ops are not
+    differentiable; a tensor that requires grad is read as its values). Its values are checked
+    finite unless check_values is False (for a kernel that checks them itself), and with `products`
+    > 0 small enough that sums over a row of products of `products` squares (squared distances,
+    norms; 2: a product of two similarities) do not overflow the compute dtype (`magnitude`)."""
     tensors(**{name: t})
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {tuple(t.shape)}")
@@ -54,7 +57,72 @@ def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
         raise ValueError(f"{name} must have {cols} columns, got {t.shape[1]}")
     if check_values:
         finite(name, t)
-    return t
+        if products:
+            magnitude(name, t, products)
+    return t.detach()
+
+
+def magnitude(name: str, t: torch.Tensor, products: int = 1, terms: int | None = None) -> None:
+    """Refuse values so large that a squared distance or a dot product over a row overflows the
+    compute dtype (float32 for float32 and half inputs): every |value| must stay below
+    (finfo.max / (4 d)) ** (1 / (2 products)), 9.2e18 in float32 for one column and one product.
+    Beyond it the kernels would return inf radii or zero similarities instead of the answer.
+    `terms`: the number of terms summed (default: the last dimension, d)."""
+    if t.numel() == 0:
+        return
+    low, high = torch.aminmax(t.detach())
+    top = max(abs(float(low)), abs(float(high)))
+    dtype = compute_dtype(t)
+    terms = t.shape[-1] if terms is None else terms
+    bound = (torch.finfo(dtype).max / (4 * max(1, terms))) ** (1 / (2 * products))
+    if top >= bound:
+        raise ValueError(f"{name} holds values up to {top:.3g} in magnitude: its sums of squares overflow "
+                         f"{str(dtype).replace('torch.', '')} (|values| must stay below {bound:.3g} for sums of {terms} "
+                         f"term(s)); scale {name} down, or pass float64")
+
+
+def copy_memory(name: str, t: torch.Tensor, dtype: torch.dtype, *others: torch.Tensor) -> None:
+    """Refuse (MemoryLimitError, a ValueError) where the contiguous `dtype` copies the kernels make of
+    `t` (and `others`) need more memory than the device has available: a stride-0 expanded tensor
+    (torch.expand) takes no memory until it is copied."""
+    from mqnet_fast import _memory
+
+    need = sum(x.numel() * torch.empty((), dtype=dtype).element_size() for x in (t, *others)
+               if not x.is_contiguous() or x.dtype != dtype)
+    if need:
+        try:
+            _memory.check(f"{name} as contiguous {str(dtype).replace('torch.', '')}", need, t.device)
+        except _memory.MemoryLimitError as err:
+            raise _memory.MemoryLimitError(f"{err}; pass a contiguous tensor of that dtype, or fewer rows") from None
+
+
+def scores(name: str, t: torch.Tensor) -> None:
+    """A 1-D floating tensor of finite values (the error names `name`)."""
+    if t.dtype == torch.bool or t.is_complex() or not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(t.shape)}")
+    finite(name, t)
+
+
+def probabilities(name: str, t: torch.Tensor, tolerance: float | None = None) -> None:
+    """Rows of non-negative values summing to 1 (within `tolerance`; default 1e-3, 3e-2 for half
+    precision): a softmax, not logits."""
+    if t.numel() == 0:
+        return
+    if tolerance is None:
+        tolerance = 3e-2 if t.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    low = float(t.min())
+    if low < 0:
+        raise ValueError(f"{name} must be probabilities (rows of values >= 0 summing to 1), but holds {low:.3g}; "
+                         "pass logits instead for unnormalized scores")
+    sums = t.double().sum(1)
+    off = torch.nonzero((sums - 1).abs() > tolerance).flatten()
+    if off.numel():
+        row = int(off[0])
+        raise ValueError(f"{name} must be probabilities (rows summing to 1), but row {row} sums to "
+                         f"{float(sums[row]):.6g} ({off.numel()} row(s) off by more than {tolerance:g}); pass logits "
+                         "instead for unnormalized scores")
 
 
 def finite(name: str, t: torch.Tensor) -> None:

@@ -34,7 +34,8 @@ def _tensor(name: str, value) -> torch.Tensor:
     if isinstance(value, np.ndarray):
         if value.dtype == object:
             raise TypeError(f"{name} must be a numeric array, got dtype object")
-        value = torch.from_numpy(np.array(value, copy=True) if not value.flags.writeable else value)
+        copy = not value.flags.writeable or any(stride < 0 for stride in value.strides)
+        value = torch.from_numpy(np.array(value, copy=True) if copy else value)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
     return value
@@ -64,20 +65,23 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
     unknown = sorted(set(inputs) - set(INPUTS))
     if unknown:
         raise TypeError(f"unknown input(s) {', '.join(map(repr, unknown))}; the inputs are {', '.join(INPUTS)}")
-    given = {k: _tensor(k, v) for k, v in inputs.items() if v is not None}
+    given = {k: _tensor(k, v).detach() for k, v in inputs.items() if v is not None}
     if "probs" in given and "logits" in given:
         raise ValueError("give probs or logits, not both")
     for name, t in given.items():
         if name == "labeled_is_in":
             continue
         if name in _MATRICES:
-            checks.matrix(name, t, allow_empty=name.startswith("labeled_"))
+            checks.matrix(name, t, allow_empty=name.startswith("labeled_"), products=int(name.endswith("feats")))
+            if name.endswith("probs"):
+                checks.probabilities(name, t)
         elif t.dim() != 1:
             raise ValueError(f"{name} must be 1-D (one value per candidate), got shape {tuple(t.shape)}")
         elif not t.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
         else:
             checks.finite(name, t)
+            checks.magnitude(name, t, terms=t.numel())  # standardized over the candidates: mean and std
     # one device for all: the first per-candidate input's (the strategies compute there)
     device = next((given[k].device for k in PER_CANDIDATE if k in given), None)
     if device is not None:
@@ -252,6 +256,8 @@ class MQNet:
             if losses.shape != rows.shape:
                 raise ValueError(f"losses must have shape {tuple(rows.shape)} (one per index), got {tuple(losses.shape)}")
             checks.finite("losses", losses)
+            if bool((losses < 0).any()):
+                raise ValueError(f"losses must be >= 0 (cross-entropies; 0 for OOD rows), got {float(losses.min()):.3g}")
         else:
             losses = self._losses(rows, is_in, labels)
         record = self.strategy.observe(None, selection, rows, losses,

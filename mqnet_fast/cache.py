@@ -13,7 +13,7 @@ import numpy as np
 
 # Bumped whenever what is cached on disk would come out differently from the same inputs (a changed
 # augmentation, loss or architecture), so that older entries are not reused.
-DISK_VERSION = 1
+DISK_VERSION = 2  # 2: entries are sealed (mqnet_fast.io.save_sealed)
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -33,6 +33,11 @@ class RunCache:
     show_progress: bool = True    # progress bars for what is trained here
     world: Any = None             # mqnet_fast.distributed.World under torchrun (the encoder trains on every rank together)
     memo: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)  # name -> sha256 of each model used (loaded or trained)
+
+    def record_model(self, name: str, digest: str) -> None:
+        """Note the sha256 of a model this run used (the run records it: which encoder it used)."""
+        self.models[name] = digest
 
     def get(self, key, build: Callable[[], Any]) -> Any:
         """The memoized value for `key` (hashable), built once with `build()`."""

@@ -9,7 +9,9 @@ import os
 import sys
 import time
 
+from mqnet_fast._memory import MemoryLimitError
 from mqnet_fast.data import DataError
+from mqnet_fast.io import RunFileError
 from mqnet_fast.experiment import DEFAULTS, ExperimentConfig, ConfigError, Experiment
 from mqnet_fast.strategies import STRATEGIES
 
@@ -100,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="(strategy, seed) runs at once, each in its own process with 1/N of the CPU threads "
                           "(default 1). Round 0 is trained first, at that thread count too, so --jobs N gives what "
                           "one process gives at the same threads per run (a run's numbers depend on its threads)")
+    run.add_argument("--wait", action="store_true",
+                     help="if another process is writing one of these runs, wait for it to end, then resume what it "
+                          "left (default: exit naming that process)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--purity-diagnostics", action="store_true",
                      help="record the AUROC (IN vs OOD candidates) of every purity score in every round")
@@ -134,6 +139,8 @@ def _report(run_dirs, out) -> None:
         raise ConfigError(f"--out {out!r} exists and is not a directory")
 
     result = write_report(run_dirs, out)
+    for path, why in result["skipped"]:
+        print(f"mqnet-fast: skipped {path}: {why}", file=sys.stderr)
     print(result["table"], end="")
     print(f"table: {result['markdown']} (CSV: {result['csv']})")
     print(f"plot:  {result['plot']}")
@@ -147,16 +154,11 @@ def _select(args) -> None:
     import numpy as np
 
     from mqnet_fast.api import select
-    from mqnet_fast.io import atomic_write_text
+    from mqnet_fast.io import atomic_write_text, check_output_path, read_npz
 
     path = args.embeddings
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except FileNotFoundError:
-        raise ConfigError(f"--embeddings {path!r}: no such file") from None
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"--embeddings {path!r} is not a readable .npz file ({err})") from None
+    out = check_output_path(args.out, "--out", inputs=(path,))  # before the work, as every check of the options
+    arrays = read_npz(path, f"--embeddings {path!r}", error=ConfigError)
     known = {"feats", "probs", "logits", "labeled", "labeled_is_in", "purity", "informativeness"}
     unknown = sorted(set(arrays) - known)
     if unknown:
@@ -164,6 +166,8 @@ def _select(args) -> None:
                           f"{', '.join(sorted(known))}")
     if "feats" not in arrays:
         raise ConfigError(f"--embeddings {path!r} has no array 'feats' (N, d)")
+    if arrays["feats"].ndim != 2:
+        raise ConfigError(f"--embeddings: 'feats' must be 2-D (rows, features), got shape {arrays['feats'].shape}")
     n = arrays["feats"].shape[0]
     for name, array in arrays.items():
         rows_expected = name in ("feats", "probs", "logits", "purity", "informativeness")
@@ -193,8 +197,6 @@ def _select(args) -> None:
         inputs["labeled_is_in"] = arrays["labeled_is_in"]
     if not 0 <= args.seed < 2**63:
         raise ConfigError(f"--seed must be in [0, 2**63), got {args.seed}")
-    if os.path.isdir(args.out):
-        raise ConfigError(f"--out {args.out!r} is a directory; give the path of the CSV file to write")
     if args.budget < 1 or args.budget > len(candidates):
         raise ConfigError(f"--budget must be in [1, {len(candidates)}] (the unlabeled rows), got {args.budget}")
 
@@ -207,7 +209,7 @@ def _select(args) -> None:
     scores = (selection.scores.cpu().numpy()[picks] if selection.scores is not None
               else np.full(len(picks), np.nan))
     lines = ["index,score"] + [f"{int(candidates[i])},{s:.9g}" for i, s in zip(picks, scores)]
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     print(f"{len(picks)} picks of {len(candidates)} unlabeled rows written to {args.out}", file=sys.stderr)
 
 
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
                 loss_module=args.loss_module, options=_options(args),
                 data_root=args.data_root, download=args.download, cache_dir=args.cache_dir,
                 device=args.device, progress=not args.quiet, jobs=args.jobs,
-                purity_diagnostics=args.purity_diagnostics)
+                purity_diagnostics=args.purity_diagnostics, wait=args.wait)
             start = time.perf_counter()
             experiment = Experiment(config, args.run_dir, world=world)
             main_rank = world.is_main
@@ -280,7 +282,7 @@ def main(argv=None) -> int:
                 _report([args.run_dir], None)
         else:
             _report(args.run_dirs, args.out)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, RunFileError, MemoryLimitError, FileNotFoundError) as err:
         print(f"mqnet-fast: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

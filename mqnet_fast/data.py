@@ -30,13 +30,12 @@ import io
 import math
 import os
 import tarfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from mqnet_fast.io import atomic_save_npz
+from mqnet_fast.io import atomic_save_npz, read_npz
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder:<path>", "embeddings:<file.npz>")
@@ -224,25 +223,15 @@ def load_embeddings(path: str | Path) -> FeatureArrays:
     where = f"embeddings {str(path)!r}"
     if not path.is_file():
         raise DataError(f"{where} does not exist" if not path.exists() else f"{where} is not a file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise DataError(f"{where} is not a readable .npz file ({err})") from err
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{where} holds a single array; expected an .npz with {', '.join(EMBEDDING_ARRAYS)}")
-    with archive:
-        present = set(archive.files)
-        arrays = {}
-        for name in EMBEDDING_ARRAYS + (("classes",) if "classes" in present else ()):
-            if name not in present:
-                holds = ", ".join(sorted(present)) or "nothing"
-                raise DataError(f"{where}: array {name!r} is missing (the file holds {holds}; "
-                                f"expected {', '.join(EMBEDDING_ARRAYS)}, optionally classes)")
-            try:
-                arrays[name] = archive[name]
-            except (ValueError, OSError, zipfile.BadZipFile) as err:  # object arrays need pickles
-                raise DataError(f"{where}: array {name!r} cannot be read without pickles ({err}); "
-                                "save plain numeric arrays") from err
+    archive = read_npz(path, where, error=DataError)  # headers checked against the memory limit first
+    present = set(archive)
+    arrays = {}
+    for name in EMBEDDING_ARRAYS + (("classes",) if "classes" in present else ()):
+        if name not in present:
+            holds = ", ".join(sorted(present)) or "nothing"
+            raise DataError(f"{where}: array {name!r} is missing (the file holds {holds}; "
+                            f"expected {', '.join(EMBEDDING_ARRAYS)}, optionally classes)")
+        arrays[name] = archive[name]
     dims = {}
     for split in ("train", "test"):
         feats, labels = arrays[f"{split}_feats"], arrays[f"{split}_labels"]
@@ -268,6 +257,12 @@ def load_embeddings(path: str | Path) -> FeatureArrays:
         raise DataError(f"{where}: array 'test_feats' has {dims['test']} features per row, "
                         f"'train_feats' {dims['train']}")
     top = int(max(arrays["train_labels"].max(), arrays["test_labels"].max()))
+    if top >= len(arrays["train_labels"]):  # before building anything of that size
+        raise DataError(f"{where}: labels go up to {top}, but 'train_labels' holds {len(arrays['train_labels'])} "
+                        f"examples, too few for every class 0..{top} to be present; labels must be 0..C-1 with every "
+                        "class present in the training split")
+    for split in ("train", "test"):
+        arrays[f"{split}_labels"] = arrays[f"{split}_labels"].astype(np.int64)
     if "classes" in arrays:
         classes = arrays["classes"]
         if classes.ndim != 1 or classes.dtype.kind not in "US":

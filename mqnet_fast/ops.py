@@ -133,7 +133,8 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
     """
     checks.tensors(x=x)
     device = checks.same_device(x=x, labeled=labeled, exclude=exclude)
-    x = checks.matrix("x", x)
+    checks.copy_memory("x", x, checks.compute_dtype(x))  # before reading the values: an expanded x is cheap to hold
+    x = checks.matrix("x", x, products=1)
     n = x.shape[0]
     labeled = checks.indices("labeled", labeled, n, device)
     excluded = checks.row_mask("exclude", exclude, n, device)
@@ -176,8 +177,9 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
     """
     checks.tensors(queries=queries, keys=keys)
     device = checks.same_device(queries=queries, keys=keys)
-    queries = checks.matrix("queries", queries)
-    keys = checks.matrix("keys", keys, cols=queries.shape[1])
+    checks.copy_memory("queries and keys", queries, checks.compute_dtype(queries), keys)
+    queries = checks.matrix("queries", queries, products=1)
+    keys = checks.matrix("keys", keys, cols=queries.shape[1], products=1)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
@@ -225,8 +227,10 @@ def fl_gains(ground: torch.Tensor, candidates: torch.Tensor, lo: torch.Tensor, h
     checks.tensors(optional=True, ground2=ground2, candidates2=candidates2)
     device = checks.same_device(ground=ground, candidates=candidates, lo=lo, hi=hi, ground2=ground2,
                                 candidates2=candidates2)
-    ground = checks.matrix("ground", ground)
-    candidates = checks.matrix("candidates", candidates, cols=ground.shape[1], allow_empty=True)
+    factors = 1 if ground2 is None else 2
+    ground = checks.matrix("ground", ground, products=factors)
+    candidates = checks.matrix("candidates", candidates, cols=ground.shape[1], allow_empty=True, products=factors)
+    lo, hi = lo.detach(), hi.detach()
     n = ground.shape[0]
     for name, t in (("lo", lo), ("hi", hi)):
         if t.dim() != 1 or t.shape[0] != n:
@@ -240,9 +244,9 @@ def fl_gains(ground: torch.Tensor, candidates: torch.Tensor, lo: torch.Tensor, h
         raise ValueError("give ground2 and candidates2 together (the second similarity factor), or neither")
     dtype = torch.promote_types(checks.compute_dtype(ground), checks.compute_dtype(candidates))
     if ground2 is not None:
-        ground2 = checks.matrix("ground2", ground2, rows=n)
+        ground2 = checks.matrix("ground2", ground2, rows=n, products=factors)
         candidates2 = checks.matrix("candidates2", candidates2, rows=candidates.shape[0], cols=ground2.shape[1],
-                                    allow_empty=True)
+                                    allow_empty=True, products=factors)
         dtype = torch.promote_types(dtype, torch.promote_types(checks.compute_dtype(ground2),
                                                                checks.compute_dtype(candidates2)))
     if backend == "cuda":
@@ -285,8 +289,9 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
     """
     checks.tensors(probs=probs, feats=feats)
     device = checks.same_device(probs=probs, feats=feats)
+    checks.copy_memory("feats", feats, checks.compute_dtype(feats))
     probs = checks.matrix("probs", probs)
-    feats = checks.matrix("feats", feats, rows=probs.shape[0])
+    feats = checks.matrix("feats", feats, rows=probs.shape[0], products=1)
     k = checks.count("k", k, high=probs.shape[0], what=f"the {probs.shape[0]} rows of probs")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -517,9 +522,7 @@ def top_b(scores: torch.Tensor, b: int) -> torch.Tensor:
     """Indices of the b largest scores, highest first, ties to the lowest index (deterministic,
     unlike a bare torch.topk). scores: (N,) float. Returns (b,) int64."""
     checks.tensors(scores=scores)
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be a 1-D tensor, got shape {tuple(scores.shape)}")
-    checks.finite("scores", scores)
+    checks.scores("scores", scores)
     b = checks.count("b", b, high=scores.shape[0], what=f"the {scores.shape[0]} scores")
     if b == 0:
         return torch.empty(0, dtype=torch.long, device=scores.device)

@@ -4,48 +4,52 @@ paper's tables (strategies as rows, settings such as noise ratios as columns), a
 
 Runs are grouped by their experiment's full identity (RUN_DIR/experiment.json: dataset, split,
 noise, budget, rounds, iterations, ...) and their strategy's options: runs that differ in any of
-them get separate columns or rows, labeled by what differs."""
+them get separate columns or rows, labeled by what differs. Only runs whose checkpoint verifies
+(sealed by that experiment, for that strategy, options and seed) are read; the others are listed
+with the reason they were left out."""
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from mqnet_fast.io import atomic_write_text, read_json
+from mqnet_fast.io import atomic_write_text
 from mqnet_fast.experiment import ConfigError, records_to_csv
 
 
-IDENTITY_FIELDS = ("dataset", "split", "noise", "budget")  # in every record, for run dirs without experiment.json
+def collect_runs(run_dirs, skipped: list | None = None) -> list[dict]:
+    """Every (strategy, seed) run under the run directories whose checkpoint verifies
+    (RUN_DIR/<strategy>/seed<k>/checkpoint.pt, sealed for the experiment in RUN_DIR/experiment.json),
+    each as {"setting": the experiment's identity, "strategy", "options": the strategy's options,
+    "seed", "records", "path"}. The records come from the checkpoints, never from metrics.json (an
+    output the engine does not read back). Each run left out is appended to `skipped` as (path, why).
+    A run reached twice (the same directory given twice, or through a link) counts once; two
+    different directories holding the same run (same setting, strategy, options and seed) are
+    refused: they would count one seed twice."""
+    from mqnet_fast.experiment.store import RunStore
 
-
-def collect_runs(run_dirs) -> list[dict]:
-    """Every (strategy, seed) run under the run directories (RUN_DIR/<strategy>/seed<k>/metrics.json),
-    each as {"setting": the experiment's identity (RUN_DIR/experiment.json), "strategy", "options":
-    the strategy's options (config.json), "seed", "records", "path"}. A run reached twice (the same
-    directory given twice, or through a link) counts once; two different directories holding the
-    same run (same setting, strategy, options and seed) are refused: they would count one seed twice."""
-    runs, seen = [], set()
+    runs, seen, left_out = [], set(), []
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run directory {str(run_dir)!r} does not exist")
-        paths = sorted(run_dir.glob("*/seed*/metrics.json"))
-        if not paths:
-            raise FileNotFoundError(f"run directory {str(run_dir)!r} holds no results (*/seed*/metrics.json)")
-        experiment = read_json(run_dir / "experiment.json") if (run_dir / "experiment.json").exists() else None
-        for path in paths:
-            real = path.resolve()
-            if real in seen:
+        store = RunStore(run_dir, writes=False)
+        found, skipped_here = store.verified_runs()
+        left_out += skipped_here
+        if not found and not skipped_here:
+            raise FileNotFoundError(f"run directory {str(run_dir)!r} holds no results (*/seed*/checkpoint.pt)")
+        setting = store.saved_experiment() if found else None
+        for run in found:
+            real = run["path"].resolve()
+            if real in seen or not run["records"]:
                 continue
             seen.add(real)
-            records = read_json(path)
-            if not records:
-                continue
-            config = read_json(path.parent / "config.json") if (path.parent / "config.json").exists() else {}
-            setting = experiment or {k: records[0].get(k) for k in IDENTITY_FIELDS}
-            run = {"setting": setting, "strategy": records[0]["strategy"], "seed": records[0]["seed"],
-                   "options": config.get("strategy_options") or {}, "records": records, "path": path.parent}
-            runs.append(run)
+            runs.append({**run, "setting": setting})
+    if skipped is not None:
+        skipped += left_out
+    if not runs:
+        why = "; ".join(f"{str(path)!r}: {reason}" for path, reason in left_out)
+        raise ConfigError(f"no run in {', '.join(map(str, run_dirs))} verifies ({why})")
     return runs
 
 
@@ -221,13 +225,17 @@ def plot(runs: list[dict], path: Path) -> Path:
 def write_report(run_dirs, out_dir=None) -> dict:
     """Writes report.png, report.md and report.csv (one row per setting and strategy) into out_dir
     (default: the first run directory). Returns the paths and the markdown table."""
-    runs = collect_runs(run_dirs)
+    skipped = []
+    runs = collect_runs(run_dirs, skipped)
     out = Path(out_dir if out_dir is not None else run_dirs[0])
     rows = summarize(runs)
     table = markdown_table(rows)
     note = ("Last-round test accuracy (%) on the IN test classes, mean±std over seeds where there are "
             "several; in brackets the share of IN examples among all queried examples.\n")
-    atomic_write_text(out / "report.md", "# mqnet-fast report\n\n" + note + "\n" + table)
+    left_out = "".join(f"\n- {path}: {why}" for path, why in skipped)
+    left_out = f"\nRuns left out (their files do not verify):{left_out}\n" if skipped else ""
+    atomic_write_text(out / "report.md", "# mqnet-fast report\n\n" + note + "\n" + table + left_out)
     atomic_write_text(out / "report.csv", records_to_csv(rows))
     png = plot(runs, out / "report.png")
-    return {"table": table, "markdown": out / "report.md", "csv": out / "report.csv", "plot": png}
+    return {"table": table, "markdown": out / "report.md", "csv": out / "report.csv", "plot": png,
+            "skipped": skipped}

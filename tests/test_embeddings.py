@@ -213,7 +213,7 @@ def test_every_strategy_runs_on_embeddings(tmp_path, digits_embeddings):
     mq = json.loads((tmp_path / "run" / "mqnet" / "seed0" / "metrics.json").read_text())
     assert 0.0 <= mq[0]["purity_auroc"] <= 1.0 and mq[0]["meta_steps"] == 2 * 5
     # round 0 shared: by default (loss_module "all") every strategy's head carries the loss module
-    assert sorted(p.name for p in (tmp_path / "run" / "round0" / "seed0").iterdir()) == ["head-loss-module.pt"]
+    assert sorted(p.name for p in (tmp_path / "run" / "round0" / "seed0").glob("*.pt")) == ["head-loss-module.pt"]
     assert len({(r["test_accuracy"], r["train_loss"]) for r in records if r["round"] == 0}) == 1
 
 

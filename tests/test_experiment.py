@@ -10,7 +10,8 @@ from mqnet_fast.cli import main
 from mqnet_fast.data import load_digits
 from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig, check_selection
 from mqnet_fast.strategies import STRATEGIES
-from testing import strip_timing, tiny_config
+from mqnet_fast.io import RunFileError, save_sealed
+from testing import checkpoint_state, strip_timing, tiny_config
 
 tiny, _strip = tiny_config, strip_timing
 
@@ -63,8 +64,8 @@ def test_resume_after_interrupt_gives_the_same_results(tmp_path, digits):
         a = json.loads((tmp_path / "whole" / name / "seed0" / "queries.json").read_text())
         b = json.loads((tmp_path / "cut" / name / "seed0" / "queries.json").read_text())
         assert a == b
-    phi_a = torch.load(tmp_path / "whole" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=True)["strategy"]
-    phi_b = torch.load(tmp_path / "cut" / "mqnet" / "seed0" / "checkpoint.pt", weights_only=True)["strategy"]
+    phi_a = checkpoint_state(tmp_path / "whole" / "mqnet" / "seed0" / "checkpoint.pt")["strategy"]
+    phi_b = checkpoint_state(tmp_path / "cut" / "mqnet" / "seed0" / "checkpoint.pt")["strategy"]
     assert all(torch.equal(phi_a["model"][k], phi_b["model"][k]) for k in phi_a["model"])
 
 
@@ -281,21 +282,19 @@ def test_batching_distinct_never_repeats_an_example_in_a_batch(batching, monkeyp
 
 @pytest.mark.parametrize("field, first, second", [("batching", "fill", "distinct"), ("loss_module", "all", "auto")])
 def test_batching_and_loss_module_are_part_of_the_experiment(tmp_path, digits, field, first, second):
-    """A run directory made with one value refuses a rerun with the other, naming the field; one made
-    before the field was recorded counts as its earlier behaviour (batching fill, loss_module auto)."""
+    """A run directory made with one value refuses a rerun with the other, naming the field; with the
+    field deleted from experiment.json (edited by hand) it refuses both."""
     run_dir = tmp_path / "run"
     Experiment(tiny(strategies=["random"], rounds=0, **{field: first}), run_dir, data=digits).run()
     with pytest.raises(ConfigError, match=field):
         Experiment(tiny(strategies=["random"], rounds=0, **{field: second}), run_dir, data=digits)
     recorded = json.loads((run_dir / "experiment.json").read_text())
     assert recorded[field] == first
-    del recorded[field]  # as a run directory from before the field existed
+    del recorded[field]
     (run_dir / "experiment.json").write_text(json.dumps(recorded))
-    before = {"batching": "fill", "loss_module": "auto"}[field]
-    Experiment(tiny(strategies=["random"], rounds=0, **{field: before}), run_dir, data=digits)
-    other = {"fill": "distinct", "distinct": "fill", "auto": "all", "all": "auto"}[before]
-    with pytest.raises(ConfigError, match=field):
-        Experiment(tiny(strategies=["random"], rounds=0, **{field: other}), run_dir, data=digits)
+    for value in (first, second):
+        with pytest.raises(ConfigError, match="experiment.json' was edited or damaged"):
+            Experiment(tiny(strategies=["random"], rounds=0, **{field: value}), run_dir, data=digits)
 
 
 def test_jobs_give_what_one_process_gives_at_the_same_threads(tmp_path, digits):
@@ -329,12 +328,15 @@ def test_jobs_give_what_one_process_gives_at_the_same_threads(tmp_path, digits):
 
 def test_a_failed_job_is_named_and_the_others_keep_their_rounds(tmp_path, digits):
     config = tiny(strategies=["random", "conf"], rounds=1, jobs=2)
-    # a checkpoint the worker cannot read: run conf seed 0 fails when it resumes
-    bad = tmp_path / "run" / "conf" / "seed0"
-    bad.mkdir(parents=True)
-    (bad / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match="run conf seed 0 failed in its worker process: .*checkpoint"):
-        Experiment(config, tmp_path / "run", data=digits).run()
+    # a checkpoint sealed for run conf seed 0 whose state is not a run state: the parent's checks read
+    # seals only, the worker fails when it loads the state, and its named error is raised by name
+    experiment = Experiment(config, tmp_path / "run", data=digits)
+    run = experiment.store.run("conf", 0)
+    save_sealed(run.checkpoint_path, {"labeled": "not a list"},
+                {**run.identity(experiment.identity, experiment._options("conf")), "round": 0})
+    with pytest.raises(RunFileError, match="run conf seed 0: checkpoint .* is not a run state"):
+        experiment.run()
+    bad = run.path
     # the other run was stopped at once; what it saved is whole rounds, and a rerun completes it
     (bad / "checkpoint.pt").unlink()
     Experiment(config, tmp_path / "run", data=digits).run()

@@ -1,6 +1,7 @@
 """What a run directory guarantees: nothing written by a refused start, nothing unpickled but
 tensors, mirrors rewritten after a crash, round 0 trained once across processes, reports that never
 merge different experiments."""
+import io
 import json
 import shutil
 
@@ -11,7 +12,8 @@ from mqnet_fast.data import load_digits
 from mqnet_fast.experiment import ConfigError, Experiment, store
 from mqnet_fast.experiment import phases
 from mqnet_fast.report import collect_runs, summarize, write_report
-from testing import strip_timing, tiny_config
+from mqnet_fast.io import RunFileError, read_seal, save_sealed
+from testing import checkpoint_state, strip_timing, tiny_config
 
 @pytest.fixture(scope="module")
 def digits():
@@ -33,14 +35,20 @@ class _RunsCode:
         return (_RunsCode.ran.append, ("unpickled",))
 
 
-def test_checkpoint_with_other_pickled_objects_is_refused(tmp_path, digits):
+@pytest.mark.parametrize("sealed", [False, True])
+def test_checkpoint_with_other_pickled_objects_is_refused(tmp_path, digits, sealed):
+    """Neither a bare pickle nor one inside a valid seal (its checksum recomputed) is unpickled."""
     config = tiny(strategies=["random"])
     Experiment(config, tmp_path / "run", data=digits).run(stop_after_rounds=1)
     path = tmp_path / "run" / "random" / "seed0" / "checkpoint.pt"
-    state = torch.load(path, weights_only=True)
+    seal = read_seal(path, "checkpoint")
+    state = checkpoint_state(path)
     state["strategy"] = {"payload": _RunsCode()}
-    torch.save(state, path)
-    with pytest.raises(ConfigError, match="holds pickled objects other than tensors.*not loaded"):
+    if sealed:
+        save_sealed(path, state, seal["identity"])
+    else:
+        torch.save(state, path)
+    with pytest.raises(RunFileError, match="holds pickled objects other than tensors.*not loaded"):
         Experiment(config, tmp_path / "run", data=digits).run()
     assert _RunsCode.ran == []
 
@@ -48,9 +56,10 @@ def test_checkpoint_with_other_pickled_objects_is_refused(tmp_path, digits):
 def test_round_zero_file_is_loaded_without_pickles(tmp_path, digits):
     Experiment(tiny(strategies=["random"], rounds=0), tmp_path / "run", data=digits).run()
     path = tmp_path / "run" / "round0" / "seed0" / "resnet-loss-module.pt"  # loss_module "all": every strategy
-    saved = torch.load(path, weights_only=True)
-    torch.save({**saved, "train_loss": _RunsCode()}, path)
-    with pytest.raises(ConfigError, match="not loaded"):
+    seal = read_seal(path, "round-0 model")
+    saved = torch.load(io.BytesIO(seal["data"]), weights_only=True)
+    save_sealed(path, {**saved, "train_loss": _RunsCode()}, seal["identity"])
+    with pytest.raises(RunFileError, match="not loaded"):
         Experiment(tiny(strategies=["conf"], rounds=0), tmp_path / "run", data=digits).run()
     assert _RunsCode.ran == []
 
@@ -68,10 +77,10 @@ def test_crash_between_checkpoint_and_outputs_leaves_nothing_stale(tmp_path, dig
     config = tiny(strategies=["random"])
     whole = Experiment(config, tmp_path / "whole", data=digits).run()
 
-    def crash_on_last_round(self, state):
+    def crash_on_last_round(self, experiment, state):
         if len(state["records"]) == config.rounds + 1:
             raise KeyboardInterrupt  # killed just after the last checkpoint was written
-        original(self, state)
+        original(self, experiment, state)
 
     original = store.SingleRun.write_outputs
     monkeypatch.setattr(store.SingleRun, "write_outputs", crash_on_last_round)
@@ -148,29 +157,10 @@ def test_other_data_under_the_same_name_is_refused(tmp_path, digits):
     Experiment(tiny(strategies=["conf"], rounds=0), tmp_path / "run", data=digits).run()  # the same data resumes
 
 
-def test_report_compares_settings_on_the_fields_every_run_dir_records(tmp_path, digits):
-    a = _run(tmp_path, "a", digits)
-    b = _run(tmp_path, "b", digits, budget=10)
-    for run_dir in (a, b):  # run directories from before the data digest was recorded
-        identity = json.loads((run_dir / "experiment.json").read_text())
-        identity.pop("data_digest")
-        (run_dir / "experiment.json").write_text(json.dumps(identity))
-    c = _run(tmp_path, "c", digits, budget=10, seeds=[1])  # a new one, with the digest
-    rows = summarize(collect_runs([a, b, c]))
-    assert sorted((r["setting"], r["seeds"]) for r in rows) == [("digits 4:6 noise 0.6 budget 10", 2),
-                                                              ("digits 4:6 noise 0.6 budget 12", 1)]
-    shutil.copytree(c, tmp_path / "c-copy")
-    identity = json.loads((tmp_path / "c-copy" / "experiment.json").read_text())
-    identity.pop("data_digest")
-    (tmp_path / "c-copy" / "experiment.json").write_text(json.dumps(identity))
-    with pytest.raises(ConfigError, match="are the same run"):  # a copy without the digest is still a copy
-        summarize(collect_runs([c, tmp_path / "c-copy"]))
-
-
 def test_a_truncated_checkpoint_is_refused_by_name(tmp_path, digits):
     config = tiny(strategies=["random"])
     Experiment(config, tmp_path / "run", data=digits).run(stop_after_rounds=1)
     path = tmp_path / "run" / "random" / "seed0" / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ConfigError, match="checkpoint.pt' cannot be read as a saved run state.*delete it"):
+    with pytest.raises(RunFileError, match="checkpoint.pt' cannot be read .*delete it"):
         Experiment(config, tmp_path / "run", data=digits).run()

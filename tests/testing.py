@@ -83,3 +83,12 @@ def strip_timing(records):
     def value(v):
         return "nan" if isinstance(v, float) and v != v else v
     return [{k: value(v) for k, v in r.items() if not k.startswith("time_")} for r in records]
+
+
+def checkpoint_state(path) -> dict:
+    """The state sealed in a run's checkpoint.pt (its seal verified, as the engine reads it)."""
+    import io
+
+    from mqnet_fast.io import read_seal
+
+    return torch.load(io.BytesIO(read_seal(path, "checkpoint")["data"]), weights_only=True)

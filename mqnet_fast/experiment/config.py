@@ -35,9 +35,6 @@ NOISE_LEVELS = (0.1, 0.2, 0.4, 0.6)
 # options are part of its run's identity too (stored and checked per run in config.json).
 IDENTITY = ("dataset", "split", "noise", "budget", "rounds", "iterations", "batch_size", "lr", "width",
             "encoder_epochs", "micro_batches", "infer_batch", "ood_dataset", "batching", "loss_module")
-# The value an identity field had before it was recorded (run directories from before it was kept).
-IDENTITY_BEFORE = {"micro_batches": 1, "infer_batch": 1024, "ood_dataset": None, "batching": "fill",
-                   "loss_module": "auto"}
 LOSS_MODULE = ("auto", "all")
 
 
@@ -83,6 +80,7 @@ class ExperimentConfig:
     # count (oneDNN splits its reductions by thread): --jobs N equals OMP_NUM_THREADS=threads // N --jobs 1
     jobs: int = 1
     purity_diagnostics: bool = False  # record every purity score's AUROC per round (not part of the identity)
+    wait: bool = False  # a run another process is writing: wait for it (True) or refuse at once (False)
 
     def resolved(self, world_size: int = 1) -> "ExperimentConfig":
         """A copy with the dataset defaults filled in and every option checked, for a run on
@@ -101,6 +99,8 @@ class ExperimentConfig:
 
     def validate(self, world_size: int = 1) -> None:
         """Raise ConfigError naming the first field that is out of range or inconsistent."""
+        if not isinstance(self.wait, bool):
+            raise ConfigError(f"wait must be True or False, got {self.wait!r}")
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
             raise ConfigError(f"jobs must be an integer >= 1, got {self.jobs!r}")
         if self.jobs > 1 and world_size > 1:

@@ -15,12 +15,14 @@ import dataclasses
 import hashlib
 import random
 import time
-from contextlib import contextmanager
+import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mqnet_fast import _memory
 from mqnet_fast.cache import RunCache, array_digest
 from mqnet_fast.distributed import World
 from mqnet_fast.data import (DataError, FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset,
@@ -33,7 +35,9 @@ from mqnet_fast.scores import PURITY, purity
 from mqnet_fast.scores.csi import NEEDS_IMAGES
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.strategies import Strategy, make_strategy, strategy_class
+from mqnet_fast.io import RunFileError, first_line
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, make_model, model_arch
+from mqnet_fast.training.target import estimate_train_bytes
 
 
 class Experiment:
@@ -51,8 +55,8 @@ class Experiment:
                  data: ImageArrays | FeatureArrays | None = None, world: World | None = None):
         self.world = world if world is not None else World()
         self.config = config.resolved(self.world.size)
-        self.run_dir = Path(run_dir)
-        self.store = RunStore(self.run_dir, writes=self.world.is_main)
+        self.store = RunStore(run_dir, writes=self.world.is_main)  # refuses "" (which Path reads as ".")
+        self.run_dir = self.store.run_dir
         self.store.check_experiment(self.config.identity())  # before loading data: a wrong --run-dir fails fast
         self.device = self.world.device if self.world.size > 1 else self.config.torch_device()
         self.progress = self.config.progress and self.world.is_main
@@ -84,7 +88,11 @@ class Experiment:
             if needed > len(split.pool):
                 raise ConfigError(f"budget {self.config.budget} x (rounds {self.config.rounds} + the initial set) = "
                                   f"{needed} examples, more than the pool holds ({len(split.pool)})")
+            if not np.isin(self.data.test_labels, split.in_classes).any():
+                raise ConfigError(f"the test split holds no example of the IN classes {split.in_classes} (seed {seed}), "
+                                  "so no accuracy can be measured; give a test split with examples of every class")
             self.splits[seed] = split
+        self._check_memory()
         if isinstance(self.data, FeatureArrays):
             mean, std = DeviceFeatures.feature_stats(self.data.train_feats)
             self.train_images = DeviceFeatures(self.data.train_feats, mean, std, self.device)
@@ -97,8 +105,43 @@ class Experiment:
         self._caches = {}
         for name in self.config.strategies:  # refuse a resume with other options before running anything
             for seed in self.config.seeds:
-                self.store.run(name, seed).check_options(dataclasses.asdict(self.config.strategy_options(name)))
-        self.store.record_experiment(self.identity)  # every check passed: the first write
+                self.store.run(name, seed).check_options(self.identity, self._options(name))
+        # Nothing is written until run(): experiment.json is recorded when the runs start.
+
+    def _options(self, name: str) -> dict:
+        return dataclasses.asdict(self.config.strategy_options(name))
+
+    def _check_memory(self) -> None:
+        """Refuse an experiment whose data and target-model training cannot fit the device's memory
+        (a --width or --batch-size off by orders of magnitude), before anything is allocated or written."""
+        cfg, data = self.config, self.data
+        features = isinstance(data, FeatureArrays)
+        train, test = (data.train_feats, data.test_feats) if features else (data.train_images, data.test_images)
+        data_bytes = 4 * (train.size + test.size)  # float32 on the device
+        sample = train.shape[1:] if features else (train.shape[3], train.shape[1], train.shape[2])
+        train_bytes = estimate_train_bytes("head" if features else "resnet18", sample, self.num_in, cfg.width,
+                                           max(cfg.batch_size, cfg.infer_batch // 3))
+        what = (f"the data ({_memory.human(data_bytes)}) and training the target model (width {cfg.width}, "
+                f"batch size {cfg.batch_size}: about {_memory.human(train_bytes)})")
+        try:
+            _memory.check(what, data_bytes + train_bytes, self.device)
+        except _memory.MemoryLimitError as err:
+            raise ConfigError(f"{err}; lower --width or --batch-size") from None
+
+    @contextmanager
+    def _session(self, pairs: list[tuple[str, int]]):
+        """The run store's session for `pairs` (experiment.json recorded, the runs' locks held), taken
+        on rank 0; a refusal there is raised on every rank."""
+        with ExitStack() as stack:
+            def take() -> None:
+                stack.enter_context(self.store.session(self.identity, pairs, wait=self.config.wait,
+                                                       on_wait=self._waiting))
+
+            self.world.from_main(take)
+            yield
+
+    def _waiting(self, what: str, holder: str) -> None:
+        print(f"waiting for {what}: it is being written by {holder}", file=sys.stderr, flush=True)
 
     def _load_data(self, data):
         """The dataset (`data` if given, else loaded by name), joined with the OOD dataset in the
@@ -120,13 +163,14 @@ class Experiment:
         worker processes (_run_in_jobs), each at torch.get_num_threads() // jobs threads; a single
         run stays in this process at that thread count."""
         pairs = [(name, seed) for seed in self.config.seeds for name in self.config.strategies]
-        if self.config.jobs > 1 and len(pairs) > 1:
-            return self._run_in_jobs(pairs, stop_after_rounds)
-        records = []
-        with _threads(self._threads_per_run()):
-            for name, seed in pairs:
-                records += self.run_one(name, seed, stop_after_rounds)
-        return records
+        with self._session(pairs):
+            if self.config.jobs > 1 and len(pairs) > 1:
+                return self._run_in_jobs(pairs, stop_after_rounds)
+            records = []
+            with _threads(self._threads_per_run()):
+                for name, seed in pairs:
+                    records += self.run_one(name, seed, stop_after_rounds)
+            return records
 
     def _threads_per_run(self) -> int:
         return max(1, torch.get_num_threads() // self.config.jobs)
@@ -146,6 +190,7 @@ class Experiment:
         every run keeps its completed rounds (each is saved atomically) and a rerun resumes.
         results.csv is rewritten at the end."""
         import multiprocessing
+        import os
 
         threads = self._threads_per_run()
         with _threads(threads):
@@ -157,12 +202,14 @@ class Experiment:
         order = sorted(pairs, key=lambda pair: not strategy_class(pair[0]).trains_extra_models)
         results = {}
         pool = multiprocessing.get_context("spawn").Pool(
-            self.config.jobs, initializer=_start_worker, initargs=(worker_config, str(self.run_dir), self.data, threads))
+            self.config.jobs, initializer=_start_worker, initargs=(worker_config, str(self.run_dir), self.data, threads, os.getpid()))
         try:
             done = pool.imap_unordered(_run_job, [(name, seed, stop_after_rounds) for name, seed in order])
             for name, seed, records, error in progress_bar(
                     done, total=len(order), disable=not self.progress,
                     desc=f"runs ({self.config.jobs} processes x {threads} threads)"):
+                if isinstance(error, Exception):
+                    raise type(error)(f"run {name} seed {seed}: {error}")
                 if error is not None:
                     raise RuntimeError(f"run {name} seed {seed} failed in its worker process: {error}")
                 results[(name, seed)] = records
@@ -170,27 +217,40 @@ class Experiment:
         finally:
             pool.terminate()  # at once: a failed run or Ctrl-C does not wait for the others
             pool.join()
-            self.store.write_results()
+            self.store.write_results(self.identity)
         return [record for pair in pairs for record in results[pair]]
 
     # ----------------------------------------------------------------------------------------------
 
     def run_one(self, strategy_name: str, seed: int, stop_after_rounds: int | None = None) -> list[dict]:
-        """Run (or resume) one (strategy, seed) run; returns its round records."""
+        """Run (or resume) one (strategy, seed) run, holding its lock; returns its round records."""
+        with self._session([(strategy_name, seed)]):  # a no-op where run() holds it
+            return self._run_one(strategy_name, seed, stop_after_rounds)
+
+    def _run_one(self, strategy_name: str, seed: int, stop_after_rounds: int | None) -> list[dict]:
         cfg, split = self.config, self.splits[seed]
-        options = cfg.strategy_options(strategy_name)
+        options = self._options(strategy_name)
         strategy = self._make_strategy(strategy_name, seed)
         run = self.store.run(strategy_name, seed)
+        run.check_options(self.identity, options)  # again, now that this process holds the run
+        state = self.world.from_main(lambda: run.load(self.identity, options))  # one state for every rank
+        if state is None:  # round 0's model loaded (and checked) or trained before the run writes anything
+            self._train(seed, 0, split.initial_labeled[split.is_in[split.initial_labeled]], strategy)
         run.write_config({**dataclasses.asdict(cfg), "strategy": strategy_name, "seed": seed,
                           "torch_threads": torch.get_num_threads(),
-                          "strategy_options": dataclasses.asdict(options), "num_in_classes": self.num_in,
-                          "in_classes": split.in_classes, "split_notes": split.notes})
-        state = self.world.from_main(run.load_checkpoint)  # one state for every rank
+                          "strategy_options": options, "num_in_classes": self.num_in,
+                          "in_classes": split.in_classes, "split_notes": split.notes},
+                         models=state["models"] if state is not None else {})
         if state is not None:
-            strategy.load_state_dict(state["strategy"])
-            run.write_outputs(state)  # the last save may have stopped between the checkpoint and its mirrors
+            try:
+                strategy.load_state_dict(state["strategy"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise RunFileError(f"checkpoint {str(run.checkpoint_path)!r}: the strategy's state does not load "
+                                   f"({first_line(err)}); delete it to rerun this run from the start") from None
+            run.write_outputs(self.identity, state)  # the last save may have stopped between the checkpoint and its mirrors
         else:
-            state = {"labeled": split.initial_labeled.tolist(), "records": [], "queries": [], "strategy": {}}
+            state = {"labeled": split.initial_labeled.tolist(), "records": [], "queries": [], "strategy": {},
+                     "models": {}}
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
@@ -200,13 +260,20 @@ class Experiment:
         for r in rounds:
             if stop_after_rounds is not None and done_here >= stop_after_rounds:
                 break
+            cache = self._run_cache(seed)
+            cache.models.clear()  # what this round uses
             record, query = self._round(strategy, strategy_name, seed, r, np.array(state["labeled"], np.int64), run)
             state["records"].append(record)
             if query is not None:
                 state["queries"].append(query.tolist())
                 state["labeled"] = sorted(state["labeled"] + query.tolist())
             state["strategy"] = strategy.state_dict()
-            run.save_round(state)
+            if r == 0:
+                digest = self._round_zero[(seed, self.target_recipe(strategy))][2]
+                if digest is not None:
+                    state["models"]["round-0 target model"] = digest
+            state["models"].update(cache.models)
+            run.save_round(self.identity, options, state)
             done_here += 1
         return state["records"]
 
@@ -217,7 +284,7 @@ class Experiment:
         labeled_in = labeled[split.is_in[labeled]]
 
         tick = time.perf_counter()
-        model, train_loss = self._train(seed, r, labeled_in, strategy)
+        model, train_loss = self._train(seed, r, labeled_in, strategy)[:2]
         timings["time_train"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -317,23 +384,34 @@ class Experiment:
         recipe = self.target_recipe(strategy)
         if r == 0 and (seed, recipe) in self._round_zero:
             return self._round_zero[(seed, recipe)]
-        make = dict(loss_module=self._loss_module(strategy), width=cfg.width)
-        saved = self.world.from_main(lambda: self.store.load_round_zero(seed, recipe)) if r == 0 else None
-        if saved is not None:
-            model = make_model(self.num_in, self.train_images.images.shape[1], self.device,
-                               derive_seed(seed, r, "model-init"), arch=arch, **make)
-            model.load_state_dict(saved["model"])
-            result = model, float(saved["train_loss"])
-        else:
-            result = phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
-                                  self._train_config(),
-                                  derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"), self.device,
-                                  desc=f"round {r} train", show_progress=self.progress, world=self.world, **make)
-            if r == 0:
-                self.store.save_round_zero(seed, recipe, result[0].state_dict(), result[1])
-        if r == 0:
-            self._round_zero[(seed, recipe)] = result
+        if r > 0:
+            return self._train_new(seed, r, labeled_in, strategy) + (None,)
+        with self.store.round_zero_lock(seed, on_wait=self._waiting):  # one process trains it, the others wait
+            loaded = self.world.from_main(lambda: self.store.load_round_zero(self.identity, seed, recipe))
+            if loaded is not None:
+                saved, digest = loaded
+                model = make_model(self.num_in, self.train_images.images.shape[1], self.device,
+                                   derive_seed(seed, r, "model-init"), arch=arch,
+                                   loss_module=self._loss_module(strategy), width=cfg.width)
+                try:
+                    model.load_state_dict(saved["model"])
+                except RuntimeError as err:
+                    raise RunFileError(f"the round-0 model {str(self.store.round_zero_path(seed, recipe))!r} does "
+                                       f"not fit this experiment's model ({first_line(err)}); delete it to train "
+                                       "round 0 again") from None
+                result = model, float(saved["train_loss"]), digest
+            else:
+                model, loss = self._train_new(seed, r, labeled_in, strategy)
+                digest = self.store.save_round_zero(self.identity, seed, recipe, model.state_dict(), loss)
+                result = model, loss, digest
+        self._round_zero[(seed, recipe)] = result
         return result
+
+    def _train_new(self, seed: int, r: int, labeled_in: np.ndarray, strategy: Strategy):
+        return phases.train(self.num_in, self.train_images, labeled_in, self._in_labels(seed)[0][labeled_in],
+                            self._train_config(), derive_seed(seed, r, "model-init"), derive_seed(seed, r, "train"),
+                            self.device, desc=f"round {r} train", show_progress=self.progress, world=self.world,
+                            loss_module=self._loss_module(strategy), width=self.config.width)
 
 
 @contextmanager
@@ -350,22 +428,40 @@ def _threads(count: int):
 _WORKER: dict = {}
 
 
-def _start_worker(config: ExperimentConfig, run_dir: str, data, threads: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """On Linux, this process is killed when its parent dies (SIGKILL included): the parent's run
+    locks die with it, and so must the workers writing under them."""
+    import ctypes
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl
+        os._exit(1)
+
+
+def _start_worker(config: ExperimentConfig, run_dir: str, data, threads: int, parent: int) -> None:
     """A worker process of Experiment._run_in_jobs: Ctrl-C is the parent's to handle; one Experiment."""
     import signal
     import traceback
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         _WORKER["experiment"] = Experiment(config, run_dir, data=data)
+        _WORKER["experiment"].store.locks = False  # the parent holds every run's lock while its workers live
     except Exception as err:  # noqa: BLE001 (a pool replaces a worker whose initializer raises, forever)
         _WORKER["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
 
 
-def _run_job(task: tuple[str, int, int | None]) -> tuple[str, int, list[dict] | None, str | None]:
-    """One (strategy, seed) run in a worker: (name, seed, its records, None) or (name, seed, None,
-    the error with its traceback)."""
+def _run_job(task: tuple[str, int, int | None]) -> tuple[str, int, list[dict] | None, str | Exception | None]:
+    """One (strategy, seed) run in a worker: (name, seed, its records, None), or (name, seed, None,
+    a named error (ConfigError, RunFileError, ...) or any other error's text with its traceback)."""
     import traceback
 
     name, seed, stop_after_rounds = task
@@ -373,6 +469,8 @@ def _run_job(task: tuple[str, int, int | None]) -> tuple[str, int, list[dict] | 
         return name, seed, None, _WORKER["error"]
     try:
         return name, seed, _WORKER["experiment"].run_one(name, seed, stop_after_rounds), None
+    except (ConfigError, DataError, RunFileError, _memory.MemoryLimitError) as err:  # named errors stay named
+        return name, seed, None, err
     except Exception as err:  # noqa: BLE001 (reported by the parent, naming the run)
         return name, seed, None, f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
 

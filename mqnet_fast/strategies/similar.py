@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast import ops
+from mqnet_fast import _memory, ops
 from mqnet_fast.strategies.base import Selection, Strategy, register
 
 FUNCTIONS = ("flcmi", "logdetcmi")
@@ -214,10 +214,14 @@ def logdetcmi_greedy(ground: Factors, queries: Factors, privates: Factors, budge
                      lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy maximization of LogDetCMI over the ground rows, in float64. Returns (picks (budget,)
     int64 in pick order, their gains at pick time)."""
-    ground, queries, privates = (f.to(torch.float64) for f in (ground, queries, privates))
-    n = len(ground)
+    n, labeled = len(ground), len(queries) + len(privates)
     if budget > n:
         raise ValueError(f"budget ({budget}) exceeds the {n} ground rows")
+    # the labeled rows' kernel and its Cholesky factor, their cross similarities with the ground rows
+    # (with the triangular solve's output), and the greedy's two rows per pick, all in float64
+    _memory.check(f"similar's LogDetCMI over {labeled} labeled and {n} candidate rows",
+                  8 * (3 * labeled * labeled + 3 * labeled * n + 2 * budget * n), ground.parts[0].device)
+    ground, queries, privates = (f.to(torch.float64) for f in (ground, queries, privates))
     diag = ground.self_sim() + lam
     floor = lam * 1e-12
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.io import atomic_torch_save
+from mqnet_fast.io import RunFileError, first_line, load_sealed, payload_digest, save_sealed
 from mqnet_fast.models.encoder import NUM_ROTATIONS, ContrastiveEncoder
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.training.augment import csi_views, rotate
@@ -251,9 +251,11 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
                           show_progress: bool = True) -> ContrastiveEncoder:
     """The run's encoder for `config`: from the cache's memory, else from its disk entry
     (cache.disk_path("csi-encoder", **_cache_fields(config)), keyed by dataset, pool, seed and config),
-    else trained on cache.pool with cache.seed and written there atomically. The file holds plain
-    types (a state dict of tensors, the config as a dict, the input channels), so it loads with
-    torch.load(..., weights_only=True). Without a cache directory it is trained (once per run).
+    else trained on cache.pool with cache.seed and written there atomically. The file is sealed
+    (mqnet_fast.io.save_sealed: its key, config and input channels, and the sha256 of its state
+    dict), so an edited, damaged or misplaced entry is refused by name, and it loads with
+    torch.load(..., weights_only=True). Without a cache directory it is trained (once per run). The
+    sha256 of the encoder used goes into cache.models (recorded by the run).
     With a cache.world of several ranks (torchrun), rank 0 decides whether the disk entry is there;
     if not, every rank trains it together (train_encoder with the world) and rank 0 writes it."""
     device = images.images.device
@@ -263,29 +265,39 @@ def load_or_train_encoder(images: DeviceImages, cache, config: EncoderConfig, *,
     world = getattr(cache, "world", None)
     world = world if world is not None and world.size > 1 else None
 
-    def saved() -> ContrastiveEncoder | None:
-        if path is None or not path.exists():
+    identity = {"kind": "csi-encoder", "key": path.stem if path is not None else None, "config": key,
+                "in_channels": in_channels}
+
+    def saved() -> tuple[ContrastiveEncoder, str] | None:
+        loaded = load_sealed(path, identity, "the cached CSI encoder") if path is not None else None
+        if loaded is None:
             return None
-        payload = torch.load(path, map_location=device, weights_only=True)
-        if payload.get("config") != key or payload.get("in_channels") != in_channels:
-            return None
+        payload, digest = loaded
         encoder = make_encoder(in_channels, config, device, 0)
-        encoder.load_state_dict(payload["state_dict"])
-        return encoder.eval()
+        try:
+            encoder.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as err:
+            raise RunFileError(f"the cached CSI encoder {str(path)!r} does not fit this encoder ({first_line(err)}); "
+                               "delete it to train it again") from None
+        return encoder.to(device).eval(), digest
 
-    def build() -> ContrastiveEncoder:
-        if world is not None and world.from_main(lambda: saved() is not None):
-            return saved()  # rank 0 saw a complete entry (written atomically): every rank reads it
-        encoder = saved() if world is None else None
-        if encoder is not None:
-            return encoder
+    def build() -> tuple[ContrastiveEncoder, str]:
+        if world is not None and world.from_main(lambda: path is not None and path.exists()):
+            return saved()  # rank 0 saw an entry (written atomically): every rank reads and checks it
+        found = saved() if world is None else None
+        if found is not None:
+            return found
         encoder = train_encoder(images, cache.pool, config, cache.seed, show_progress=show_progress, world=world)
+        state = {"state_dict": {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}}
         if path is not None and (world is None or world.is_main):
-            state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-            atomic_torch_save(path, {"config": key, "in_channels": in_channels, "state_dict": state})
-        return encoder.eval()
+            digest = save_sealed(path, state, identity)
+        else:
+            digest = payload_digest(state)
+        return encoder.eval(), digest
 
-    return cache.get(("csi-encoder", config), build)
+    encoder, digest = cache.get(("csi-encoder", config), build)
+    cache.record_model("csi-encoder", digest)
+    return encoder
 
 
 def _rows(index: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -85,6 +85,25 @@ def model_arch(images: DeviceImages | DeviceFeatures) -> str:
     return "head" if isinstance(images, DeviceFeatures) else "resnet18"
 
 
+def estimate_train_bytes(arch: str, sample_shape: tuple, num_classes: int, width: int, batch_size: int) -> int:
+    """An estimate of the memory one training of the target model takes beyond its data: the
+    parameters with their gradients, momentum and one copy (16 bytes each) and the activations
+    autograd keeps for a batch of float32 examples of `sample_shape` (a ResNet-18 keeps about 25
+    tensors of width x H x W floats per example summed over its stages, each half the size of the
+    one before it). An order of magnitude, for refusing what cannot fit before anything is
+    allocated (a width or batch size off by orders), not for planning."""
+    if arch == "resnet18":
+        height, wide = sample_shape[-2], sample_shape[-1]
+        params = 11_200_000 * (width / 64) ** 2 + 8 * width * num_classes
+        per_example = 25 * width * height * wide * (1 + 1 / 2 + 1 / 4 + 1 / 8) + 3 * sample_shape[0] * height * wide
+    else:
+        dim = sample_shape[-1]
+        hidden = width or 0
+        params = (dim * hidden + hidden * num_classes) if hidden else dim * num_classes
+        per_example = 3 * (dim + hidden + num_classes)
+    return int(16 * params + 4 * batch_size * per_example)
+
+
 def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int, *,
                loss_module: bool = False, width: int = 64, arch: str = "resnet18") -> ResNet18 | FeatureHead:
     """A freshly initialized target model; its initial weights depend only on `seed`. arch
