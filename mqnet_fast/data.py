@@ -163,9 +163,14 @@ def load_imagefolder(path: str | Path, *, cache_dir: str | Path | None = None) -
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache / f"imagefolder-{key}.npz"
     if cached.exists():
-        with np.load(cached) as f:
-            return ImageArrays(f"imagefolder:{path}", list(f["classes"]), f["train_images"], f["train_labels"],
-                               f["test_images"], f["test_labels"])
+        arrays = read_npz(cached, f"the decoded-image cache {str(cached)!r}", error=DataError)
+        if "sha256" in arrays:  # entries written before they were sealed are decoded again
+            names = ("classes", "train_images", "train_labels", "test_images", "test_labels")
+            if any(name not in arrays for name in names) or str(arrays["sha256"]) != _cache_digest(key, arrays):
+                raise DataError(f"the decoded-image cache {str(cached)!r} was edited or damaged (its content does not "
+                                "match its sha256); delete it to decode the images again")
+            return ImageArrays(f"imagefolder:{path}", [str(c) for c in arrays["classes"]], arrays["train_images"],
+                               arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
     files = _archive_images(path) if listing is None else _directory_images(path, listing)
     splits = _split_tree(files, str(path))
     classes = splits["train"][0]
@@ -183,9 +188,21 @@ def load_imagefolder(path: str | Path, *, cache_dir: str | Path | None = None) -
         arrays[f"{split}_labels"] = np.array([classes.index(c) for _, c, _ in items], np.int64)
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DataError(f"imagefolder {str(path)!r}: train and test image sizes differ")
-    atomic_save_npz(cached, classes=np.array(classes), **arrays)
+    arrays["classes"] = np.array(classes)
+    atomic_save_npz(cached, sha256=np.array(_cache_digest(key, arrays)), **arrays)
+    del arrays["classes"]
     return ImageArrays(f"imagefolder:{path}", classes, arrays["train_images"], arrays["train_labels"],
                        arrays["test_images"], arrays["test_labels"])
+
+
+def _cache_digest(key: str, arrays: dict) -> str:
+    """sha256 over the cache key and the decoded arrays (the seal of a decoded-image cache entry)."""
+    digest = hashlib.sha256(key.encode())
+    for name in ("classes", "train_images", "train_labels", "test_images", "test_labels"):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"|{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _imagefolder_key(path: Path, listing: list[tuple[str, int, int]] | None) -> str:

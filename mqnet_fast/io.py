@@ -255,6 +255,11 @@ def read_seal(path: str | Path, what: str) -> dict | None:
     return {"identity": outer["identity"], "sha256": outer["sha256"], "data": data}
 
 
+def seal_payload(seal: dict, path: str | Path, what: str):
+    """The payload of a seal `read_seal` returned (torch.load with weights_only=True)."""
+    return _torch_load(io.BytesIO(seal["data"]), Path(path), what)
+
+
 def load_sealed(path: str | Path, identity: dict, what: str) -> tuple[object, str] | None:
     """(payload, sha256) of a file written by `save_sealed` with this `identity`, or None if it is
     missing. A file without a valid seal, edited, damaged, or written for another identity is refused
@@ -266,7 +271,7 @@ def load_sealed(path: str | Path, identity: dict, what: str) -> tuple[object, st
     if differs:
         raise RunFileError(f"{what} {str(path)!r} was written by another experiment or run ({differs}); it is not "
                            "used: move it back where it came from, or delete it to rerun that part")
-    return _torch_load(io.BytesIO(seal["data"]), Path(path), what), seal["sha256"]
+    return seal_payload(seal, path, what), seal["sha256"]
 
 
 def identity_differences(there: dict, here: dict, prefix: str = "") -> str:

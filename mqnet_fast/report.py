@@ -9,11 +9,12 @@ them get separate columns or rows, labeled by what differs. Only runs whose chec
 with the reason they were left out."""
 from __future__ import annotations
 
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
-from mqnet_fast.io import atomic_write_text
+from mqnet_fast.io import atomic_write_bytes, atomic_write_text
 from mqnet_fast.experiment import ConfigError, records_to_csv
 
 
@@ -214,11 +215,10 @@ def plot(runs: list[dict], path: Path) -> Path:
                 ax.grid(alpha=0.3)
         axes[row][0].legend(fontsize=7 if many else 8, ncol=2 if many else 1)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from mqnet_fast.io import read_seal
 from mqnet_fast.cache import RunCache
 from mqnet_fast.scores import PURITY, purity
 from mqnet_fast.scores import csi as csi_module
@@ -245,8 +246,9 @@ def test_cache_hit_miss_and_weights_only_reload(tmp_path, monkeypatch):
     assert path.exists()
     stale = {**recorded, "trainer_version": contrastive.TRAINER_VERSION - 1}
     assert cache.disk_path("csi-encoder", **stale) != path
-    payload = torch.load(path, weights_only=True)
-    assert payload["config"] == recorded and payload["in_channels"] == 1
+    seal = read_seal(path, "entry")  # sealed: what it is, and the sha256 of its state
+    assert seal["identity"]["config"] == recorded and seal["identity"]["in_channels"] == 1
+    assert cache.models["csi-encoder"] == seal["sha256"]  # the run records which encoder it used
 
     reloaded = load_or_train_encoder(images, RunCache("tiny", 0, pool, tmp_path), TINY, show_progress=False)
     assert len(calls) == 1 and reloaded is not first  # disk hit: nothing trained

@@ -176,3 +176,23 @@ def test_open_set_errors():
         make_open_set(labels, 10, 10, 0.2, 5, 0)
     with pytest.raises(ValueError, match="budget \\(1000\\) exceeds the pool"):
         make_open_set(labels, 10, 4, 0.2, 1000, 0)
+
+
+def test_imagefolder_cache_entry_is_sealed(tmp_path):
+    """An edited or damaged decoded-image cache entry is refused by name, not used."""
+    _write_tree(tmp_path / "tree")
+    data = load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    entry = next((tmp_path / "cache").glob("*.npz"))
+    with np.load(entry) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["train_images"] = arrays["train_images"].copy()
+    arrays["train_images"][0, 0, 0, 0] ^= 1
+    np.savez(entry, **arrays)
+    with pytest.raises(DataError, match="decoded-image cache .* was edited or damaged.*delete it"):
+        load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    entry.write_bytes(entry.read_bytes()[:64])
+    with pytest.raises(DataError, match="decoded-image cache .* is not a readable .npz file"):
+        load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    entry.unlink()
+    again = load_imagefolder(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(again.train_images, data.train_images)

@@ -1,7 +1,6 @@
 """Inputs the ops and the array API take as a user gives them: tensors that require grad, NumPy
 arrays with negative strides, float32 values up to the type's limit (computed right or refused by
 name, never a silent wrong answer), and scores that are not what their name says."""
-import numpy as np
 import pytest
 import torch
 

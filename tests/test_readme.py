@@ -28,3 +28,17 @@ def test_the_readme_is_one_screen_of_use():
     for link in ("docs/ops.md", "docs/kernels.md", "docs/engine.md", "docs/strategies.md", "docs/distributed.md",
                  "docs/gpu.md", "benchmarks/README.md"):
         assert link in README.read_text() and (README.parent / link).exists(), link
+
+
+def test_the_run_directory_guarantees_name_tests_that_exist():
+    """Each clause of the README's run-directory guarantees names a test, and that test exists."""
+    text = README.read_text()
+    clause = text[text.index("A run directory guarantees"):]
+    clause = clause[:clause.index("\n\n")]
+    names = re.findall(r"`(test_\w+)`", clause)
+    assert len(names) >= 5, names
+    sources = "".join(p.read_text() for p in (README.parent / "tests").glob("test_*.py"))
+    for name in names:
+        assert f"def {name}(" in sources, name
+    for words in ("one writer", "verified files", "resumable", "no code from data"):
+        assert f"**{words}**" in clause, words

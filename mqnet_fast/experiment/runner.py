@@ -117,7 +117,7 @@ class Experiment:
         cfg, data = self.config, self.data
         features = isinstance(data, FeatureArrays)
         train, test = (data.train_feats, data.test_feats) if features else (data.train_images, data.test_images)
-        data_bytes = 4 * (train.size + test.size)  # float32 on the device
+        data_bytes = (train.size + test.size) * (4 if features else train.itemsize)  # as DeviceFeatures/Images hold them
         sample = train.shape[1:] if features else (train.shape[3], train.shape[1], train.shape[2])
         train_bytes = estimate_train_bytes("head" if features else "resnet18", sample, self.num_in, cfg.width,
                                            max(cfg.batch_size, cfg.infer_batch // 3))

@@ -39,8 +39,8 @@ from pathlib import Path
 
 from mqnet_fast.experiment.config import ConfigError
 from mqnet_fast.experiment.lock import FileLock, Locked
-from mqnet_fast.io import (RunFileError, atomic_save_npz, atomic_write_json, atomic_write_text, digest_json,
-                           first_line, identity_differences, load_sealed, read_seal, save_sealed, seal_json,
+from mqnet_fast.io import (RunFileError, atomic_save_npz, atomic_write_json, atomic_write_text,
+                           identity_differences, load_sealed, read_seal, save_sealed, seal_json, seal_payload,
                            unseal_json)
 
 
@@ -292,7 +292,7 @@ class SingleRun:
         if differs:
             raise RunFileError(f"checkpoint {str(path)!r} was written by another experiment or run ({differs}); it "
                                "is not used: move it back where it came from, or delete it to rerun this run")
-        state, _ = load_sealed(path, there, "checkpoint")
+        state = seal_payload(seal, path, "checkpoint")
         problem = _state_problem(state, self.strategy, self.seed, there)
         if problem:
             raise RunFileError(f"checkpoint {str(path)!r} is not a run state ({problem}); delete it to rerun this run "
