@@ -36,12 +36,14 @@ def tensor_list(name: str, value) -> list:
 
 
 def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
-           allow_empty: bool = False, check_values: bool = True, products: int = 0) -> torch.Tensor:
+           allow_empty: bool = False, check_values: bool = True, products: int = 0,
+           terms: int | None = None) -> torch.Tensor:
     """t, checked to be a 2-D float tensor of the given size, and returned detached (the ops are not
     differentiable; a tensor that requires grad is read as its values). Its values are checked
     finite unless check_values is False (for a kernel that checks them itself), and with `products`
     > 0 small enough that sums over a row of products of `products` squares (squared distances,
-    norms; 2: a product of two similarities) do not overflow the compute dtype (`magnitude`)."""
+    norms; 2: a product of two similarities) do not overflow the compute dtype (`magnitude`; `terms`:
+    how many such products a result sums, default the columns)."""
     tensors(**{name: t})
     if t.dim() != 2:
         raise ValueError(f"{name} must be 2-D (rows x features), got shape {tuple(t.shape)}")
@@ -58,7 +60,7 @@ def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
     if check_values:
         finite(name, t)
         if products:
-            magnitude(name, t, products)
+            magnitude(name, t, products, terms)
     return t.detach()
 
 
@@ -97,9 +99,9 @@ def copy_memory(name: str, t: torch.Tensor, dtype: torch.dtype, *others: torch.T
 
 
 def scores(name: str, t: torch.Tensor) -> None:
-    """A 1-D floating tensor of finite values (the error names `name`)."""
-    if t.dtype == torch.bool or t.is_complex() or not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    """A 1-D real-valued tensor of finite values (the error names `name`)."""
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be a real-valued (floating or integer) tensor, got {t.dtype}")
     if t.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(t.shape)}")
     finite(name, t)
@@ -110,19 +112,19 @@ def probabilities(name: str, t: torch.Tensor, tolerance: float | None = None) ->
     precision): a softmax, not logits."""
     if t.numel() == 0:
         return
-    if tolerance is None:
-        tolerance = 3e-2 if t.dtype in (torch.float16, torch.bfloat16) else 1e-3
+    if tolerance is None:  # a softmax in half precision cast to float32 is off by up to ~1e-2
+        tolerance = 3e-2 if t.dtype in (torch.float16, torch.bfloat16) else 1e-2
+    instead = "pass logits instead for unnormalized scores" if name == "probs" else "give a softmax"
     low = float(t.min())
     if low < 0:
         raise ValueError(f"{name} must be probabilities (rows of values >= 0 summing to 1), but holds {low:.3g}; "
-                         "pass logits instead for unnormalized scores")
-    sums = t.double().sum(1)
+                         f"{instead}")
+    sums = t.sum(1, dtype=torch.float64)
     off = torch.nonzero((sums - 1).abs() > tolerance).flatten()
     if off.numel():
         row = int(off[0])
         raise ValueError(f"{name} must be probabilities (rows summing to 1), but row {row} sums to "
-                         f"{float(sums[row]):.6g} ({off.numel()} row(s) off by more than {tolerance:g}); pass logits "
-                         "instead for unnormalized scores")
+                         f"{float(sums[row]):.6g} ({off.numel()} row(s) off by more than {tolerance:g}); {instead}")
 
 
 def finite(name: str, t: torch.Tensor) -> None:

@@ -32,7 +32,35 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
+def _cgroup_room() -> int | None:
+    """What this process's memory cgroup still allows (v2 memory.max - memory.current, or v1
+    limit - usage); None where there is no limit or no cgroup to read."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
 def _available_cpu() -> int | None:
+    """MemAvailable, or less where the cgroup (a container's limit) allows less."""
+    room = _cgroup_room()
+    available = _meminfo_available()
+    if room is not None and (available is None or room < available):
+        return room
+    return available
+
+
+def _meminfo_available() -> int | None:
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -11,7 +11,7 @@ import time
 
 from mqnet_fast._memory import MemoryLimitError
 from mqnet_fast.data import DataError
-from mqnet_fast.io import RunFileError
+from mqnet_fast.io import RunFileError, first_line
 from mqnet_fast.experiment import DEFAULTS, ExperimentConfig, ConfigError, Experiment
 from mqnet_fast.strategies import STRATEGIES
 
@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"one of {', '.join(STRATEGIES)}")
     select.add_argument("--budget", type=int, required=True, help="number of rows to pick")
     select.add_argument("--out", required=True, metavar="PICKS.csv",
-                        help="one row per pick, in pick order: index (row of FILE), score")
+                        help="one row per pick, in pick order: index (row of FILE), score; - for standard output "
+                             "(a regular file or a new path; links, devices and the input are refused)")
     select.add_argument("--seed", type=int, default=0, help="seed of the random draws (random, badge)")
     _add_strategy_options(select)
 
@@ -157,7 +158,8 @@ def _select(args) -> None:
     from mqnet_fast.io import atomic_write_text, check_output_path, read_npz
 
     path = args.embeddings
-    out = check_output_path(args.out, "--out", inputs=(path,))  # before the work, as every check of the options
+    # before the work, as every check of the options ("-": standard output)
+    out = None if args.out == "-" else check_output_path(args.out, "--out", inputs=(path,))
     arrays = read_npz(path, f"--embeddings {path!r}", error=ConfigError)
     known = {"feats", "probs", "logits", "labeled", "labeled_is_in", "purity", "informativeness"}
     unknown = sorted(set(arrays) - known)
@@ -166,8 +168,10 @@ def _select(args) -> None:
                           f"{', '.join(sorted(known))}")
     if "feats" not in arrays:
         raise ConfigError(f"--embeddings {path!r} has no array 'feats' (N, d)")
-    if arrays["feats"].ndim != 2:
-        raise ConfigError(f"--embeddings: 'feats' must be 2-D (rows, features), got shape {arrays['feats'].shape}")
+    for name, ndim in (("feats", 2), ("probs", 2), ("logits", 2), ("purity", 1), ("informativeness", 1)):
+        if name in arrays and arrays[name].ndim != ndim:
+            raise ConfigError(f"--embeddings: {name!r} must be {ndim}-D ({'rows, columns' if ndim == 2 else 'one per row'}),"
+                              f" got shape {arrays[name].shape}")
     n = arrays["feats"].shape[0]
     for name, array in arrays.items():
         rows_expected = name in ("feats", "probs", "logits", "purity", "informativeness")
@@ -209,8 +213,12 @@ def _select(args) -> None:
     scores = (selection.scores.cpu().numpy()[picks] if selection.scores is not None
               else np.full(len(picks), np.nan))
     lines = ["index,score"] + [f"{int(candidates[i])},{s:.9g}" for i, s in zip(picks, scores)]
-    atomic_write_text(out, "\n".join(lines) + "\n")
-    print(f"{len(picks)} picks of {len(candidates)} unlabeled rows written to {args.out}", file=sys.stderr)
+    if out is None:
+        print("\n".join(lines))
+    else:
+        atomic_write_text(out, "\n".join(lines) + "\n")
+    print(f"{len(picks)} picks of {len(candidates)} unlabeled rows written to "
+          f"{'standard output' if out is None else args.out}", file=sys.stderr)
 
 
 def _info() -> None:
@@ -288,9 +296,24 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; rerun the same command to resume after the last completed round", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        print(f"mqnet-fast: error: out of memory ({first_line(err)}); lower --batch-size, --infer-batch or --width "
+              "(or --jobs), then rerun the same command: a run resumes after its last completed round",
+              file=sys.stderr)
+        return 2
     finally:
         _leave_group()
     return 0
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Whether `err` is an allocation that failed (host or GPU memory)."""
+    import torch
+
+    return (isinstance(err, (MemoryError, torch.OutOfMemoryError))
+            or "can't allocate memory" in str(err) or "out of memory" in str(err).lower())
 
 
 def _leave_group() -> None:

@@ -36,7 +36,16 @@ def first_line(err: BaseException) -> str:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """This process's umask, read without changing it where Linux shows it (os.umask sets it to
+    read it, which another thread creating a file at that moment would see)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -83,7 +92,7 @@ def _atomic(path: str | Path, mode: str):
             except OSError:
                 break
         raise RunFileError(f"cannot write {str(path)!r}: {err.strerror or first_line(err)}"
-                           f"{_write_hint(err)}") from None
+                           f"{write_hint(err)}") from None
     try:
         # mkstemp creates 0600; the file gets the mode a plain open() would give it
         keep = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
@@ -97,20 +106,21 @@ def _atomic(path: str | Path, mode: str):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise RunFileError(f"cannot write {str(path)!r}: {err.strerror or first_line(err)}"
-                           f"{_write_hint(err)}") from None
+                           f"{write_hint(err)}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def _write_hint(err: OSError) -> str:
+def write_hint(err: OSError) -> str:
+    """What to do about a failed write, by its cause."""
     import errno
 
     if err.errno == errno.ENOSPC:
-        return " (the disk is full: free space, then rerun the same command to resume; completed rounds are kept)"
+        return " (the disk is full: free space, then rerun the same command; a run resumes after its last completed round)"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return " (the folder is not writable by this process: give a writable --run-dir or fix its permissions)"
+        return " (the folder is not writable by this process: write elsewhere, or fix its permissions)"
     return ""
 
 
@@ -184,7 +194,8 @@ def unseal_json(path: Path, what: str) -> dict:
     value = read_json(path)
     if not isinstance(value, dict) or "sha256" not in value:
         raise RunFileError(f"{what} {str(path)!r} has no seal: it was written by mqnet-fast before run files were "
-                           "sealed (0.9) or by hand; resume it with the version that wrote it, or start a new --run-dir")
+                           "sealed (an earlier mqnet-fast) or by hand; resume it with the version that wrote it, or start a "
+                           "new --run-dir")
     body = {k: v for k, v in value.items() if k != "sha256"}
     if digest_json(body) != value["sha256"]:
         raise RunFileError(f"{what} {str(path)!r} was edited or damaged: its content does not match its sha256; "
@@ -244,7 +255,8 @@ def read_seal(path: str | Path, what: str) -> dict | None:
     outer = _torch_load(path, path, what)
     if not isinstance(outer, dict) or outer.get("format") != SEAL_FORMAT:
         raise RunFileError(f"{what} {str(path)!r} has no seal: it was written by mqnet-fast before run files were "
-                           "sealed (0.9), or by something else; delete it to rerun that part from the start")
+                           "sealed (an earlier mqnet-fast), or by something else; delete it to rerun that part from the "
+                           "start")
     payload = outer.get("payload")
     if not isinstance(payload, torch.Tensor) or not isinstance(outer.get("identity"), dict):
         raise RunFileError(f"{what} {str(path)!r} has a damaged seal; delete it to rerun that part from the start")

@@ -227,9 +227,13 @@ def fl_gains(ground: torch.Tensor, candidates: torch.Tensor, lo: torch.Tensor, h
     checks.tensors(optional=True, ground2=ground2, candidates2=candidates2)
     device = checks.same_device(ground=ground, candidates=candidates, lo=lo, hi=hi, ground2=ground2,
                                 candidates2=candidates2)
+    # a gain sums n similarities, each a sum over d (times one over e) products: bounded so that no
+    # partial sum overflows the compute dtype
     factors = 1 if ground2 is None else 2
-    ground = checks.matrix("ground", ground, products=factors)
-    candidates = checks.matrix("candidates", candidates, cols=ground.shape[1], allow_empty=True, products=factors)
+    terms = ground.shape[0] * ground.shape[1] * (1 if ground2 is None else max(1, ground2.shape[-1]))
+    ground = checks.matrix("ground", ground, products=factors, terms=terms)
+    candidates = checks.matrix("candidates", candidates, cols=ground.shape[1], allow_empty=True, products=factors,
+                               terms=terms)
     lo, hi = lo.detach(), hi.detach()
     n = ground.shape[0]
     for name, t in (("lo", lo), ("hi", hi)):
@@ -244,9 +248,9 @@ def fl_gains(ground: torch.Tensor, candidates: torch.Tensor, lo: torch.Tensor, h
         raise ValueError("give ground2 and candidates2 together (the second similarity factor), or neither")
     dtype = torch.promote_types(checks.compute_dtype(ground), checks.compute_dtype(candidates))
     if ground2 is not None:
-        ground2 = checks.matrix("ground2", ground2, rows=n, products=factors)
+        ground2 = checks.matrix("ground2", ground2, rows=n, products=factors, terms=terms)
         candidates2 = checks.matrix("candidates2", candidates2, rows=candidates.shape[0], cols=ground2.shape[1],
-                                    allow_empty=True, products=factors)
+                                    allow_empty=True, products=factors, terms=terms)
         dtype = torch.promote_types(dtype, torch.promote_types(checks.compute_dtype(ground2),
                                                                checks.compute_dtype(candidates2)))
     if backend == "cuda":
@@ -340,7 +344,7 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
     checks.tensors(optional=True, mean=mean, std=std)
     device = checks.same_device(z=z, mean=mean, std=std, **{f"weights[{i}]": w for i, w in enumerate(weights)},
                                 **{f"biases[{i}]": b for i, b in enumerate(biases)})
-    checks.matrix("z", z, check_values=False)
+    z = checks.matrix("z", z, check_values=False)
     dtype = checks.compute_dtype(z)
     chosen = _resolve_backend("nonneg_mlp_score", backend, device, dtype)
     if not weights:

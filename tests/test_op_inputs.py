@@ -90,11 +90,40 @@ def test_large_float32_values_give_the_float64_answer_or_are_refused_by_name(sca
                     assert abs(float(sims[row]) - float(ref_sims[row])) <= 1e-4 * abs(float(ref_sims[row]))
 
 
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("two_factors", [False, True])
+def test_fl_gains_with_large_float32_values_gives_the_float64_answer_or_is_refused(scale, two_factors):
+    """A gain sums n similarities: bounded over all of them, so a float32 gain is never inf where the
+    float64 one is finite."""
+    for seed in range(2):
+        ground, candidates = (_rows(20, 8, seed) * scale).float(), (_rows(6, 8, seed + 10) * scale).float()
+        extra = {}
+        if two_factors:
+            extra = dict(ground2=(_rows(20, 3, seed + 20) * scale).float(),
+                         candidates2=(_rows(6, 3, seed + 30) * scale).float())
+        if not all(torch.isfinite(t).all() for t in (ground, candidates, *extra.values())):
+            continue
+        lo, hi = torch.zeros(20), torch.full((20,), float("inf"))
+        for backend in ["auto"] + CPU_BACKENDS:
+            try:
+                got = ops.fl_gains(ground, candidates, lo, hi, backend=backend, **extra)
+            except ValueError as err:
+                assert "holds values up to" in str(err), err
+                continue
+            want = ops.fl_gains(ground.double(), candidates.double(), lo.double(), hi, backend="torch",
+                                **{k: v.double() for k, v in extra.items()})
+            assert torch.isfinite(got).all(), (scale, backend)
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-30)
+
+
 def test_the_issues_overflowing_cases_are_refused_naming_the_argument():
     with pytest.raises(ValueError, match="x holds values up to 3e\\+20 in magnitude"):
         ops.kcenter_greedy(torch.tensor([[0.0], [1e20], [3e20]]), [0], 2)
     with pytest.raises(ValueError, match="queries holds values up to 1e\\+20"):
         ops.nearest(torch.tensor([[1e20]]), torch.tensor([[-1e20], [1e20]]))
+    with pytest.raises(ValueError, match="ground holds values up to 9e\\+18"):  # 10 terms of 7.2e37 each
+        ops.fl_gains(torch.full((10, 1), 9e18), torch.tensor([[8e18], [9e18]]), torch.zeros(10),
+                     torch.full((10,), float("inf")))
     # the same values in float64 are computed, and right
     assert ops.kcenter_greedy(torch.tensor([[0.0], [1e20], [3e20]], dtype=torch.float64), [0], 2).indices.tolist() \
         == [2, 1]
@@ -115,10 +144,11 @@ def test_probabilities_must_be_probabilities(strategy):
 
 
 def test_scores_and_losses_are_refused_by_their_own_names():
-    with pytest.raises(TypeError, match="scores must be a floating tensor, got torch.bool"):
+    with pytest.raises(TypeError, match="scores must be a real-valued \\(floating or integer\\) tensor, got torch.bool"):
         ops.top_b(torch.ones(4, dtype=torch.bool), 2)
-    with pytest.raises(TypeError, match="scores must be a floating tensor, got torch.complex64"):
+    with pytest.raises(TypeError, match="scores must be a real-valued .* got torch.complex64"):
         ops.top_b(torch.ones(4, dtype=torch.complex64), 2)
+    assert ops.top_b(torch.tensor([3, 9, 1, 9]), 2).tolist() == [1, 3]  # integer scores rank as before
     probs = torch.softmax(_rows(50, 4, 0), 1)
     with pytest.raises(ValueError, match="purity holds values up to 3e\\+38"):
         mqnet_fast.select("mqnet", 5, purity=torch.full((50,), 3e38), informativeness=torch.rand(50), probs=probs)

@@ -150,9 +150,9 @@ RUN_CASES = [
     ("run dir under a file", lambda b: (b / "afile").write_text("x"), ["--run-dir", "{b}/afile/run"],
      "is a file, not a folder"),
     ("empty run dir", lambda b: None, ["--run-dir", ""], "run_dir is empty"),
-    ("huge width", lambda b: None, ["--run-dir", "{b}/fresh", "--width", "1000000000"], "lower --width or --batch-size"),
+    ("huge width", lambda b: None, ["--run-dir", "{b}/fresh", "--width", "1000000000"], "lower --width, --batch-size or --infer-batch"),
     ("huge batch size", lambda b: None, ["--run-dir", "{b}/fresh", "--batch-size", "100000000"],
-     "batch size 100000000: about"),
+     "batch size 100000000, inference batch 1024: about"),
     ("other options for a run", lambda b: None, ["--strategies", "mqnet", "--purity", "knn"],
      "was made with strategy options"),
 ]
@@ -336,6 +336,67 @@ def test_wait_waits_for_the_holder_then_resumes_what_it_left(tmp_path):
     assert len(checkpoint_state(run_dir / "mqnet" / "seed0" / "checkpoint.pt")["records"]) == 5
 
 
+def test_another_experiment_in_use_is_refused_naming_its_runs(tmp_path):
+    """A directory whose experiment has saved nothing yet can be taken over, but not while a process
+    runs that experiment in it (here this process, through locks taken as a running process takes them)."""
+    from mqnet_fast.experiment.lock import FileLock
+    from mqnet_fast.experiment.store import RunLocked
+
+    digits = load_digits()
+    first = Experiment(tiny_config(strategies=["random"], rounds=1), tmp_path / "run", data=digits)
+    with first.store.session(first.identity, [("random", 0)]):
+        part = FileLock(tmp_path / "run" / ".locks" / "experiment")
+        with pytest.raises(Exception):
+            part.acquire(wait=False)  # shared by the running experiment
+        other = Experiment(tiny_config(strategies=["random"], rounds=1, noise=0.4), tmp_path / "run", data=digits)
+        with pytest.raises(RunLocked, match="in use by a process running another experiment there \\(random-seed0: "
+                                            f"process {os.getpid()}"):
+            other.run()
+    other.run()  # once the first has stopped (having saved nothing), the other takes the directory over
+    assert json.loads((tmp_path / "run" / "experiment.json").read_text())["noise"] == 0.4
+
+
+def test_workers_die_with_their_parent(tmp_path):
+    """--jobs workers run under their parent's locks: killed with it (SIGKILL included)."""
+    script = tmp_path / "parent.py"
+    child_code = ("import os, sys, time\n"
+                  "from mqnet_fast.experiment.runner import _die_with_parent\n"
+                  "_die_with_parent(int(sys.argv[1]))\n"
+                  "open(sys.argv[2], 'w').write(str(os.getpid()))\n"
+                  "time.sleep(600)\n")
+    (tmp_path / "child.py").write_text(child_code)
+    script.write_text("import os, subprocess, sys, time\n"
+                      f"subprocess.Popen([sys.executable, {str(tmp_path / 'child.py')!r}, str(os.getpid()), "
+                      f"{str(tmp_path / 'ready')!r}])\n"
+                      "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists() or not (tmp_path / "ready").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int((tmp_path / "ready").read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the worker outlived its parent")
+
+
+def test_running_out_of_memory_is_a_named_error(tmp_path, capsys, monkeypatch):
+    def fail(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 256.00 GiB")
+
+    monkeypatch.setattr(phases, "train", fail)
+    rc, err = cli(BASE + ["--strategies", "mqnet", "--run-dir", tmp_path / "run"], capsys)
+    assert rc == 2 and "out of memory" in err and "lower --batch-size" in err and "Traceback" not in err, err
+
+
 def test_locks_are_released_on_every_exit_path(tmp_path, capsys):
     from mqnet_fast.experiment.lock import FileLock
 
@@ -397,6 +458,8 @@ SELECT_CASES = [
     (".npy renamed", lambda t: np.save(t / "in.npy", np.ones(3)) or (t / "in.npy").rename(t / "in.npz"), {},
      "holds a single array"),
     ("0-d feats", lambda t: _npz(t / "in.npz", feats=np.float32(1)), {}, "'feats' must be 2-D"),
+    ("1-D logits", lambda t: _npz(t / "in.npz", feats=np.ones((5, 2), np.float32), logits=np.ones(5, np.float32)),
+     {}, "'logits' must be 2-D"),
     ("364 TiB header", lambda t: _huge_header(t / "in.npz"), {}, "needs about 384.0 TiB, more than"),
     ("empty --out", lambda t: _good(t / "in.npz"), {"out": ""}, "--out is empty"),
     ("--out under a file", lambda t: _good(t / "in.npz") and (t / "afile").write_text("x"),
@@ -426,6 +489,14 @@ def test_select_failures_are_named_and_change_nothing(tmp_path, capsys, name, pr
     assert "Traceback" not in err
     assert snapshot(tmp_path) == before
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode) and os.stat("/dev/null").st_rdev == null.st_rdev
+
+
+def test_select_writes_to_standard_output_with_a_dash(tmp_path, capsys):
+    _good(tmp_path / "in.npz")
+    assert main(["select", "--embeddings", str(tmp_path / "in.npz"), "--strategy", "conf", "--budget", "3",
+                 "--out", "-"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "index,score" and len(out) == 4
 
 
 def test_output_files_follow_the_umask_and_keep_a_replaced_files_mode(tmp_path, capsys):

@@ -34,12 +34,22 @@ class FileLock:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
             if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise
+                raise self._error("cannot create", err) from None
         self.writable = False
         try:
             return os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        except OSError as err:
+            raise self._error("cannot open", err) from None
+
+    def _error(self, doing: str, err: OSError) -> Exception:
+        from mqnet_fast.io import RunFileError, write_hint
+
+        if err.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return RunFileError(f"cannot lock {str(self.path)!r}: its file system does not support flock(2) "
+                                f"({err.strerror}); give a --run-dir on a local file system")
+        return RunFileError(f"{doing} the lock file {str(self.path)!r}: {err.strerror}{write_hint(err)}")
 
     def acquire(self, *, shared: bool = False, wait: bool = False, on_wait=None) -> None:
         if self.fd is not None:
@@ -49,21 +59,26 @@ class FileLock:
             return
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
         try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not wait:
-                holder = self.holder(fd)
-                os.close(fd)
-                raise Locked(holder) from None
-            if on_wait is not None:
-                on_wait(self.holder(fd))
-            fcntl.flock(fd, mode)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not wait:
+                    raise Locked(self.holder(fd)) from None
+                if on_wait is not None:
+                    on_wait(self.holder(fd))
+                fcntl.flock(fd, mode)
+            if not shared and self.writable:
+                record = {"pid": os.getpid(), "host": socket.gethostname(),
+                          "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        except OSError as err:
+            os.close(fd)  # releases the flock if it was taken
+            raise self._error("cannot take", err) from None
+        except BaseException:
+            os.close(fd)
+            raise
         self.fd = fd
-        if not shared and self.writable:
-            record = {"pid": os.getpid(), "host": socket.gethostname(),
-                      "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
 
     def holder(self, fd: int | None = None) -> str:
         """Who holds the lock, as its file says (the last exclusive holder)."""

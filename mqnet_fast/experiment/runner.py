@@ -120,13 +120,17 @@ class Experiment:
         data_bytes = (train.size + test.size) * (4 if features else train.itemsize)  # as DeviceFeatures/Images hold them
         sample = train.shape[1:] if features else (train.shape[3], train.shape[1], train.shape[2])
         train_bytes = estimate_train_bytes("head" if features else "resnet18", sample, self.num_in, cfg.width,
-                                           max(cfg.batch_size, cfg.infer_batch // 3))
+                                           cfg.batch_size, cfg.infer_batch)
+        # --jobs: every worker process holds the data and trains a model at once
+        copies = cfg.jobs if cfg.jobs > 1 else 1
         what = (f"the data ({_memory.human(data_bytes)}) and training the target model (width {cfg.width}, "
-                f"batch size {cfg.batch_size}: about {_memory.human(train_bytes)})")
+                f"batch size {cfg.batch_size}, inference batch {cfg.infer_batch}: about "
+                f"{_memory.human(train_bytes)})" + (f", in each of {copies} processes (--jobs)" if copies > 1 else ""))
         try:
-            _memory.check(what, data_bytes + train_bytes, self.device)
+            _memory.check(what, copies * (data_bytes + train_bytes), self.device)
         except _memory.MemoryLimitError as err:
-            raise ConfigError(f"{err}; lower --width or --batch-size") from None
+            hint = "; lower --width, --batch-size or --infer-batch" + (" or --jobs" if copies > 1 else "")
+            raise ConfigError(f"{err}{hint if 'needs about' in str(err) else ''}") from None
 
     @contextmanager
     def _session(self, pairs: list[tuple[str, int]]):
@@ -455,6 +459,8 @@ def _start_worker(config: ExperimentConfig, run_dir: str, data, threads: int, pa
     try:
         _WORKER["experiment"] = Experiment(config, run_dir, data=data)
         _WORKER["experiment"].store.locks = False  # the parent holds every run's lock while its workers live
+    except (ConfigError, DataError, RunFileError, _memory.MemoryLimitError) as err:  # named errors stay named
+        _WORKER["error"] = err
     except Exception as err:  # noqa: BLE001 (a pool replaces a worker whose initializer raises, forever)
         _WORKER["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
 

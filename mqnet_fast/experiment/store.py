@@ -94,8 +94,11 @@ class RunStore:
         differs = [k for k in identity if previous.get(k) != identity[k]]
         if differs and self.has_results():
             detail = ", ".join(f"{k}: {previous.get(k)!r} there, {identity[k]!r} now" for k in differs)
+            only_round_zero = not any(self.run_dir.glob("*/seed*/checkpoint.pt"))
+            hint = (f"; it holds round-0 models only (no run completed a round): delete {str(self.run_dir / 'round0')!r} "
+                    "to start this experiment there" if only_round_zero else "")
             raise ConfigError(f"run directory {str(self.run_dir)!r} holds a different experiment ({detail}); "
-                              "use another --run-dir or the same options to resume it")
+                              f"use another --run-dir or the same options to resume it{hint}")
 
     @contextmanager
     def session(self, identity: dict, runs: list[tuple[str, int]], *, wait: bool = False, on_wait=None):
@@ -130,16 +133,32 @@ class RunStore:
                 try:  # no results: taken over, unless another process is running that experiment now
                     part.acquire(wait=False)
                 except Locked:
-                    raise RunLocked(f"run directory {str(self.run_dir)!r} is in use by another experiment that "
-                                    "has saved nothing yet; use another --run-dir, or wait for it") from None
-                self._record_experiment(identity)
-                part.release()
+                    raise RunLocked(f"run directory {str(self.run_dir)!r} is in use by a process running another "
+                                    f"experiment there{self._holders()}; use another --run-dir") from None
+                try:
+                    self._record_experiment(identity)
+                finally:
+                    part.release()
             part.acquire(shared=True, wait=True)  # exclusive holders hold the mutex too: never waits
             self._held[present] = part
             stack.callback(self._release, present)
             self._record_experiment(identity)
         finally:
             mutex.release()
+
+    def _holders(self) -> str:
+        """' (run X: process ..., ...)' for every run lock held now, '' if none is."""
+        held = []
+        for path in sorted((self.run_dir / ".locks").glob("run-*")):
+            lock = FileLock(path)
+            try:
+                lock.acquire(wait=False)
+                lock.release()
+            except Locked as holder:
+                held.append(f"{path.name[len('run-'):]}: {holder}")
+            except RunFileError:
+                continue
+        return f" ({'; '.join(held)})" if held else ""
 
     def _record_experiment(self, identity: dict) -> None:
         if self.saved_experiment() != identity:
@@ -235,9 +254,14 @@ class RunStore:
         """results.csv: the records of every run whose checkpoint verifies."""
         if not self.writes:
             return
-        runs, _ = self.verified_runs(identity)
-        records = [record for run in runs for record in run["records"]]
-        atomic_write_text(self.run_dir / "results.csv", records_to_csv(records))
+        mutex = FileLock(self.run_dir / ".locks" / "mutex")
+        mutex.acquire(wait=True)  # two writers of one experiment (--jobs workers too): the later snapshot lands last
+        try:
+            runs, _ = self.verified_runs(identity)
+            records = [record for run in runs for record in run["records"]]
+            atomic_write_text(self.run_dir / "results.csv", records_to_csv(records))
+        finally:
+            mutex.release()
 
 
 STATE_KEYS = {"labeled": list, "records": list, "queries": list, "strategy": dict, "models": dict}

@@ -85,12 +85,13 @@ def model_arch(images: DeviceImages | DeviceFeatures) -> str:
     return "head" if isinstance(images, DeviceFeatures) else "resnet18"
 
 
-def estimate_train_bytes(arch: str, sample_shape: tuple, num_classes: int, width: int, batch_size: int) -> int:
+def estimate_train_bytes(arch: str, sample_shape: tuple, num_classes: int, width: int, batch_size: int,
+                         infer_batch: int = 0) -> int:
     """An estimate of the memory one training of the target model takes beyond its data: the
     parameters with their gradients, momentum and one copy (16 bytes each) and the activations
     autograd keeps for a batch of float32 examples of `sample_shape` (a ResNet-18 keeps about 25
     tensors of width x H x W floats per example summed over its stages, each half the size of the
-    one before it). An order of magnitude, for refusing what cannot fit before anything is
+    one before it), or an inference batch of `infer_batch`, whichever is more. An order of magnitude, for refusing what cannot fit before anything is
     allocated (a width or batch size off by orders), not for planning."""
     if arch == "resnet18":
         height, wide = sample_shape[-2], sample_shape[-1]
@@ -101,7 +102,8 @@ def estimate_train_bytes(arch: str, sample_shape: tuple, num_classes: int, width
         hidden = width or 0
         params = (dim * hidden + hidden * num_classes) if hidden else dim * num_classes
         per_example = 3 * (dim + hidden + num_classes)
-    return int(16 * params + 4 * batch_size * per_example)
+    # inference (no autograd) keeps a few of a batch's activations at a time: about a tenth
+    return int(16 * params + 4 * max(batch_size * per_example, infer_batch * per_example / 10))
 
 
 def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int, *,
