@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-import time
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
