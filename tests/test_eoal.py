@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mqnet_fast.strategies import make_strategy
-from mqnet_fast.strategies.eoal import (cluster_regularizer, diverse_lowest, finch_clusters, finch_partitions,
-                                        first_neighbours, open_set_loss)
+from mqnet_fast.finch import finch_clusters, finch_partitions, first_neighbours
+from mqnet_fast.strategies.eoal import cluster_regularizer, diverse_lowest, open_set_loss
 from test_lfosa import _view
 
 # three tight groups at 0, 100 and 200 degrees

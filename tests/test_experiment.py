@@ -174,15 +174,15 @@ def test_run_directory_holds_config_and_scores(tmp_path, digits):
 
 
 def test_purity_is_pluggable():
-    from mqnet_fast.strategies import MQNet, RoundView
+    from mqnet_fast.strategies import MQNetStrategy, RoundView
 
     g = torch.Generator().manual_seed(0)
     view = RoundView(torch.arange(50), torch.softmax(torch.randn(50, 3, generator=g), 1), torch.rand(50, 8, generator=g),
                      g, labeled_feats=torch.rand(6, 8, generator=g), labeled_is_in=torch.tensor([1, 0, 1, 0, 1, 0]).bool())
     other = torch.rand(50, generator=g)
-    options = MQNet.Options(purity="knn", informativeness="conf")
-    default = MQNet(options).meta_inputs(view)
-    plugged = MQNet(options, purity_fn=lambda v: other).meta_inputs(view)
+    options = MQNetStrategy.Options(purity="knn", informativeness="conf")
+    default = MQNetStrategy(options).meta_inputs(view)
+    plugged = MQNetStrategy(options, purity_fn=lambda v: other).meta_inputs(view)
     assert torch.equal(default[:, 1], plugged[:, 1]) and not torch.equal(default[:, 0], plugged[:, 0])
     assert torch.allclose(plugged[:, 0], (other - other.mean()) / other.std())
 

@@ -126,7 +126,7 @@ def _pool_positions(pool: np.ndarray, index: torch.Tensor, what: str) -> torch.T
     return torch.from_numpy(positions)
 
 
-def _split(view, table: torch.Tensor, by: str):
+def split_pool_table(view, table: torch.Tensor, by: str):
     """(candidate rows, labeled IN rows, labeled OOD rows) of a per-pool-row table."""
     view.require("cache", "labeled", by=by)
     pool = np.asarray(view.cache.pool, dtype=np.int64)
@@ -137,7 +137,7 @@ def _split(view, table: torch.Tensor, by: str):
     return candidates, labeled[is_in], labeled[~is_in]
 
 
-def _encoded_pool(view, what: tuple, encode, config: EncoderConfig | None = None):
+def encoded_pool(view, what: tuple, encode, config: EncoderConfig | None = None):
     """encode(encoder, images, pool) for the cache's pool in the run's CSI encoder (or the encoder of
     `config`, trained and cached the same way), once per run."""
     view.require("cache", by="the CSI purity scores")
@@ -156,7 +156,7 @@ def pool_embeddings(view, layer: str = PURITY_LAYER) -> torch.Tensor:
     if isinstance(view.images, DeviceFeatures):
         view.require("cache", by="the CSI purity scores")
         return view.images.given(torch.from_numpy(np.asarray(view.cache.pool, dtype=np.int64)))
-    return _encoded_pool(view, ("csi-pool-embeddings", layer),
+    return encoded_pool(view, ("csi-pool-embeddings", layer),
                          lambda encoder, images, pool: embed(encoder, images, pool, layer=layer))
 
 
@@ -165,7 +165,7 @@ def pool_rotation_embeddings(view, layer: str = FULL_LAYER):
     if isinstance(view.images, DeviceFeatures):
         raise ValueError("purity 'csi-full' needs the pool's images (their rotations and CSI's shift head); "
                          "on an embeddings dataset use csi, csi-ood, knn or react")
-    return _encoded_pool(view, ("csi-pool-rotation-embeddings", layer),
+    return encoded_pool(view, ("csi-pool-rotation-embeddings", layer),
                          lambda encoder, images, pool: embed_rotations(encoder, images, pool, layer=layer))
 
 
@@ -237,7 +237,7 @@ def _tables(view, what: tuple, encode, by: str, *, table=None):
         is_in = view.labeled_is_in.to(torch.bool)
         given = view.images.given(view.labeled)
         return (view.images.given(view.candidates),), (given[is_in.to(given.device)],), (given[~is_in.to(given.device)],)
-    parts = [_split(view, t, by) for t in table()]
+    parts = [split_pool_table(view, t, by) for t in table()]
     return tuple(tuple(p[k] for p in parts) for k in range(3))
 
 

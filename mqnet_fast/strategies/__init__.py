@@ -10,7 +10,7 @@ from mqnet_fast.strategies.base import (STRATEGIES, NoOptions, RoundView, Select
 
 # Registration order is the order users see them in.
 from mqnet_fast.strategies import random, conf, entropy, margin, coreset, badge, ll, mqnet, similar, lfosa, eaoa, ccal, eoal  # noqa: E402,F401
-from mqnet_fast.strategies.mqnet import MQNet  # noqa: E402
+from mqnet_fast.strategies.mqnet import MQNetStrategy  # noqa: E402
 
-__all__ = ["STRATEGIES", "MQNet", "NoOptions", "RoundView", "Selection", "Strategy", "TopScore", "make_options",
+__all__ = ["STRATEGIES", "MQNetStrategy", "NoOptions", "RoundView", "Selection", "Strategy", "TopScore", "make_options",
            "make_strategy", "option_names", "register", "strategy_class", "top_selection"]

@@ -100,20 +100,20 @@ class CCAL(Strategy):
     needs_images = True
 
     def select(self, view, budget):
-        from mqnet_fast.scores.csi import _encoded_pool, _split, encoder_config
+        from mqnet_fast.scores.csi import encoded_pool, encoder_config, split_pool_table
         from mqnet_fast.training.contrastive import embed, embed_rotations
 
         view.require("cache", "images", "labeled", "labeled_labels", by="ccal")
         csi_config = encoder_config(view)
         simclr_config = dataclasses.replace(csi_config, shifts=1)
-        semantic_table = _encoded_pool(view, ("ccal-semantic", "projection"),
+        semantic_table = encoded_pool(view, ("ccal-semantic", "projection"),
                                        lambda enc, images, pool: embed(enc, images, pool, layer="projection"),
                                        simclr_config)
-        rotation_table = _encoded_pool(view, ("csi-pool-rotation-embeddings", "projection"),
+        rotation_table = encoded_pool(view, ("csi-pool-rotation-embeddings", "projection"),
                                        lambda enc, images, pool: embed_rotations(enc, images, pool, layer="projection"),
                                        csi_config)
-        sem_cand, sem_in, _ = _split(view, semantic_table, by="ccal")
-        rot_cand, rot_in, _ = _split(view, rotation_table.embeddings, by="ccal")
+        sem_cand, sem_in, _ = split_pool_table(view, semantic_table, by="ccal")
+        rot_cand, rot_in, _ = split_pool_table(view, rotation_table.embeddings, by="ccal")
         num_classes = view.probs.shape[1]
         labels = view.labeled_labels[view.labeled_is_in.bool()].to(sem_in.device)
         if labels.numel() == 0:  # no labeled IN example yet: no score to rank by, the lowest rows

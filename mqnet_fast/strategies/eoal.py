@@ -23,7 +23,7 @@ lowest-s candidates of each cluster in turn, int(min(b, n) / clusters) per visit
 (with no partition of at most b clusters, the lowest s); short of b (few candidates predicted
 known), the lowest s of the others.
 
-FINCH (Sarfraz et al., CVPR 2019), `finch_partitions`: each point is linked to its first neighbour
+FINCH (Sarfraz et al., CVPR 2019; mqnet_fast.finch), `finch_partitions`: each point is linked to its first neighbour
 (the most similar other point by cosine, ties to the lower row), the connected components are the
 clusters, and the same is repeated on the clusters' means until nothing merges; `finch_clusters`
 takes the coarsest partition with at least the required number of clusters and merges the two most
@@ -47,12 +47,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mqnet_fast.finch import finch_clusters, finch_partitions, means
+from mqnet_fast.models.eoal_net import EOALNet
 from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, register
 
 TEMPERATURE = 0.5
 ALPHA = 0.8
 REG_WEIGHT, INTRA_WEIGHT = 0.1, 0.1
-SIM_ELEMENTS = 2**24  # similarities per block of first_neighbours (128 MB in float64)
 MAX_CLUSTERINGS = 300  # the published code's 300 epochs: re-clustering at most this often a training
 
 
@@ -70,111 +71,7 @@ class EOALOptions:
 
 
 # --------------------------------------------------------------------------------------------------
-# FINCH
-
-def first_neighbours(x: torch.Tensor) -> np.ndarray:
-    """For each row, the most similar other row by cosine (ties to the lower row); a single row is its own."""
-    n = x.shape[0]
-    if n == 1:
-        return np.zeros(1, np.int64)
-    unit = F.normalize(x.double(), dim=1)
-    out = np.empty(n, np.int64)
-    chunk = max(1, min(n, SIM_ELEMENTS // n))
-    for start in range(0, n, chunk):
-        sim = unit[start:start + chunk] @ unit.T
-        rows = torch.arange(sim.shape[0], device=sim.device)
-        sim[rows, start + rows] = float("-inf")
-        out[start:start + chunk] = sim.argmax(1).cpu().numpy()  # the first maximum
-    return out
-
-
-def _components(neighbours: np.ndarray) -> np.ndarray:
-    """Connected components of the graph i - neighbours[i], labelled in order of their lowest row."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n = len(neighbours)
-    graph = coo_matrix((np.ones(n), (np.arange(n), neighbours)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    _, first = np.unique(labels, return_index=True)  # each component's lowest row
-    relabel = np.empty(len(first), np.int64)
-    relabel[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return relabel[labels]
-
-
-def _means(x: torch.Tensor, labels: np.ndarray, count: int) -> torch.Tensor:
-    index = torch.from_numpy(labels).to(x.device)
-    sums = torch.zeros(count, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, index, x.double())
-    sizes = torch.bincount(index, minlength=count).double()
-    return sums / sizes[:, None]
-
-
-def finch_partitions(x: torch.Tensor) -> list[np.ndarray]:
-    """FINCH's partitions of the rows, finest first: each an (n,) array of cluster labels."""
-    n = x.shape[0]
-    labels = np.arange(n)
-    points = x
-    partitions = []
-    while points.shape[0] > 1:
-        merged = _components(first_neighbours(points))
-        count = int(merged.max()) + 1
-        if count == points.shape[0]:
-            break
-        labels = merged[labels]
-        partitions.append(labels.copy())
-        points = _means(x, labels, count)
-        if count == 1:
-            break
-    return partitions
-
-
-def finch_clusters(x: torch.Tensor, required: int) -> np.ndarray:
-    """(n,) labels of `required` clusters (at most n): the coarsest FINCH partition with at least that
-    many, then the two most similar cluster means merged until `required` are left."""
-    n = x.shape[0]
-    required = min(required, n)
-    labels = np.arange(n)
-    for partition in finch_partitions(x):
-        if partition.max() + 1 < required:
-            break
-        labels = partition
-    count = int(labels.max()) + 1
-    while count > required:
-        means = F.normalize(_means(x, labels, count), dim=1)
-        sim = means @ means.T
-        sim.fill_diagonal_(float("-inf"))
-        a, b = divmod(int(torch.argmax(sim)), count)
-        a, b = min(a, b), max(a, b)
-        labels = np.where(labels == b, a, labels)
-        labels = np.where(labels > b, labels - 1, labels)
-        count -= 1
-    return labels
-
-
-# --------------------------------------------------------------------------------------------------
-# The detector with one-vs-rest heads, and its loss
-
-class EOALNet(torch.nn.Module):
-    """A K + 1-class backbone and K one-vs-rest heads on its features; forward returns the
-    concatenation [K + 1 logits | 2K head logits | features] (what the loss splits)."""
-
-    def __init__(self, backbone: torch.nn.Module, num_classes: int, seed: int):
-        super().__init__()
-        self.backbone = backbone
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.ova = torch.nn.Linear(backbone.feature_dim, 2 * num_classes, bias=False)
-        self.ova.to(next(backbone.parameters()).device)
-        self.num_classes = num_classes
-
-    def forward(self, x):
-        logits, feats = self.backbone.forward_with_features(x)
-        return torch.cat([logits, self.ova(feats), feats], 1)
-
-    def heads(self, feats: torch.Tensor) -> torch.Tensor:
-        """(n, 2, K) one-vs-rest probabilities: [:, 1] "class j", [:, 0] "not class j"."""
-        return torch.softmax(self.ova(feats).float().view(-1, 2, self.num_classes), 1)
-
+# The detector's loss (its network: mqnet_fast.models.eoal_net)
 
 def open_set_loss(p: torch.Tensor, targets: torch.Tensor, k: int, any_ood: bool) -> torch.Tensor:
     """The one-vs-rest heads' loss (module docstring) of probabilities p (B, 2, K); targets >= k are OOD."""
@@ -227,7 +124,7 @@ class _Loss:
         self.net.train()
         labels = finch_clusters(feats, self.clusters)
         self.own = torch.from_numpy(labels).to(feats.device)
-        self.centers = _means(feats, labels, self.clusters).float()
+        self.centers = means(feats, labels, self.clusters).float()
 
     def __call__(self, out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.clusters and self.calls % self.per_epoch == 0:

@@ -126,7 +126,7 @@ class MQNetOptions:
 
 
 @register
-class MQNet(Strategy):
+class MQNetStrategy(Strategy):
     trains_extra_models = True  # a CSI encoder (purity csi)
     name = "mqnet"
     Options = MQNetOptions
