@@ -31,7 +31,7 @@ class RunCache:
     data_digest: str = ""         # a digest of the pool's images: a changed image misses the disk cache
     encoder_overrides: dict = field(default_factory=dict)  # EncoderConfig fields the run sets (e.g. epochs)
     show_progress: bool = True    # progress bars for what is trained here
-    world: Any = None             # mqnet_fast.distributed.World under torchrun (the encoder trains on every rank together)
+    world: Any = None             # mqnet_fast.world.World under torchrun (the encoder trains on every rank together)
     memo: dict = field(default_factory=dict)
     models: dict = field(default_factory=dict)  # name -> sha256 of each model used (loaded or trained)
 

@@ -236,7 +236,7 @@ def _world(device: str):
     import torch
     import torch.distributed as dist
 
-    from mqnet_fast.distributed import World
+    from mqnet_fast.world import World
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()

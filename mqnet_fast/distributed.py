@@ -117,7 +117,7 @@ def _device(*tensors) -> torch.device:
 _DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
-def shard_offsets(n_local: int, device: torch.device, group=None, *, width: int = 0,
+def gathered_offsets(n_local: int, device: torch.device, group=None, *, width: int = 0,
                   dtype: torch.dtype | None = None) -> list[int]:
     """The global row where each rank's shard starts, and the pool size last ((W + 1,) ints). With
     `width` and `dtype` it also checks that every rank's shard has those (the same on every rank)."""
@@ -251,7 +251,7 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None, group
     _agree(check, group, device)
     x, excluded = state["x"], state["excluded"]
     n_local = x.shape[0]
-    offsets = shard_offsets(n_local, device, group, width=x.shape[1], dtype=x.dtype)
+    offsets = gathered_offsets(n_local, device, group, width=x.shape[1], dtype=x.dtype)
     labeled = checks.indices("labeled", labeled, offsets[-1], device)  # the same on every rank
     eligible = ~excluded
     mine = (labeled >= offsets[rank]) & (labeled < offsets[rank + 1])
@@ -329,8 +329,8 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *, generato
     _agree(check, group, device)
     probs, feats = state["probs"], state["feats"]
     n_local, dtype = probs.shape[0], probs.dtype
-    shard_offsets(n_local, device, group, width=probs.shape[1], dtype=dtype)  # the classes agree
-    offsets = shard_offsets(n_local, device, group, width=feats.shape[1], dtype=dtype)
+    gathered_offsets(n_local, device, group, width=probs.shape[1], dtype=dtype)  # the classes agree
+    offsets = gathered_offsets(n_local, device, group, width=feats.shape[1], dtype=dtype)
     k = checks.count("k", k, high=offsets[-1], what=f"the {offsets[-1]} rows of the pool")
     uniforms = torch.rand(max(k - 1, 0), generator=generator, dtype=torch.float64)
     a, g = gradient_factors(probs, feats)
@@ -389,7 +389,7 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
 
     _agree(check, group, device)
     if keys_sharded:
-        offsets = shard_offsets(keys.shape[0], device, group, width=keys.shape[1], dtype=keys.dtype)
+        offsets = gathered_offsets(keys.shape[0], device, group, width=keys.shape[1], dtype=keys.dtype)
         sizes = [offsets[r + 1] - offsets[r] for r in range(len(offsets) - 1)]
         padded = torch.zeros(max(sizes), keys.shape[1], dtype=keys.dtype, device=device)
         padded[:keys.shape[0]] = keys
@@ -412,7 +412,7 @@ def top_b(scores: torch.Tensor, b: int, *, group=None) -> torch.Tensor:
         checks.finite("scores", scores)
 
     _agree(check, group, device)
-    offsets = shard_offsets(scores.shape[0], device, group)
+    offsets = gathered_offsets(scores.shape[0], device, group)
     b = checks.count("b", b, high=offsets[-1], what=f"the {offsets[-1]} scores of the pool")
     _, rank = _world(group)
     local = ops.top_b(scores, min(b, scores.shape[0]))
@@ -435,73 +435,9 @@ def all_gather_rows(x: torch.Tensor, *, group=None) -> torch.Tensor:
     not for the pool's features."""
     device = _device(x)
     flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-    offsets = shard_offsets(flat.shape[0], device, group, width=flat.shape[1], dtype=x.dtype)
+    offsets = gathered_offsets(flat.shape[0], device, group, width=flat.shape[1], dtype=x.dtype)
     sizes = [offsets[r + 1] - offsets[r] for r in range(len(offsets) - 1)]
     padded = torch.zeros(max(sizes), flat.shape[1], dtype=x.dtype, device=device)
     padded[:flat.shape[0]] = flat
     rows = torch.cat([part[:size] for part, size in zip(_all_gather(padded, group), sizes)])
     return rows.reshape(offsets[-1], *x.shape[1:])
-
-
-class World:
-    """This process's place in a torch.distributed job: `rank` of `size` (1 and rank 0 without a
-    process group), the `group` collectives run in, and the `device` of its tensors."""
-
-    def __init__(self, group=None, device: torch.device | None = None):
-        self.group = group
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.size, self.rank = _world(group) if self.distributed else (1, 0)
-        self.device = device if device is not None else torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def _main(self) -> int:
-        """Rank 0 of the group, as a global rank (what collectives' src takes)."""
-        return _global(0, self.group)
-
-    def __repr__(self) -> str:
-        return f"World(rank={self.rank}, size={self.size}, device={self.device})"
-
-    def shard_offsets(self, n: int, align: int = 1) -> list[int]:
-        """Where each rank's contiguous share of n rows starts, and n last ((W + 1,) ints): boundaries
-        at multiples of `align`, the blocks of `align` rows split as evenly as they go (a rank may get
-        none)."""
-        blocks = -(-n // align)
-        return [min(n, (blocks * r) // self.size * align) for r in range(self.size)] + [n]
-
-    def broadcast_(self, t: torch.Tensor) -> torch.Tensor:
-        """Overwrite `t` on every rank with rank 0's (in place)."""
-        if self.size > 1:
-            dist.broadcast(t, src=self._main, group=self.group)
-        return t
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            dist.barrier(group=self.group)
-
-    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """all_gather_rows in this world (x itself with one process)."""
-        return x if self.size == 1 else all_gather_rows(x.to(self.device), group=self.group).to(x.device)
-
-    def from_main(self, compute):
-        """compute() on rank 0, its result (any picklable value) sent to every rank: one decision for
-        all, e.g. what a file holds while rank 0 may be writing it. An exception in compute() is
-        raised on every rank (on the others a copy, without rank 0's traceback)."""
-        if self.size == 1:
-            return compute()
-        box = [None]
-        if self.is_main:
-            try:
-                box = [(True, compute())]
-            except Exception as err:
-                box = [(False, err)]
-                dist.broadcast_object_list(box, src=self._main, group=self.group)
-                raise
-        dist.broadcast_object_list(box, src=self._main, group=self.group)
-        ok, value = box[0]
-        if not ok:
-            raise value
-        return value

@@ -35,7 +35,7 @@ def _config(parts: int, batch_size: int = 24) -> TrainConfig:
 def _train_worker(rank, world_size, init_file, out_file, loss_module, batch_size):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    from mqnet_fast.distributed import World
+    from mqnet_fast.world import World
 
     model, images, index, labels = _train_inputs(loss_module)
     loss = train_model(model, images, index, labels, _config(world_size, batch_size), seed=3, show_progress=False,
@@ -87,7 +87,7 @@ def _encoder_inputs(parts: int):
 def _encoder_worker(rank, world_size, init_file, out_file):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    from mqnet_fast.distributed import World
+    from mqnet_fast.world import World
     from mqnet_fast.training.contrastive import train_encoder
 
     images, pool, config = _encoder_inputs(world_size)

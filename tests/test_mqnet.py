@@ -266,7 +266,7 @@ def _per_class_shard_worker(rank, init_file, out_file):
 
     import torch.distributed as dist
 
-    from mqnet_fast import distributed
+    from mqnet_fast.world import World
     from mqnet_fast.strategies import RoundView
     from mqnet_fast.strategies.base import Shard
 
@@ -278,7 +278,7 @@ def _per_class_shard_worker(rank, init_file, out_file):
     rows = slice(offsets[rank], offsets[rank + 1])
     candidates = torch.arange(100, 106)
     view = RoundView(candidates[rows], torch.tensor(probs)[rows], torch.zeros(offsets[rank + 1] - offsets[rank], 3),
-                     torch.Generator(), shard=Shard(distributed.World(), offsets, candidates))
+                     torch.Generator(), shard=Shard(World(), offsets, candidates))
     strategy = _mq(purity[rows], selection="per-class")
     picks = strategy.select(view, 4).indices.tolist()
     gathered = [None, None]

@@ -119,7 +119,7 @@ def _coreset_shard_worker(rank, init_file, out_file):
 
     import torch.distributed as dist
 
-    from mqnet_fast import distributed
+    from mqnet_fast.world import World
     from mqnet_fast.strategies.base import Shard
 
     torch.set_num_threads(1)
@@ -133,7 +133,7 @@ def _coreset_shard_worker(rank, init_file, out_file):
     for centers in CORESET_PICKS:
         view = RoundView(whole.candidates[rows], whole.probs[rows], whole.feats[rows], torch.Generator(),
                          labeled_feats=whole.labeled_feats, labeled_is_in=whole.labeled_is_in,
-                         shard=Shard(distributed.World(), offsets, whole.candidates))
+                         shard=Shard(World(), offsets, whole.candidates))
         selection = make_strategy("coreset", coreset_centers=centers).select(view, 2)
         results[centers] = (selection.indices.tolist(), selection.scores.tolist())
     gathered = [None, None]

@@ -48,7 +48,7 @@ def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, sp
     candidates = np.setdiff1d(split.pool, labeled)
     shard, mine = None, candidates
     if world is not None and world.size > 1:
-        shard = Shard(world, world.shard_offsets(len(candidates), batch_size), torch.from_numpy(candidates))
+        shard = Shard(world, world.split_offsets(len(candidates), batch_size), torch.from_numpy(candidates))
         mine = candidates[shard.start:shard.offsets[world.rank + 1]]
     cand_logits, cand_feats, cand_predicted_loss = infer(model, images, torch.from_numpy(mine), batch_size)
     labeled_out = infer(model, images, torch.from_numpy(labeled), batch_size)

@@ -24,7 +24,7 @@ import torch
 
 from mqnet_fast import _memory
 from mqnet_fast.cache import RunCache, array_digest
-from mqnet_fast.distributed import World
+from mqnet_fast.world import World
 from mqnet_fast.data import (DataError, FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset,
                              make_open_set, with_ood_dataset)
 from mqnet_fast.experiment import phases

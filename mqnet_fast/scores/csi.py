@@ -214,13 +214,7 @@ def _shard_tables(view, what: tuple, encode, by: str) -> tuple[tuple, tuple, tup
         out[torch.from_numpy(order).to(out.device)] = stacked
         rows.append(out)
     candidates = tuple(r[:len(mine)] for r in rows)
-    to_labeled = torch.from_numpy(np.argsort(owner, kind="stable"))
-    labeled_rows = []
-    for r in rows:
-        got = world.gather_rows(r[len(mine):])  # every rank's labeled rows, in rank order
-        out = torch.empty_like(got)
-        out[to_labeled.to(got.device)] = got
-        labeled_rows.append(out)
+    labeled_rows = [world.gather_in_order(r[len(mine):], owner) for r in rows]  # every rank's, in labeled order
     is_in = view.labeled_is_in.to(torch.bool)
     return (candidates, tuple(t[is_in.to(t.device)] for t in labeled_rows),
             tuple(t[~is_in.to(t.device)] for t in labeled_rows))

@@ -18,7 +18,7 @@ class Shard:
     rows are this rank's contiguous share of `candidates` (every rank's, in rank order), starting at
     row offsets[rank]. A strategy that supports shards (`Strategy.sharded`) returns the picks of the
     whole pool, the same on every rank, and its scores and columns for this rank's rows."""
-    world: Any                 # mqnet_fast.distributed.World
+    world: Any                 # mqnet_fast.world.World
     offsets: list[int]         # (W + 1,) where each rank's rows start, the candidate count last
     candidates: torch.Tensor   # (U,) int64 global train indices of every rank's candidates, CPU
 
@@ -36,10 +36,7 @@ class Shard:
         positions = np.asarray(positions, dtype=np.int64)
         owner = np.searchsorted(np.asarray(self.offsets[1:]), positions, side="right")
         mine = torch.from_numpy(positions[owner == self.world.rank] - self.start).to(t.device)
-        got = self.gather(t[mine])  # rank order, each rank's rows in the order asked
-        out = torch.empty_like(got)
-        out[torch.from_numpy(np.argsort(owner, kind="stable")).to(t.device)] = got
-        return out
+        return self.world.gather_in_order(t[mine], owner)
 
 
 @dataclass

@@ -210,7 +210,7 @@ def train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, i
     `loss_fn(logits, targets)`, for a model without a loss module, replaces the mean cross-entropy
     (a detector's tempered or energy-regularized loss); the returned mean is then of loss_fn.
 
-    With a `world` (mqnet_fast.distributed.World) of W > 1 ranks, every rank calls this with the
+    With a `world` (mqnet_fast.world.World) of W > 1 ranks, every rank calls this with the
     same arguments: the model is wrapped in DistributedDataParallel, rank r computes micro-batch r
     of each batch (config.micro_batches must be W), and a communication hook sums the ranks'
     gradients in rank order: every rank ends with the model one process with micro_batches = W
