@@ -19,7 +19,7 @@ is refused on every rank (no rank is left waiting in a collective). What moves, 
     nearest          queries stay local; the keys are all-gathered once (or given whole).
     top_b            local top b, an all-gather of b (score, index) pairs, the global top b.
 
-Bytes per pick are in docs/distributed.md (measured by benchmarks/distributed_bench.py). The per-row
+Bytes per pick are in docs/distributed.md (measured by benchmarks/ops/distributed_bench.py). The per-row
 arithmetic is that of the plain-PyTorch references in mqnet_fast.reference, and the selection rules
 (first maximum, ties to the lowest global index, the inverse-CDF draw and its fallbacks) are theirs:
 on the CPU every op gives exactly the single-process reference's picks (backend="torch") on the

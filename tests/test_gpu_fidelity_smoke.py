@@ -1,4 +1,4 @@
-"""benchmarks/gpu_fidelity.sh in its CPU smoke mode: every step the one device run takes (training-step
+"""benchmarks/gpu/gpu_fidelity.sh in its CPU smoke mode: every step the one device run takes (training-step
 timing, the four-strategy open-set run, the report beside the paper's tables) runs and writes what
 the device run will bring back."""
 import json
@@ -15,7 +15,7 @@ def test_gpu_fidelity_script_smoke(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "benchmarks/gpu_fidelity.sh", "--smoke"], cwd=REPO, env=env, capture_output=True,
+    done = subprocess.run(["bash", "benchmarks/gpu/gpu_fidelity.sh", "--smoke"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with tarfile.open(out / "fidelity.tgz") as archive:  # everything comes back as one file

@@ -48,7 +48,7 @@ def test_kcenter_pruning_is_exact(dtype, n_labeled):
     skipped) it must give bit-identical picks, radii and distances to the unpruned kernel."""
     import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "ops"))
     from data import clustered
     from mqnet_fast.kernels.kcenter_greedy_triton import run
 

@@ -18,7 +18,7 @@ from mqnet_fast.training.target import BATCHING
 # difference: a ResNet-18 of width 16 trained 300 iterations at lr 0.03 varies by 1.9 / 1.1 points
 # (std over 5 training seeds) on fixed labeled sets of 20 / 60 IN examples, where the earlier width 64
 # / 100 iterations / lr 0.1 varied by 5.8 / 2.9 and took 8.6x longer per iteration
-# (benchmarks/digits_training_spread.py, benchmarks/digits_step_profile.py).
+# (benchmarks/engine/digits_training_spread.py, benchmarks/engine/digits_step_profile.py).
 # Embeddings (every embeddings:<file>): the paper's CIFAR budgets (b = 500, 10 rounds, for a CIFAR-size
 # pool) with a linear head (width 0) trained 1,000 iterations at lr 0.03: on CIFAR-10's 256-dim pixel
 # PCA and on a short CSI encoder's 128-dim features (4 IN classes) within 1.5 points of the best of

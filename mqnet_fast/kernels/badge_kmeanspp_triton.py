@@ -13,7 +13,7 @@ read only when the new center can lower its D^2. With s = a_i.a_c computed first
 |h_i.h_c| <= |h_i| |h_c|, so the squared distance is at least L = G_i + G_c - 2 |s| |h_i| |h_c|.
 Different predicted classes make s small (a_i and a_c are nearly orthogonal), so L mostly exceeds D^2:
 on softmax-of-Gaussian probabilities with C=100, 98% of the h reads are skipped
-(benchmarks/badge_skip_fraction.py). Rounding: the
+(benchmarks/ops/badge_skip_fraction.py). Rounding: the
 computed h_i.h_c exceeds |h_i||h_c| by at most gamma_d = d eps relative, the precomputed norms are
 within (d/2 + 2) eps, and the final additions add a few eps of G_i + G_c + 2|s||h_i||h_c|; the test
 `L - slack * (G_i + G_c + R) >= D^2` with R = 2|s||h_i||h_c| (1 + slack) and slack = (2d + C + 32) eps

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch.library import custom_op
 
 # Pruning is off unless asked for: its cost where nothing prunes (the GPU benchmark's Gaussian data)
-# and its gain on clustered embeddings have not been timed on a GPU yet (benchmarks/gpu_bench.py
+# and its gain on clustered embeddings have not been timed on a GPU yet (benchmarks/gpu/gpu_bench.py
 # times both); the CPU kernel prunes adaptively.
 PRUNE_BY_DEFAULT = False
 

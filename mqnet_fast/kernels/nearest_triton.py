@@ -175,7 +175,7 @@ def _nearest_kernel(q_ptr, k_ptr, qq_ptr, kk_ptr, values_ptr, indices_ptr, n_q, 
     tl.store(indices_ptr + rows, best_idx, mask=row_mask)
 
 
-# Tile configuration per case; TUNED_CONFIG replaces it when set (benchmarks/gpu_tune_nearest.py).
+# Tile configuration per case; TUNED_CONFIG replaces it when set (benchmarks/gpu/gpu_tune_nearest.py).
 TUNED_CONFIG: dict | None = None
 
 
@@ -189,7 +189,7 @@ def launch_config(queries: torch.Tensor) -> dict:
     if TUNED_CONFIG is not None:
         config = dict(TUNED_CONFIG)
     elif half_on_gpu:
-        # tensor-core tiles: the fastest of benchmarks/gpu_tune_nearest.py's second sweep on an H100
+        # tensor-core tiles: the fastest of benchmarks/gpu/gpu_tune_nearest.py's second sweep on an H100
         # (benchmarks/results/gpu/h100/run2-nearest-tune.json: 27.3 ms for 1M x 50k x 128, 47% of peak;
         # 27.4 ms in the first sweep too, where 64 x 128 x 4 warps tied)
         config = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4)

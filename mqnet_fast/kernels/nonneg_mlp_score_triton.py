@@ -115,7 +115,7 @@ def _nonneg_mlp_score_kernel(z_ptr, mean_ptr, std_ptr, w1_ptr, b1_ptr, w2_ptr, b
     tl.atomic_or(flags_ptr, flags, mask=flags != 0)
 
 
-# Rows per program and warps; TUNED_CONFIG replaces it when set (benchmarks/gpu_bench.py sweeps it).
+# Rows per program and warps; TUNED_CONFIG replaces it when set (benchmarks/gpu/gpu_bench.py sweeps it).
 TUNED_CONFIG: dict | None = None
 
 

@@ -9,7 +9,7 @@ Differences from the published code (alinlab/CSI, and MQ-Net's copy of it in kai
 - both CSI and MQ-Net's code train it with LARS over SGD (momentum 0.9, wd 1e-6, trust 0.001, on
   every tensor, lr 0.1 with a x10 warm-up): here LARS, by default with SimCLR's exclusion of biases
   and normalization parameters from weight decay and the trust ratio
-  (`EncoderConfig.lars_exclude_bias_and_norm`; CSI's way, `benchmarks/csi_digits.py --set
+  (`EncoderConfig.lars_exclude_bias_and_norm`; CSI's way, `benchmarks/engine/csi_digits.py --set
   lars_exclude_bias_and_norm=False`, gave csi AUROC 0.950 against 0.959 on seeds 0-2, within the
   thread-count noise of ~0.02; that run is not recorded);
 - the schedule is optim.warmup_cosine per step (linear warm-up from lr / warmup steps to lr, cosine
@@ -118,7 +118,7 @@ class EncoderConfig:
         return max(1, math.ceil(pool_size / self.batch_size))
 
 
-# digits (8x8 grey, a pool of ~1,200): tuned on benchmarks/csi_digits.py for the IN/OOD AUROC of the
+# digits (8x8 grey, a pool of ~1,200): tuned on benchmarks/engine/csi_digits.py for the IN/OOD AUROC of the
 # csi purity within about a minute of training on a 2-core CPU (35 epochs of 38 steps of 256 views:
 # 36-40 s with 2 threads on the idle machine, 53 s with 1 thread while others used it). Versus the CIFAR setting: a ResNet-18 of width 16 (0.7 M parameters); a
 # milder crop (area 0.85..1: on 8x8 images SimCLR's 0.08..1 leaves a few pixels, and 0.3..1 and

@@ -20,7 +20,7 @@ class DeviceImages:
         self.pad = max(1, self.images.shape[-1] // 8)  # 4 for 32x32 (the usual CIFAR crop), 1 for 8x8
         # channels-last (NHWC) batches, as the models are laid out: oneDNN's convolutions on the CPU
         # are faster so too (the digits CSI encoder's step 1.25x with AVX2, 1.2x with AVX-512 at 1
-        # thread: benchmarks/digits_step_time.py, which sets this False for its NCHW runs), and so
+        # thread: benchmarks/engine/digits_step_time.py, which sets this False for its NCHW runs), and so
         # are cuDNN's.
         self.channels_last = True
 
