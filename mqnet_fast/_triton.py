@@ -1,4 +1,4 @@
-"""The one place that imports the Triton kernels (mqnet_fast.kernels.*_triton), lazily: importing
+"""The one place that imports the Triton kernels (mqnet_fast.ops.*_triton), lazily: importing
 triton costs about a second and is only needed for backend="triton"."""
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def kernel_module(op: str):
-    """mqnet_fast.kernels.<op>_triton, imported once."""
+    """mqnet_fast.ops.<op>_triton, imported once."""
     if op not in _MODULES:
-        _MODULES[op] = importlib.import_module(f"mqnet_fast.kernels.{op}_triton")
+        _MODULES[op] = importlib.import_module(f"mqnet_fast.ops.{op}_triton")
     return _MODULES[op]

@@ -26,6 +26,11 @@ class World:
         return self.rank == 0
 
     @property
+    def process_group(self):
+        """The process group the ops' `group` takes (torch.distributed.group.WORLD for the default one)."""
+        return self.group if self.group is not None else dist.group.WORLD
+
+    @property
     def _main(self) -> int:
         """Rank 0 of the group, as a global rank (what collectives' src takes)."""
         return dist.get_global_rank(self.group, 0) if self.group is not None else 0

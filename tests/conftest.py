@@ -7,7 +7,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/testing.py
 
 # Without a GPU the Triton kernels run on CPU tensors through Triton's interpreter; the switch is
-# read when a kernel is decorated, so it must be set before anything imports mqnet_fast.kernels.
+# read when a kernel is decorated, so it must be set before anything imports mqnet_fast.ops.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -203,7 +203,7 @@ def test_a_refusal_on_one_rank_is_a_refusal_on_all(per_rank):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n, d", [(1, 3), (157, 13), (4096, 5), (9000, 130)])
 def test_chunked_distances_are_the_reference_expression_bit_for_bit(n, d, dtype):
-    from mqnet_fast.distributed import _Distances
+    from mqnet_fast.ops.kcenter_greedy import _Distances
     from mqnet_fast.reference.kcenter_greedy import squared_distances
 
     g = torch.Generator().manual_seed(n)
@@ -214,7 +214,7 @@ def test_chunked_distances_are_the_reference_expression_bit_for_bit(n, d, dtype)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [1, 157, 9000])
 def test_chunked_gradient_distances_are_the_reference_expression_bit_for_bit(n, dtype):
-    from mqnet_fast.distributed import _GradientDistances
+    from mqnet_fast.ops.badge_kmeanspp import _GradientDistances
     from mqnet_fast.reference.badge_kmeanspp import gradient_factors, sqdist_to
 
     g = torch.Generator().manual_seed(n)

@@ -374,7 +374,7 @@ def test_triton_row_offsets_are_64_bit(prune):
     lands inside it: the bug shows as wrong distances, not a crash. The last rows are the farthest,
     so they are picked, and their distances must be the reference's (computed on a compact copy);
     one labeled row, so the float32 init's per-row-center pass reads the far rows too."""
-    from mqnet_fast.kernels.kcenter_greedy_triton import run
+    from mqnet_fast.ops.kcenter_greedy_triton import run
 
     n, d, stride, start = 2064, 8, 1 << 20, 1 << 31
     try:

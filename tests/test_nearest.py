@@ -122,7 +122,7 @@ def test_opcheck(metric):
     torch.library.opcheck(torch.ops.mqnet_fast.nearest.default, (torch.randn(33, 5), torch.randn(17, 5), metric))
 
 
-# What torch.compile makes of the ops, as mqnet_fast/ops.py and the README state it (here on CPU;
+# What torch.compile makes of the ops, as mqnet_fast/ops/__init__.py and the README state it (here on CPU;
 # tests/test_triton.py has the Triton ops on a GPU): the registered ops torch.ops.mqnet_fast.* trace
 # into one graph through their fake kernels, so they compile with fullgraph=True; the public
 # functions in mqnet_fast.ops do not, since each value check (finite values, index ranges, the

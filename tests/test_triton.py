@@ -50,7 +50,7 @@ def test_kcenter_pruning_is_exact(dtype, n_labeled):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks" / "ops"))
     from data import clustered
-    from mqnet_fast.kernels.kcenter_greedy_triton import run
+    from mqnet_fast.ops.kcenter_greedy_triton import run
 
     n, d, budget = 450, 37, 40  # n, d: not multiples of the 64-row, 64-wide blocks
     x, _ = clustered(n, d, classes=6, seed=n_labeled)
@@ -79,7 +79,7 @@ def test_kcenter_pruning_keeps_its_rounding_slack(dtype):
     squared distance from its center exceeds 4 min_d2 by less than delta must still be read. (On a
     GPU the float64 case also checks that delta survives being passed as a float32 argument; the
     interpreter passes it in double precision.)"""
-    from mqnet_fast.kernels.kcenter_greedy_triton import run
+    from mqnet_fast.ops.kcenter_greedy_triton import run
 
     two_plus = 2 + 2 * torch.finfo(dtype).eps  # 2 + 1 ulp: D2 = 4 (1 + ~2 eps), within the slack
     x = torch.tensor([[0.0], [1.0], [two_plus]], dtype=dtype, device=DEVICE)  # center, row, next pick

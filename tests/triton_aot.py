@@ -1,4 +1,4 @@
-"""Compiles every Triton kernel of mqnet_fast.kernels for an H100/H200 (sm_90) ahead of time, with
+"""Compiles every Triton kernel of mqnet_fast.ops (<op>_triton.py) for an H100/H200 (sm_90) ahead of time, with
 the launch configurations the host wrappers use on a GPU, without a GPU. Run by
 tests/test_triton_compile.py in a process without TRITON_INTERPRET (under the interpreter the
 kernels are not JIT functions). Prints one JSON line per kernel variant: {"name", "error"}, error
@@ -15,10 +15,10 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from mqnet_fast.kernels import badge_kmeanspp_triton as badge
-from mqnet_fast.kernels import kcenter_greedy_triton as kcenter
-from mqnet_fast.kernels import nearest_triton as nearest
-from mqnet_fast.kernels import nonneg_mlp_score_triton as mlp
+from mqnet_fast.ops import badge_kmeanspp_triton as badge
+from mqnet_fast.ops import kcenter_greedy_triton as kcenter
+from mqnet_fast.ops import nearest_triton as nearest
+from mqnet_fast.ops import nonneg_mlp_score_triton as mlp
 
 TARGET = GPUTarget("cuda", 90, 32)
 LAUNCH_OPTIONS = ("num_warps", "num_stages")

@@ -12,7 +12,7 @@ Baselines (plain PyTorch, no Python loop over rows):
 - MLP: eager torch (two linear layers with clamped weights, sigmoid), timed as whole calls and as device
   time alone (both sides replayed from CUDA graphs; the Triton kernel's rows per program are swept).
 Each op is timed with the Triton backend and, where _C was built with CUDA, the CUDA-source backend;
-the faster one per op is what "auto" should pick (record it in mqnet_fast/ops.py).
+the faster one per op is what "auto" should pick (record it in mqnet_fast/ops/_backends.py, AUTO).
 """
 from __future__ import annotations
 
@@ -120,12 +120,12 @@ def main():
                    hbm_fraction=(bytes_per_pick / per_pick / 1e9 / peak["hbm_gbs"]) if peak else None)
 
     def bench_kcenter_prune():
-        # the Triton k-center with and without triangle-inequality pruning (mqnet_fast/kernels/kcenter_greedy_triton.py,
+        # the Triton k-center with and without triangle-inequality pruning (mqnet_fast/ops/kcenter_greedy_triton.py,
         # prune=True gives the same results), on Gaussian rows (little to prune: what it costs) and on the
         # clustered mixture of benchmarks/ops/data.py (what it gains); the plain-PyTorch baseline is the one
         # timed on the Gaussian rows (a torch.mv per pick costs the same whatever the values)
         from data import clustered
-        from mqnet_fast.kernels import kcenter_greedy_triton as kc
+        from mqnet_fast.ops import kcenter_greedy_triton as kc
 
         n, d, picks, n_lab = 1_000_000 // scale, 512, 1000 // scale, 1000 // scale
         gen = torch.Generator(device=dev).manual_seed(0)

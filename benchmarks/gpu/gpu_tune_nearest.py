@@ -1,5 +1,5 @@
 """Times the Triton nearest kernel over tile configurations at issue 4's size (N=1M, M=50k, d=128,
-bf16) on a GPU; the fastest goes into mqnet_fast/kernels/nearest_triton.py. Writes nearest-tune.json to --out."""
+bf16) on a GPU; the fastest goes into mqnet_fast/ops/nearest_triton.py. Writes nearest-tune.json to --out."""
 import argparse
 import json
 import os
@@ -26,7 +26,7 @@ CONFIGS = [  # BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, DEFER; BLOCK_K 
 
 def tuned_config(config) -> dict:
     """A CONFIGS entry (or a nearest-tune.json config; runs before DEFER existed have 5 entries) as
-    mqnet_fast/kernels/nearest_triton.py's TUNED_CONFIG."""
+    mqnet_fast/ops/nearest_triton.py's TUNED_CONFIG."""
     bm, bn, bk, warps, stages, *rest = config
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages, DEFER=bool(rest and rest[0]))
 

@@ -1,5 +1,5 @@
 """What the nearest-set kernel's key-tile loop costs in sm_90 machine code, without a GPU: compiles
-mqnet_fast/kernels/nearest_triton.py ahead of time (tests/triton_aot.py) for bf16, d=128, cosine, with the
+mqnet_fast/ops/nearest_triton.py ahead of time (tests/triton_aot.py) for bf16, d=128, cosine, with the
 per-tile reduction and with DEFER, and prints per configuration the registers per thread and the
 SASS instructions of the loop that holds the tensor-core MMAs (one key tile per iteration, per warp).
 Needs Triton's bundled cuobjdump; run without TRITON_INTERPRET.
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parents[2] / "tests"))
 import triton  # noqa: E402
 from triton_aot import compile_kernel  # noqa: E402
 
-from mqnet_fast.kernels import nearest_triton  # noqa: E402
+from mqnet_fast.ops import nearest_triton  # noqa: E402
 
 CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 TYPES = dict(q_ptr="*bf16", k_ptr="*bf16", qq_ptr="*fp32", kk_ptr="*fp32", values_ptr="*fp32", indices_ptr="*i64")

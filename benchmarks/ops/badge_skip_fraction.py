@@ -1,5 +1,5 @@
 """How often BADGE's Cauchy-Schwarz test lets a pick's update skip a row's feature read
-(csrc/cpu/badge_kmeanspp.cpp, mqnet_fast/kernels/badge_kmeanspp_triton.py), on the GPU benchmark's data:
+(csrc/cpu/badge_kmeanspp.cpp, mqnet_fast/ops/badge_kmeanspp_triton.py), on the GPU benchmark's data:
 softmax(3 * Gaussian) probabilities with C=100 and Gaussian features with d=512. Plain PyTorch,
 float32, D^2 sampling as in the op; prints the fraction averaged over picks 2..k.
 

@@ -1,5 +1,5 @@
 """How many row reads the triangle-inequality pruning of k-center greedy skips (csrc/cpu/kcenter_greedy.cpp,
-mqnet_fast/kernels/kcenter_greedy_triton.py with prune=True), on the GPU benchmark's kind of data: Gaussian rows,
+mqnet_fast/ops/kcenter_greedy_triton.py with prune=True), on the GPU benchmark's kind of data: Gaussian rows,
 the clustered mixture of benchmarks/ops/data.py, and the CIFAR-10 ResNet-18 features where they are built.
 Plain PyTorch in float32 with the kernels' test: a row is skipped when the squared distance from its
 nearest center to the new one is >= 4 (1 + delta) times its own, delta = 4 (d + 2) eps.

@@ -1,6 +1,6 @@
 """BADGE (Ash et al., ICLR 2020): k-means++ seeding over the implicit gradient embeddings of the last
 layer, built from the softmax and the penultimate features (the BADGE op, never materialized; on a
-sharded view distributed.badge_kmeanspp)."""
+sharded view across the ranks)."""
 from __future__ import annotations
 
 import torch
@@ -17,13 +17,6 @@ class Badge(Strategy):
 
     def select(self, view, budget):
         dtype = torch.promote_types(view.probs.dtype, view.feats.dtype)  # float64 stays float64
-        if view.shard is None:
-            positions = ops.badge_kmeanspp(view.probs.to(dtype), view.feats.to(dtype), budget,
-                                           generator=view.generator).cpu()
-            return Selection(view.candidates[positions])
-        from mqnet_fast import distributed
-
-        world = view.shard.world
-        positions = distributed.badge_kmeanspp(view.probs.to(world.device, dtype), view.feats.to(world.device, dtype),
-                                               budget, generator=view.generator, group=world.group).cpu()
-        return Selection(view.shard.candidates[positions])
+        probs, feats = view.on_group_device(view.probs.to(dtype)), view.on_group_device(view.feats.to(dtype))
+        positions = ops.badge_kmeanspp(probs, feats, budget, generator=view.generator, group=view.group).cpu()
+        return Selection(view.pool[0][positions])

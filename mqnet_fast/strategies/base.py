@@ -65,6 +65,21 @@ class RoundView:
     extras: dict = field(default_factory=dict)  # more (U,) per-candidate model outputs, e.g. "predicted_loss"
     shard: Shard | None = None                # set under torchrun: the candidates are this rank's share
 
+    @property
+    def group(self):
+        """The process group of a sharded view (what the ops' `group` takes), None in one process."""
+        return None if self.shard is None else self.shard.world.process_group
+
+    @property
+    def pool(self) -> tuple[torch.Tensor, int]:
+        """(every rank's candidates, where this view's rows start among them): the rows an op's
+        global indices refer to ((candidates, 0) in one process)."""
+        return (self.candidates, 0) if self.shard is None else (self.shard.candidates, self.shard.start)
+
+    def on_group_device(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` on the device the collectives of a sharded view run on (unchanged in one process)."""
+        return t if self.shard is None else t.to(self.shard.world.device)
+
     def __post_init__(self):
         if self.labeled_feats is None:
             self.labeled_feats = self.feats.new_zeros(0, self.feats.shape[1])
@@ -162,7 +177,7 @@ class Strategy:
 
 class TopScore(Strategy):
     """The top `budget` candidates by `score(view)` (ties to the lower row, through ops.top_b; on a
-    sharded view through distributed.top_b)."""
+    sharded view across the ranks: ops.top_b with the view's group)."""
     sharded = True
 
     def score(self, view: RoundView) -> torch.Tensor:
@@ -174,13 +189,8 @@ class TopScore(Strategy):
 
 def top_selection(view: RoundView, scores: torch.Tensor, budget: int) -> Selection:
     scores = scores.float().cpu()
-    if view.shard is None:
-        return Selection(view.candidates[ops.top_b(scores, budget)], scores)
-    from mqnet_fast import distributed
-
-    world = view.shard.world
-    positions = distributed.top_b(scores.to(world.device), budget, group=world.group).cpu()
-    return Selection(view.shard.candidates[positions], scores)
+    positions = ops.top_b(view.on_group_device(scores), budget, group=view.group).cpu()
+    return Selection(view.pool[0][positions], scores)
 
 
 def min_max(x: torch.Tensor) -> torch.Tensor:

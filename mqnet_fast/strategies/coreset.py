@@ -1,6 +1,6 @@
 """CORESET (Sener & Savarese, ICLR 2018): k-center greedy over the target model's penultimate
-features, the labeled examples the initial centers (the k-center op; on a sharded view
-distributed.kcenter_greedy, rank 0 holding the initial centers' rows before its candidates).
+features, the labeled examples the initial centers (the k-center op; on a sharded view across the
+ranks, rank 0 holding the initial centers' rows before its candidates).
 
 `coreset_centers` picks which labeled examples are initial centers: "all" (every labeled example,
 OOD ones included, so a candidate next to a labeled OOD example counts as covered) or "in" (only
@@ -52,15 +52,8 @@ class Coreset(Strategy):
         first = shard is None or shard.world.rank == 0  # the rows of the pool start with the centers
         x = torch.cat([centers.to(view.feats), view.feats]) if first else view.feats  # float64 stays
         labeled = torch.arange(num_centers, device=x.device)
-        if shard is None:
-            result = ops.kcenter_greedy(x, labeled, budget)
-            candidates, start = view.candidates, 0
-        else:
-            from mqnet_fast import distributed
-
-            result = distributed.kcenter_greedy(x.to(shard.world.device), labeled.to(shard.world.device), budget,
-                                                group=shard.world.group)
-            candidates, start = shard.candidates, shard.start
+        result = ops.kcenter_greedy(view.on_group_device(x), view.on_group_device(labeled), budget, group=view.group)
+        candidates, start = view.pool
         positions = result.indices.cpu() - num_centers
         # A picked row's score is what ranked it: its distance to the centers when it was picked (the
         # radius then); every other row's its final distance, which no radius before it was below.
