@@ -1,5 +1,5 @@
 // Schemas of every mqnet_fast op, declared once. Backends register implementations per dispatch
-// key in their own files (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake kernels live in mqnet_fast/_fake.py.
+// key in their own files (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake kernels live beside each op (mqnet_fast/ops/<op>.py).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -25,8 +25,8 @@ def test_the_readme_is_one_screen_of_use():
     assert len(lines) <= 150, len(lines)
     first_heading = next(i for i, line in enumerate(lines) if line.startswith("## "))
     assert lines[first_heading] == "## Install" and first_heading < 30
-    for link in ("docs/ops.md", "docs/kernels.md", "docs/engine.md", "docs/strategies.md", "docs/distributed.md",
-                 "docs/gpu.md", "benchmarks/README.md"):
+    for link in ("docs/ops.md", "docs/layout.md", "docs/kernels.md", "docs/engine.md", "docs/strategies.md",
+                 "docs/distributed.md", "docs/gpu.md", "benchmarks/README.md"):
         assert link in README.read_text() and (README.parent / link).exists(), link
 
 
