@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from mqnet_fast.data import DataError, ImageArrays, convert_images, load_digits, make_open_set, num_ood_for, \
-    with_ood_dataset
+from mqnet_fast.data import DataError, ImageArrays, convert_images, load_digits, with_ood_dataset
+from mqnet_fast.experiment.split import make_open_set, num_ood_for
 from mqnet_fast.experiment import ConfigError, Experiment, ExperimentConfig
 from testing import tiny_config
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mqnet_fast.data import DataError, load_dataset, load_digits, load_imagefolder, make_open_set, num_ood_for
+from mqnet_fast.data import DataError, load_dataset, load_digits, load_imagefolder
+from mqnet_fast.experiment.split import make_open_set, num_ood_for
 
 
 

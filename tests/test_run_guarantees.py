@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from mqnet_fast.cli import main
-from mqnet_fast.data import load_digits, make_open_set
+from mqnet_fast.data import load_digits
+from mqnet_fast.experiment.split import make_open_set
 from mqnet_fast.experiment import ConfigError, Experiment, phases
 from mqnet_fast.io import read_seal, save_sealed
 from testing import checkpoint_state, tiny_config

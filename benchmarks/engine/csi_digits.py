@@ -29,7 +29,8 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mqnet_fast.cache import RunCache  # noqa: E402
-from mqnet_fast.data import load_digits, make_open_set  # noqa: E402
+from mqnet_fast.data import load_digits  # noqa: E402
+from mqnet_fast.experiment.split import make_open_set  # noqa: E402
 from mqnet_fast.scores import csi as csi_scores  # noqa: E402
 from mqnet_fast.scores import purity  # noqa: E402
 from mqnet_fast.scores.knn import knn_purity  # noqa: E402

@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from mqnet_fast.data import load_digits, make_open_set
+from mqnet_fast.data import load_digits
+from mqnet_fast.experiment.split import make_open_set
 from mqnet_fast.models import ResNet18
 from mqnet_fast.training import DeviceImages, TrainConfig, infer, train_model
 

@@ -1,5 +1,5 @@
-"""The experiment: configuration and validation (`config`), the round's phases (`phases`), the run
-store (`store`) and the runner (`runner`)."""
+"""The experiment: configuration and validation (`config`), the open-set split (`split`), the round's
+phases (`phases`), the run store (`store`) and the runner (`runner`)."""
 from mqnet_fast.experiment.config import (DEFAULTS, IDENTITY, NOISE_LEVELS, ConfigError, ExperimentConfig,
                                           derive_seed, num_in_classes, parse_split)
 from mqnet_fast.experiment.phases import check_selection

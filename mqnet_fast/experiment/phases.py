@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.data import OpenSetSplit
+from mqnet_fast.experiment.split import OpenSetSplit
 from mqnet_fast.strategies import RoundView, Selection, Strategy
 from mqnet_fast.strategies.base import Shard
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, infer, make_model, model_arch, train_model

@@ -26,7 +26,8 @@ from mqnet_fast import _memory
 from mqnet_fast.cache import RunCache, array_digest
 from mqnet_fast.world import World
 from mqnet_fast.data import (DataError, FeatureArrays, ImageArrays, default_cache_dir, is_embeddings, load_dataset,
-                             make_open_set, with_ood_dataset)
+                             with_ood_dataset)
+from mqnet_fast.experiment.split import make_open_set
 from mqnet_fast.experiment import phases
 from mqnet_fast.experiment.config import ConfigError, ExperimentConfig, derive_seed, num_in_classes
 from mqnet_fast.experiment.store import RunStore
