@@ -13,6 +13,7 @@ from mqnet_fast._memory import MemoryLimitError
 from mqnet_fast.data import DataError
 from mqnet_fast.io import RunFileError, first_line
 from mqnet_fast.experiment import DEFAULTS, ExperimentConfig, ConfigError, Experiment
+from mqnet_fast.experiment.runner import WorkerDied
 from mqnet_fast.strategies import STRATEGIES
 
 
@@ -153,6 +154,7 @@ def _options(args) -> dict:
 
 def _select(args) -> None:
     import numpy as np
+    import torch
 
     from mqnet_fast.api import select
     from mqnet_fast.io import atomic_write_text, check_output_path, read_npz
@@ -178,31 +180,21 @@ def _select(args) -> None:
         if rows_expected and (array.ndim == 0 or array.shape[0] != n):
             raise ConfigError(f"--embeddings: {name!r} must have one row per row of 'feats' ({n}), got shape "
                               f"{array.shape}")
-    import torch
+    from mqnet_fast.labeled import LabeledSet
 
-    from mqnet_fast import _checks as checks
-
-    try:
-        labeled = checks.indices("'labeled'", torch.from_numpy(arrays.pop("labeled", np.zeros(0, np.int64))), n,
-                                 torch.device("cpu")).numpy()
+    try:  # the pool, its labeled rows and the candidates (the unlabeled rows)
+        pool = LabeledSet(n, arrays.pop("labeled", np.zeros(0, np.int64)), arrays.pop("labeled_is_in", None),
+                          name="'labeled'")
     except (TypeError, ValueError, IndexError) as err:
         raise ConfigError(f"--embeddings: {err}") from None
-    if len(np.unique(labeled)) != len(labeled):
-        raise ConfigError("--embeddings: 'labeled' lists a row twice")
-    candidates = np.setdiff1d(np.arange(n), labeled)
-    inputs = {k: v[candidates] for k, v in arrays.items() if k in ("feats", "probs", "logits", "purity",
-                                                                     "informativeness")}
-    inputs["labeled_feats"] = arrays["feats"][labeled]
-    if "probs" in arrays:  # the labeled rows' softmax (SIMILAR's gradient embedding)
-        inputs["labeled_probs"] = arrays["probs"][labeled]
-    elif "logits" in arrays:
-        inputs["labeled_probs"] = torch.softmax(torch.from_numpy(arrays["logits"][labeled]).float(), 1).numpy()
-    if "labeled_is_in" in arrays:
-        inputs["labeled_is_in"] = arrays["labeled_is_in"]
+    inputs = pool.inputs(**{k: v for k, v in arrays.items() if k in ("feats", "probs", "logits", "purity",
+                                                                       "informativeness")})
     if not 0 <= args.seed < 2**63:
         raise ConfigError(f"--seed must be in [0, 2**63), got {args.seed}")
-    if args.budget < 1 or args.budget > len(candidates):
-        raise ConfigError(f"--budget must be in [1, {len(candidates)}] (the unlabeled rows), got {args.budget}")
+    try:
+        pool.check_budget(args.budget, name="--budget")
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
 
     try:
         selection = select(args.strategy, args.budget, generator=torch.Generator().manual_seed(args.seed),
@@ -212,12 +204,12 @@ def _select(args) -> None:
     picks = selection.indices.cpu().numpy()
     scores = (selection.scores.cpu().numpy()[picks] if selection.scores is not None
               else np.full(len(picks), np.nan))
-    lines = ["index,score"] + [f"{int(candidates[i])},{s:.9g}" for i, s in zip(picks, scores)]
+    lines = ["index,score"] + [f"{int(row)},{s:.9g}" for row, s in zip(pool.rows(picks), scores)]
     if out is None:
         print("\n".join(lines))
     else:
         atomic_write_text(out, "\n".join(lines) + "\n")
-    print(f"{len(picks)} picks of {len(candidates)} unlabeled rows written to "
+    print(f"{len(picks)} picks of {n - len(pool)} unlabeled rows written to "
           f"{'standard output' if out is None else args.out}", file=sys.stderr)
 
 
@@ -290,7 +282,7 @@ def main(argv=None) -> int:
                 _report([args.run_dir], None)
         else:
             _report(args.run_dirs, args.out)
-    except (ConfigError, DataError, RunFileError, MemoryLimitError, FileNotFoundError) as err:
+    except (ConfigError, DataError, RunFileError, MemoryLimitError, FileNotFoundError, WorkerDied) as err:
         print(f"mqnet-fast: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -398,6 +398,49 @@ def test_running_out_of_memory_is_a_named_error(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "out of memory" in err and "lower --batch-size" in err and "Traceback" not in err, err
 
 
+def _workers(parent: int) -> list[int]:
+    """The pids of the spawned worker processes of `parent` (not its resource tracker)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_a_killed_worker_ends_the_run_by_name_and_a_rerun_resumes(tmp_path):
+    """--jobs: a worker killed with SIGKILL (as the out-of-memory killer does) ends the run at once
+    with exit 2 naming a run, instead of leaving it waiting for the lost run forever."""
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "mqnet_fast", "run", "--quiet", "--budget", "10", "--strategies", "random,conf",
+               "--seeds", "0,1", "--rounds", "3", "--iterations", "300", "--jobs", "2", "--run-dir", str(run_dir)]
+    first = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(run_dir.glob("*/seed*/config.json")):  # the workers are running
+            assert first.poll() is None and time.monotonic() < deadline, "the run ended before its workers started"
+            time.sleep(0.05)
+        os.kill(_workers(first.pid)[0], signal.SIGKILL)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 2, err
+    assert "a worker process died" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    for name in ("random", "conf"):
+        for seed in (0, 1):
+            assert len(checkpoint_state(run_dir / name / f"seed{seed}" / "checkpoint.pt")["records"]) == 4
+
+
 def test_locks_are_released_on_every_exit_path(tmp_path, capsys):
     from mqnet_fast.experiment.lock import FileLock
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.experiment.split import OpenSetSplit
+from mqnet_fast.labeled import LabeledSet
 from mqnet_fast.strategies import RoundView, Selection, Strategy
 from mqnet_fast.strategies.base import Shard
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, infer, make_model, model_arch, train_model
@@ -37,7 +37,7 @@ def evaluate(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, rows
     return float((logits.argmax(1) == torch.from_numpy(labels).to(logits.device)).float().mean())
 
 
-def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, split: OpenSetSplit, labeled: np.ndarray,
+def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, labeled_set: LabeledSet,
                labels_in: np.ndarray, r: int, generator: torch.Generator, cache=None, *, world=None,
                batch_size: int = 1024, train_config: TrainConfig | None = None) -> RoundView:
     """The round's view: the model's outputs on the unlabeled candidates and the labeled examples
@@ -45,7 +45,7 @@ def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, sp
     batches of `batch_size` rows. With a `world` of several ranks each rank infers only its share of
     the candidates (RoundView.shard), cut at multiples of `batch_size` so that every row is
     inferred in the batch one process would infer it in; the labeled examples on every rank."""
-    candidates = np.setdiff1d(split.pool, labeled)
+    candidates, labeled = labeled_set.unlabeled, labeled_set.labeled
     shard, mine = None, candidates
     if world is not None and world.size > 1:
         shard = Shard(world, world.split_offsets(len(candidates), batch_size), torch.from_numpy(candidates))
@@ -55,7 +55,7 @@ def infer_view(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, sp
     extras = {} if cand_predicted_loss is None else {"predicted_loss": cand_predicted_loss}
     return RoundView(torch.from_numpy(mine), torch.softmax(cand_logits, 1), cand_feats, generator,
                      labeled_feats=labeled_out.feats, labeled_probs=torch.softmax(labeled_out.logits, 1),
-                     labeled_is_in=torch.from_numpy(split.is_in[labeled]), round=r,
+                     labeled_is_in=torch.from_numpy(labeled_set.is_in), round=r,
                      logits=cand_logits, labeled=torch.from_numpy(labeled),
                      labeled_labels=torch.from_numpy(labels_in[labeled]), model=model, images=images, cache=cache,
                      train_config=train_config, extras=extras, shard=shard)

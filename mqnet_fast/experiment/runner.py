@@ -37,8 +37,13 @@ from mqnet_fast.scores.csi import NEEDS_IMAGES
 from mqnet_fast.progress import progress_bar
 from mqnet_fast.strategies import Strategy, make_strategy, strategy_class
 from mqnet_fast.io import RunFileError, first_line
+from mqnet_fast.labeled import LabeledSet
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, make_model, model_arch
 from mqnet_fast.training.target import estimate_train_bytes
+
+
+class WorkerDied(RuntimeError):
+    """A --jobs worker process ended without a result (killed, or out of memory)."""
 
 
 class Experiment:
@@ -191,11 +196,14 @@ class Experiment:
         thread count, so that no two workers train the same one and every run starts from it as in
         one process. Runs whose strategy trains more than the target model (an encoder, a detector)
         are handed out first, so that the longest do not start last. The workers ignore Ctrl-C:
-        on Ctrl-C, or when a run fails (raised naming the run), the workers are stopped at once;
-        every run keeps its completed rounds (each is saved atomically) and a rerun resumes.
+        on Ctrl-C, or when a run fails or a worker dies (raised naming the run), the workers are
+        stopped at once; every run keeps its completed rounds (each is saved atomically) and a rerun
+        resumes.
         results.csv is rewritten at the end."""
         import multiprocessing
         import os
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
 
         threads = self._threads_per_run()
         with _threads(threads):
@@ -206,22 +214,27 @@ class Experiment:
         worker_config = dataclasses.replace(self.config, jobs=1, progress=False)
         order = sorted(pairs, key=lambda pair: not strategy_class(pair[0]).trains_extra_models)
         results = {}
-        pool = multiprocessing.get_context("spawn").Pool(
-            self.config.jobs, initializer=_start_worker, initargs=(worker_config, str(self.run_dir), self.data, threads, os.getpid()))
+        executor = ProcessPoolExecutor(self.config.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_start_worker,
+                                       initargs=(worker_config, str(self.run_dir), self.data, threads, os.getpid()))
         try:
-            done = pool.imap_unordered(_run_job, [(name, seed, stop_after_rounds) for name, seed in order])
-            for name, seed, records, error in progress_bar(
-                    done, total=len(order), disable=not self.progress,
-                    desc=f"runs ({self.config.jobs} processes x {threads} threads)"):
+            futures = {executor.submit(_run_job, (name, seed, stop_after_rounds)): (name, seed) for name, seed in order}
+            for future in progress_bar(as_completed(futures), total=len(order), disable=not self.progress,
+                                       desc=f"runs ({self.config.jobs} processes x {threads} threads)"):
+                name, seed = futures[future]
+                _, _, records, error = future.result()
                 if isinstance(error, Exception):
                     raise type(error)(f"run {name} seed {seed}: {error}")
                 if error is not None:
                     raise RuntimeError(f"run {name} seed {seed} failed in its worker process: {error}")
                 results[(name, seed)] = records
-            pool.close()
+        except BrokenProcessPool:
+            raise WorkerDied("a worker process died without a result (killed, or out of memory); every run keeps "
+                             "its completed rounds: rerun the same command to resume") from None
         finally:
-            pool.terminate()  # at once: a failed run or Ctrl-C does not wait for the others
-            pool.join()
+            for process in list((getattr(executor, "_processes", None) or {}).values()):
+                process.terminate()  # at once: a failed run or Ctrl-C does not wait for the others
+            executor.shutdown(wait=True, cancel_futures=True)
             self.store.write_results(self.identity)
         return [record for pair in pairs for record in results[pair]]
 
@@ -267,11 +280,13 @@ class Experiment:
                 break
             cache = self._run_cache(seed)
             cache.models.clear()  # what this round uses
-            record, query = self._round(strategy, strategy_name, seed, r, np.array(state["labeled"], np.int64), run)
+            labeled = LabeledSet(len(split.is_in), state["labeled"], split.is_in[state["labeled"]], pool=split.pool)
+            record, query = self._round(strategy, strategy_name, seed, r, labeled, run)
             state["records"].append(record)
             if query is not None:
                 state["queries"].append(query.tolist())
-                state["labeled"] = sorted(state["labeled"] + query.tolist())
+                labeled.label(query, split.is_in[query], name="the query")
+                state["labeled"] = labeled.labeled.tolist()
             state["strategy"] = strategy.state_dict()
             if r == 0:
                 digest = self._round_zero[(seed, self.target_recipe(strategy))][2]
@@ -282,11 +297,11 @@ class Experiment:
             done_here += 1
         return state["records"]
 
-    def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled: np.ndarray, run):
+    def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled_set: LabeledSet, run):
         cfg, split = self.config, self.splits[seed]
         timings = {}
         train_in_labels, test_in_labels = self._in_labels(seed)
-        labeled_in = labeled[split.is_in[labeled]]
+        labeled, labeled_in = labeled_set.labeled, labeled_set.labeled_in
 
         tick = time.perf_counter()
         model, train_loss = self._train(seed, r, labeled_in, strategy)[:2]
@@ -305,7 +320,7 @@ class Experiment:
         query = None
         if r < cfg.rounds:
             tick = time.perf_counter()
-            view = phases.infer_view(model, self.train_images, split, labeled, train_in_labels, r,
+            view = phases.infer_view(model, self.train_images, labeled_set, train_in_labels, r,
                                      torch.Generator().manual_seed(derive_seed(seed, r, "select")),
                                      self._run_cache(seed), world=self.world, batch_size=cfg.infer_batch,
                                      train_config=self._train_config())
@@ -462,7 +477,7 @@ def _start_worker(config: ExperimentConfig, run_dir: str, data, threads: int, pa
         _WORKER["experiment"].store.locks = False  # the parent holds every run's lock while its workers live
     except (ConfigError, DataError, RunFileError, _memory.MemoryLimitError) as err:  # named errors stay named
         _WORKER["error"] = err
-    except Exception as err:  # noqa: BLE001 (a pool replaces a worker whose initializer raises, forever)
+    except Exception as err:  # noqa: BLE001 (a worker whose initializer raises breaks the whole pool)
         _WORKER["error"] = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
 
 
