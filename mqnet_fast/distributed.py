@@ -42,6 +42,8 @@ from mqnet_fast.ops._collectives import all_gather_rows, bytes_communicated, gat
 
 
 def _group(group):
+    if group is None and not dist.is_initialized():
+        raise ValueError("Default process group has not been initialized, please make sure to call init_process_group.")
     return group if group is not None else dist.group.WORLD
 
 

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 SIM_ELEMENTS = 2**24  # similarities per block of first_neighbours (128 MB in float64)
 
 
-
 def first_neighbours(x: torch.Tensor) -> np.ndarray:
     """For each row, the most similar other row by cosine (ties to the lower row); a single row is its own."""
     n = x.shape[0]

@@ -45,7 +45,7 @@ for name in names:
     module = importlib.import_module(name)
     assert module.__file__.startswith(site), f"{name} imported from {module.__file__}"
 subpackages = {n for n in names if hasattr(importlib.import_module(n), "__path__")}
-want = {"mqnet_fast." + s for s in ("experiment", "kernels", "models", "reference", "scores", "strategies", "training")}
+want = {"mqnet_fast." + s for s in ("experiment", "ops", "models", "reference", "scores", "strategies", "training")}
 assert want <= subpackages, f"subpackages missing from the wheel: {sorted(want - subpackages)}"
 print(f"check_wheel: {len(names)} modules import from the wheel, build {mqnet_fast.build_info()}")
 PY

@@ -124,6 +124,7 @@ def main():
         # prune=True gives the same results), on Gaussian rows (little to prune: what it costs) and on the
         # clustered mixture of benchmarks/ops/data.py (what it gains); the plain-PyTorch baseline is the one
         # timed on the Gaussian rows (a torch.mv per pick costs the same whatever the values)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))  # benchmarks/ops/data.py
         from data import clustered
         from mqnet_fast.ops import kcenter_greedy_triton as kc
 

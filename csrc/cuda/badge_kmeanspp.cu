@@ -1,5 +1,5 @@
 // CUDA: BADGE k-means++ seeding over implicit gradient embeddings with no host synchronization.
-// Same design as mqnet_fast/kernels/badge_kmeanspp_triton.py: per pick, `update_d2` (one warp per row) lowers
+// Same design as mqnet_fast/ops/badge_kmeanspp_triton.py: per pick, `update_d2` (one warp per row) lowers
 // D^2 with |g_i - g_c|^2 = G_i + G_c - 2 (a_i.a_c)(h_i.h_c), the center's index read from device
 // memory, and zeroes the picked row; sampling stays on the device (float64 cumsum, searchsorted
 // against the pre-drawn uniform, the reference's two edge cases as tensor selects).

@@ -1,5 +1,5 @@
 // CUDA: k-center greedy with no host synchronization per pick. Same design as the Triton kernel
-// (mqnet_fast/kernels/kcenter_greedy_triton.py): per pick, `update_argmax` (one warp per row, many blocks)
+// (mqnet_fast/ops/kcenter_greedy_triton.py): per pick, `update_argmax` (one warp per row, many blocks)
 // lowers min_d2 with the exact difference-form distance to the newest center, whose index it reads
 // from device memory, and writes each block's best eligible (value, index); `pick` (one block)
 // reduces those, writes the pick and its radius and marks the row ineligible. Ties go to the

@@ -40,7 +40,8 @@ torch.ops.mqnet_fast_triton.nearest, .nonneg_mlp_score and .badge_kmeanspp compi
 
 Across processes: kcenter_greedy, nearest, badge_kmeanspp and top_b take `group` (a
 torch.distributed process group): every rank calls them with its own shard of the pool and they run
-their collective variant (mqnet_fast.distributed says what moves, and keeps the names it always had).
+their collective variant (mqnet_fast.distributed says what moves, and keeps the ops' names there:
+kcenter_greedy, nearest, badge_kmeanspp, top_b, all_gather_rows; World is mqnet_fast.world.World).
 """
 from mqnet_fast.ops._backends import BACKENDS
 from mqnet_fast.ops.badge_kmeanspp import badge_kmeanspp

@@ -66,18 +66,23 @@ def refusal(table: Backends, backend: str, device: torch.device, dtype: torch.dt
     return check(**shape) if check is not None and shape else None
 
 
-def resolve(table: Backends, backend: str, device: torch.device, dtype: torch.dtype | None = None, **shape) -> str:
-    """The backend that runs the call: `backend` itself where it can (else ValueError saying why),
-    or for "auto" the first of the table's order for the device type that can."""
+def check_name(table: Backends, backend: str) -> None:
+    """Refuse a backend name that is not one (or that the op has no kernel of), before anything else."""
     if backend not in BACKENDS:
         raise ValueError(f"{table.op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto" and backend not in table.kernels:
+        raise ValueError(table.missing.get(backend, f"{table.op}: there is no {backend!r} kernel"))
+
+
+def resolve(table: Backends, backend: str, device: torch.device, dtype: torch.dtype | None = None, **shape) -> str:
+    """The backend that runs the call: `backend` itself where it can (else ValueError saying why),
+    or for "auto" the first of the table's order for the device type that the op has and that can."""
+    check_name(table, backend)
     if backend == "auto":
         for candidate in table.auto.get(device.type, ("torch",)):
-            if refusal(table, candidate, device, dtype, **shape) is None:
+            if candidate in table.kernels and refusal(table, candidate, device, dtype, **shape) is None:
                 return candidate
         return "torch"
-    if backend not in table.kernels:
-        raise ValueError(table.missing.get(backend, f"{table.op}: there is no {backend!r} kernel"))
     if backend == "cpp":
         require_compiled(table.op)
     reason = refusal(table, backend, device, dtype, **shape)

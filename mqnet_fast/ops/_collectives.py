@@ -86,7 +86,7 @@ _DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
 def gathered_offsets(n_local: int, device: torch.device, group=None, *, width: int = 0,
-                  dtype: torch.dtype | None = None) -> list[int]:
+                     dtype: torch.dtype | None = None) -> list[int]:
     """The global row where each rank's shard starts, and the pool size last ((W + 1,) ints). With
     `width` and `dtype` it also checks that every rank's shard has those (the same on every rank)."""
     code = _DTYPES.index(dtype) if dtype in _DTYPES else -1

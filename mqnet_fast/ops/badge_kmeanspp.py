@@ -49,6 +49,9 @@ def badge_kmeanspp(probs: torch.Tensor, feats: torch.Tensor, k: int, *,
         torch.Size([5])
     """
     if group is not None:
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"badge_kmeanspp: across processes (group=) every rank runs the plain-PyTorch variant on its "
+                             f"shard; backend must be 'auto' or 'torch', got {backend!r}")
         return sharded(probs, feats, k, generator=generator, group=group)
 
     checks.tensors(probs=probs, feats=feats)
@@ -120,7 +123,7 @@ def _chained_cumsum(d2: torch.Tensor, rank: int, world: int, group) -> tuple[tor
 
 
 def sharded(probs: torch.Tensor, feats: torch.Tensor, k: int, *, generator: torch.Generator,
-                   group=None) -> torch.Tensor:
+            group=None) -> torch.Tensor:
     """ops.badge_kmeanspp over the pool sharded by rank: `probs` (n_r, C) and `feats` (n_r, d) this
     rank's rows; `generator` a CPU generator in the same state on every rank (its k - 1 float64
     uniforms are the single-process op's; required, as each rank's global RNG would draw its own).

@@ -60,6 +60,9 @@ def kcenter_greedy(x: torch.Tensor, labeled, budget: int, *, exclude=None,
         tensor([2, 3])
     """
     if group is not None:
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"kcenter_greedy: across processes (group=) every rank runs the plain-PyTorch variant on its "
+                             f"shard; backend must be 'auto' or 'torch', got {backend!r}")
         return sharded(x, labeled, budget, exclude=exclude, group=group)
 
     checks.tensors(x=x)

@@ -8,7 +8,7 @@ from mqnet_fast import _checks as checks
 from mqnet_fast import _triton, reference
 from mqnet_fast._library import has_compiled
 from mqnet_fast.ops._backends import Backends, resolve, storage_dtype
-from mqnet_fast.ops._collectives import agree, all_gather, device_of, gathered_offsets
+from mqnet_fast.ops._collectives import agree, all_gather_rows, device_of
 
 # The Triton and CUDA kernels compute in float32 (half-precision storage allowed).
 TABLE = Backends("nearest", float32=("triton", "cuda"))
@@ -81,11 +81,7 @@ def sharded(queries: torch.Tensor, keys: torch.Tensor, *, metric: str = "cosine"
 
     agree(check, group, device)
     if keys_sharded:
-        offsets = gathered_offsets(keys.shape[0], device, group, width=keys.shape[1], dtype=keys.dtype)
-        sizes = [offsets[r + 1] - offsets[r] for r in range(len(offsets) - 1)]
-        padded = torch.zeros(max(sizes), keys.shape[1], dtype=keys.dtype, device=device)
-        padded[:keys.shape[0]] = keys
-        keys = torch.cat([part[:size] for part, size in zip(all_gather(padded, group), sizes)])
+        keys = all_gather_rows(keys, group=group)  # every rank's shard, in rank order
     if queries.shape[0] == 0:  # a rank without rows
         dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
         return torch.empty(0, dtype=dtype, device=device), torch.empty(0, dtype=torch.long, device=device)

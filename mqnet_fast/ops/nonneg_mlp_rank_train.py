@@ -11,11 +11,11 @@ import torch
 from mqnet_fast import _checks as checks
 from mqnet_fast import reference
 from mqnet_fast._library import has_compiled
-from mqnet_fast.ops._backends import Backends, resolve
+from mqnet_fast.ops._backends import Backends, check_name, resolve
 
 # The compiled loop and the reference only; "auto" takes the compiled loop whenever it is built, CUDA
 # tensors included (copied to the CPU and back: S small sequential steps would be launch-bound).
-TABLE = Backends("nonneg_mlp_rank_train", kernels=("torch", "cpp"),
+TABLE = Backends("nonneg_mlp_rank_train", kernels=("torch", "cpp"), auto={"cpu": ("cpp", "torch")},
                  missing={b: f"nonneg_mlp_rank_train: there is no {b!r} kernel (the loop is sequential and tiny); use 'auto', 'cpp' or 'torch'" for b in ("triton", "cuda")})
 
 
@@ -75,8 +75,7 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
     device = checks.same_device(z=z, targets=targets, batches=batches, lr=lr,
                                 **{f"weights[{i}]": w for i, w in enumerate(weights)},
                                 **{f"biases[{i}]": b for i, b in enumerate(biases)})
-    if backend != "auto":
-        resolve(TABLE, backend, torch.device("cpu"))  # an unknown or missing backend refused before the checks
+    check_name(TABLE, backend)  # an unknown or missing backend refused before the checks
     z = checks.matrix("z", z)
     n, k = z.shape
     for name, t, size in (("targets", targets, n), ("lr", lr, None)):
@@ -110,10 +109,9 @@ def nonneg_mlp_rank_train(z: torch.Tensor, targets: torch.Tensor, batches: torch
             raise ValueError(f"{name} must be a finite float, got {value!r}")
         if value < low:
             raise ValueError(f"{name} must be >= {low}, got {value}")
-    chosen = "cpp" if backend == "auto" and has_compiled() else ("torch" if backend == "auto" else backend)
+    # "auto" is resolved for the CPU: the compiled loop runs there whatever the tensors' device
+    chosen = resolve(TABLE, backend, torch.device("cpu") if backend == "auto" else device)
     run_on = torch.device("cpu") if chosen == "cpp" and backend == "auto" else device
-    if chosen == "cpp":
-        resolve(TABLE, "cpp", run_on)
     dtype = checks.compute_dtype(z)
     z, targets, lr = (t.to(device=run_on, dtype=dtype) for t in (z, targets, lr))
     batches = batches.to(run_on)

@@ -53,6 +53,7 @@ def nonneg_mlp_score(z: torch.Tensor, weights: Sequence[torch.Tensor], biases: S
                                 **{f"biases[{i}]": b for i, b in enumerate(biases)})
     z = checks.matrix("z", z, check_values=False)
     dtype = checks.compute_dtype(z)
+    resolve(TABLE, backend, device, dtype)  # a backend that cannot run here is refused before the layer checks
     if not weights:
         raise ValueError("weights must hold at least one layer")
     if len(weights) != len(biases):

@@ -12,6 +12,6 @@ class Random(Strategy):
     sharded = True
 
     def select(self, view, budget):
-        candidates = view.candidates if view.shard is None else view.shard.candidates  # a shard draws over all
+        candidates = view.pool[0]  # every rank's candidates: a shard draws over all
         positions = torch.randperm(len(candidates), generator=view.generator)[:budget]
         return Selection(candidates[positions])
