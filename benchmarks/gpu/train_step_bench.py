@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from mqnet_fast.training import DeviceImages, TrainConfig, make_model, train_model
 from mqnet_fast.training.optim import set_lr
-from mqnet_fast.training.target import device_autocast
+from mqnet_fast.training.loop import device_autocast
 
 
 def _images(n: int, device: torch.device) -> DeviceImages:

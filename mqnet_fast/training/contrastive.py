@@ -36,7 +36,7 @@ from mqnet_fast.progress import progress_bar
 from mqnet_fast.training.augment import csi_views, rotate
 from mqnet_fast.training.images import DeviceImages
 from mqnet_fast.training.optim import lars, set_lr, warmup_cosine
-from mqnet_fast.training.target import data_parallel, device_autocast, shuffled_batches
+from mqnet_fast.training.loop import Part0Buffers, broadcast_buffers, device_autocast, parallel_module, shuffled_batches
 
 
 def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -152,10 +152,6 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     device = images.images.device
     encoder = make_encoder(images.images.shape[1], config, device, seed)
     parts = config.micro_batches
-    parallel = world is not None and world.size > 1
-    if parallel and parts != world.size:
-        raise ValueError(f"micro_batches ({parts}) must be the world size ({world.size}) to train the encoder on "
-                         f"{world.size} ranks")
     generator = torch.Generator().manual_seed(seed)
     optimizer = lars(encoder, config.lr, config.momentum, config.weight_decay, config.trust_coefficient,
                      exclude_bias_and_norm=config.lars_exclude_bias_and_norm)
@@ -164,9 +160,9 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     total, warmup = config.epochs * per_epoch, config.warmup_epochs * per_epoch
     batches = shuffled_batches(len(index), min(config.batch_size, len(index)), generator)
     crop = (config.crop_min_scale, 1.0)
-    runner = encoder
-    if parallel:
-        runner = data_parallel(encoder, world, device, divide=False)  # the loss is the whole batch's: no / W
+    # the loss is the whole batch's: the ranks' gradients are summed, not averaged
+    runner, parallel = parallel_module(encoder, world, parts, device, divide=False,
+                                       what=f"to train the encoder on {world.size if world else 1} ranks")
     encoder.train()
     bar = progress_bar(range(config.epochs), desc="csi encoder" if config.shifts > 1 else "simclr encoder",
                        disable=not show_progress)
@@ -192,8 +188,7 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{float(epoch_loss) / per_epoch:.3f}")
     if parallel:
-        for b in encoder.buffers():  # rank 0's running statistics are the run's
-            world.broadcast_(b)
+        broadcast_buffers(encoder, world)
     return encoder.eval()
 
 
@@ -204,13 +199,13 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
     device = views.device
     pieces = torch.tensor_split(torch.arange(views.shape[0], device=device), config.micro_batches)
     mine = [world.rank] if world is not None else range(len(pieces))
-    buffers, kept, outputs = list(encoder.buffers()), None, []
+    part0, outputs = Part0Buffers(encoder, world is None), []
     for k in mine:
         with device_autocast(device):
             _, projections, logits = runner(views[pieces[k]])
         outputs.append((projections, logits))
-        if k == 0 and world is None:
-            kept = [b.clone() for b in buffers]  # the running statistics follow part 0
+        if k == 0:
+            part0.keep()
     if world is None:
         projections = torch.cat([p for p, _ in outputs])
         logits = torch.cat([l for _, l in outputs])
@@ -224,9 +219,7 @@ def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: 
         rows = pieces[k]
         torch.autograd.backward([part_projections, part_logits], [projections.grad[rows].to(part_projections.dtype),
                                                                  logits.grad[rows].to(part_logits.dtype)])
-    if kept is not None:  # after the backward passes, which read the buffers' versions
-        for b, saved in zip(buffers, kept):
-            b.copy_(saved)
+    part0.restore()  # after the backward passes, which read the buffers' versions
     return loss.detach()
 
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from mqnet_fast.models import FeatureHead, LossPredictionModule, ResNet18
 from mqnet_fast.training.features import DeviceFeatures
 from mqnet_fast.training.images import DeviceImages
+from mqnet_fast.training.loop import (Part0Buffers, broadcast_buffers, device_autocast, distinct_batches,
+                                     parallel_module, shuffled_batches)
 from mqnet_fast.training.optim import set_lr, sgd, step_decay
 from mqnet_fast.progress import progress_bar
 
@@ -147,38 +149,6 @@ def head_threads(model: torch.nn.Module, device: torch.device):
         torch.set_num_threads(before)
 
 
-def device_autocast(device: torch.device):
-    """bf16 autocast on a GPU; full precision on the CPU (the one precision rule of every trainer here)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless batches of `batch_size` positions in 0..n-1, cut from consecutive random permutations
-    (a batch may span two permutations; with n < batch_size a batch repeats examples). A new
-    permutation is drawn as soon as the last one is used up, before the batch is handed out."""
-    pending = torch.randperm(n, generator=generator)
-    while True:
-        while len(pending) < batch_size:
-            pending = torch.cat([pending, torch.randperm(n, generator=generator)])
-        batch, pending = pending[:batch_size], pending[batch_size:]
-        if len(pending) == 0:
-            pending = torch.randperm(n, generator=generator)
-        yield batch
-
-
-def distinct_batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless batches of min(batch_size, n) distinct positions in 0..n-1: each shuffle is cut into
-    as many whole batches as it holds and its remainder dropped (a DataLoader with drop_last), so
-    no batch spans two shuffles and none holds an example twice."""
-    size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - size + 1, size):
-            yield order[start:start + size]
-
-
 def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """The ranking loss of learning loss (Eq. 2 of the paper) on one mini-batch: example i is paired
     with example B-1-i (the batch against its reverse, as the published LossPredLoss does), and pair
@@ -254,38 +224,6 @@ def _step_loss(step: torch.nn.Module, batch: torch.Tensor, targets: torch.Tensor
     return target_loss + config.loss_module_weight * ranking, target_loss
 
 
-def ordered_sum_hook(state, bucket):
-    """DDP communication hook, registered with state (process group, divide): every rank's gradients
-    gathered and summed in rank order, then (if divide) divided by W: the arithmetic of
-    accumulating micro-batches 0..W-1 in one process (an all-reduce's summation order is the
-    backend's)."""
-    import torch.distributed as dist
-
-    group, divide = state
-    grads = bucket.buffer()
-    parts = [torch.empty_like(grads) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, grads, group=group)
-    total = parts[0].clone()
-    for part in parts[1:]:
-        total += part
-    if divide:
-        total.div_(len(parts))
-    future = torch.futures.Future()
-    future.set_result(total)
-    return future
-
-
-def data_parallel(module: torch.nn.Module, world, device: torch.device, *, divide: bool) -> torch.nn.Module:
-    """`module` in DistributedDataParallel with ordered_sum_hook (dividing the summed gradients by W
-    if `divide`). DDP's default buffer sync sends rank 0's buffers (BatchNorm's running statistics)
-    to every rank at each forward."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    wrapped = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    wrapped.register_comm_hook((world.group, divide), ordered_sum_hook)
-    return wrapped
-
-
 def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
                  labels: torch.Tensor, config: TrainConfig, seed: int, *, desc: str, show_progress: bool,
                  world=None, loss_fn=None) -> float:
@@ -301,15 +239,11 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
     else:
         batches = shuffled_batches(len(index), batch_size, generator)
     size = batch_size // parts
-    step_module = _Step(model)
-    parallel = world is not None and world.size > 1
-    if parallel:
-        if parts != world.size:
-            raise ValueError(f"micro_batches ({parts}) must be the world size ({world.size}) to train on {world.size} "
-                             "ranks (rank r computes micro-batch r)")
-        step_module = data_parallel(step_module, world, device, divide=True)
+    step_module, parallel = parallel_module(_Step(model), world, parts, device, divide=True,
+                                            what=f"to train on {world.size if world else 1} ranks (rank r computes "
+                                                 "micro-batch r)")
     mine = [world.rank] if parallel else range(parts)
-    buffers = list(model.buffers())
+    part0 = Part0Buffers(model, parts > 1 and not parallel)
     tail_losses = []
     model.train()
     for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
@@ -318,18 +252,16 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
         optimizer.zero_grad(set_to_none=True)
         batch, targets = images.augmented_batch(index[rows], generator), labels[rows.to(device)]
         detach = step >= config.loss_module_detach_step
-        part_losses, kept = [], None
+        part_losses = []
         for k in mine:
             part = slice(k * size, (k + 1) * size)
             with device_autocast(device):
                 loss, target_loss = _step_loss(step_module, batch[part], targets[part], config, detach, loss_fn)
             loss.backward()
             part_losses.append(target_loss.detach())
-            if k == 0 and parts > 1 and not parallel:
-                kept = [b.clone() for b in buffers]  # the running statistics follow part 0
-        if kept is not None:
-            for b, saved in zip(buffers, kept):
-                b.copy_(saved)
+            if k == 0:
+                part0.keep()
+        part0.restore()
         if parts > 1 and not parallel:
             for p in model.parameters():
                 if p.grad is not None:
@@ -342,8 +274,7 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
                 mean = world.gather_rows(part_losses[0].view(1)) if parallel else torch.stack(part_losses)
                 tail_losses.append(mean.mean())
     if parallel:
-        for b in buffers:  # each rank's last forward updated its own; rank 0's are the run's
-            world.broadcast_(b)
+        broadcast_buffers(model, world)
     return float(torch.stack(tail_losses).float().mean()) if tail_losses else float("nan")
 
 
