@@ -252,7 +252,14 @@ class Experiment:
         run = self.store.run(strategy_name, seed)
         run.check_options(self.identity, options)  # again, now that this process holds the run
         state = self.world.from_main(lambda: run.load(self.identity, options))  # one state for every rank
-        if state is None:  # round 0's model loaded (and checked) or trained before the run writes anything
+        if state is not None:  # the labeled set it continues from, checked before anything is written
+            try:
+                self._labeled_set(split, state["labeled"])
+            except (ValueError, TypeError, IndexError) as err:
+                raise RunFileError(f"checkpoint {str(run.checkpoint_path)!r}: its labeled set does not fit this "
+                                   f"experiment's pool ({first_line(err)}); delete it to rerun this run from the "
+                                   "start") from None
+        else:  # round 0's model loaded (and checked) or trained before the run writes anything
             self._train(seed, 0, split.initial_labeled[split.is_in[split.initial_labeled]], strategy)
         run.write_config({**dataclasses.asdict(cfg), "strategy": strategy_name, "seed": seed,
                           "torch_threads": torch.get_num_threads(),
@@ -280,7 +287,7 @@ class Experiment:
                 break
             cache = self._run_cache(seed)
             cache.models.clear()  # what this round uses
-            labeled = LabeledSet(len(split.is_in), state["labeled"], split.is_in[state["labeled"]], pool=split.pool)
+            labeled = self._labeled_set(split, state["labeled"])
             record, query = self._round(strategy, strategy_name, seed, r, labeled, run)
             state["records"].append(record)
             if query is not None:
@@ -296,6 +303,14 @@ class Experiment:
             run.save_round(self.identity, options, state)
             done_here += 1
         return state["records"]
+
+    @staticmethod
+    def _labeled_set(split, labeled: list[int]) -> LabeledSet:
+        """The labeled set of `labeled` (global train indices) in the split's pool, with the oracle's answers."""
+        rows = np.asarray(labeled, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(split.is_in)):
+            raise IndexError(f"labeled rows out of range [0, {len(split.is_in)})")
+        return LabeledSet(len(split.is_in), rows, split.is_in[rows], pool=split.pool)
 
     def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled_set: LabeledSet, run):
         cfg, split = self.config, self.splits[seed]
