@@ -1,6 +1,6 @@
 """A pool of N examples and its labeled set: which rows are labeled and what labeling said of each
 (IN or OOD), in one object that the engine, `mqnet_fast.select` / `MQNet` and `mqnet-fast select`
-share (modeled on baal's ActiveLearningDataset: its labelled map, `label()` and `state_dict()`).
+share (modeled on baal's ActiveLearningDataset: its labelled map, `label()` and `state_dict()`)::
 
     pool = LabeledSet(len(x), labeled=first_rows, is_in=oracle_in[first_rows])
     inputs = pool.inputs(feats=feats, logits=logits)     # the candidates' rows and the labeled rows
