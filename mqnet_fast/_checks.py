@@ -1,6 +1,7 @@
 """Input validation shared by the public ops: every error names the argument and what it got."""
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Iterable
 
@@ -58,9 +59,10 @@ def matrix(name: str, t, *, rows: int | None = None, cols: int | None = None,
     if cols is not None and t.shape[1] != cols:
         raise ValueError(f"{name} must have {cols} columns, got {t.shape[1]}")
     if check_values:
-        finite(name, t)
         if products:
-            magnitude(name, t, products, terms)
+            magnitude(name, t, products, terms)  # its one read of t proves the values finite too
+        else:
+            finite(name, t)
     return t.detach()
 
 
@@ -72,15 +74,18 @@ def magnitude(name: str, t: torch.Tensor, products: int = 1, terms: int | None =
     `terms`: the number of terms summed (default: the last dimension, d)."""
     if t.numel() == 0:
         return
-    low, high = torch.aminmax(t.detach())
+    low, high = torch.aminmax(t.detach())  # NaN propagates: finite extremes mean finite values
     top = max(abs(float(low)), abs(float(high)))
+    if not math.isfinite(top):
+        finite(name, t)  # names the count of NaN or Inf values
     dtype = compute_dtype(t)
     terms = t.shape[-1] if terms is None else terms
     bound = (torch.finfo(dtype).max / (4 * max(1, terms))) ** (1 / (2 * products))
     if top >= bound:
-        raise ValueError(f"{name} holds values up to {top:.3g} in magnitude: its sums of squares overflow "
-                         f"{str(dtype).replace('torch.', '')} (|values| must stay below {bound:.3g} for sums of {terms} "
-                         f"term(s)); scale {name} down, or pass float64")
+        compute = str(dtype).replace("torch.", "")
+        raise ValueError(f"{name} holds values up to {top:.3g} in magnitude: its sums of squares overflow {compute} "
+                         f"(|values| must stay below {bound:.3g} for sums of {terms} term(s)); scale {name} down, "
+                         "or pass float64")
 
 
 def copy_memory(name: str, t: torch.Tensor, dtype: torch.dtype, *others: torch.Tensor) -> None:
@@ -96,6 +101,15 @@ def copy_memory(name: str, t: torch.Tensor, dtype: torch.dtype, *others: torch.T
             _memory.check(f"{name} as contiguous {str(dtype).replace('torch.', '')}", need, t.device)
         except _memory.MemoryLimitError as err:
             raise _memory.MemoryLimitError(f"{err}; pass a contiguous tensor of that dtype, or fewer rows") from None
+
+
+def flags(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A bool tensor from bool or 0/1 integers."""
+    if t.dtype == torch.bool:
+        return t
+    if t.is_floating_point() or not bool(((t == 0) | (t == 1)).all()):
+        raise TypeError(f"{name} must be bool (or 0/1 integers), got {t.dtype}")
+    return t.bool()
 
 
 def scores(name: str, t: torch.Tensor) -> None:

@@ -18,6 +18,10 @@ class MemoryLimitError(ValueError):
     """What the inputs would need is more than the memory limit; the message gives both."""
 
 
+class InvalidLimit(MemoryLimitError):
+    """MQNET_FAST_MEMORY_LIMIT is not a size."""
+
+
 def human(nbytes: float) -> str:
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if nbytes >= size:
@@ -28,7 +32,7 @@ def human(nbytes: float) -> str:
 def parse_size(text: str) -> int:
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.IGNORECASE)
     if not match:
-        raise MemoryLimitError(f"{ENV}={text!r} is not a size; give bytes or a number with K, M, G or T, e.g. 64G")
+        raise InvalidLimit(f"{ENV}={text!r} is not a size; give bytes or a number with K, M, G or T, e.g. 64G")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 

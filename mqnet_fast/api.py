@@ -41,15 +41,6 @@ def _tensor(name: str, value) -> torch.Tensor:
     return value
 
 
-def _flags(name: str, t: torch.Tensor) -> torch.Tensor:
-    """A bool tensor from bool or 0/1 integers."""
-    if t.dtype == torch.bool:
-        return t
-    if t.is_floating_point() or not bool(((t == 0) | (t == 1)).all()):
-        raise TypeError(f"{name} must be bool (or 0/1 integers), got {t.dtype}")
-    return t.bool()
-
-
 def _column(name: str, value) -> torch.Tensor:
     """A 1-D tensor from a tensor, an array or a list (what observe takes per labeled row)."""
     if isinstance(value, (list, tuple)):
@@ -80,8 +71,7 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
         elif not t.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
         else:
-            checks.finite(name, t)
-            checks.magnitude(name, t, terms=t.numel())  # standardized over the candidates: mean and std
+            checks.magnitude(name, t, terms=t.numel())  # finite, and small enough to standardize (mean, std)
     # one device for all: the first per-candidate input's (the strategies compute there)
     device = next((given[k].device for k in PER_CANDIDATE if k in given), None)
     if device is not None:
@@ -106,7 +96,7 @@ def _arrays(inputs: dict) -> dict[str, torch.Tensor]:
         flags = given["labeled_is_in"]
         if flags.dim() != 1:
             raise ValueError(f"labeled_is_in must be 1-D, got shape {tuple(flags.shape)}")
-        given["labeled_is_in"] = _flags("labeled_is_in", flags)
+        given["labeled_is_in"] = checks.flags("labeled_is_in", flags)
         if "labeled_feats" not in given:
             raise ValueError("labeled_is_in is given without labeled_feats: it flags their rows")
         if given["labeled_is_in"].shape[0] != given["labeled_feats"].shape[0]:
@@ -277,7 +267,7 @@ class MQNet:
         if is_in.shape != rows.shape or labels.shape != rows.shape:
             raise ValueError(f"is_in and labels must have shape {tuple(rows.shape)} (one per index), got "
                              f"{tuple(is_in.shape)} and {tuple(labels.shape)}")
-        is_in = _flags("is_in", is_in)
+        is_in = checks.flags("is_in", is_in)
         if labels.is_floating_point():
             raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
         k = probs.shape[1]

@@ -70,12 +70,17 @@ def check_output_path(path: str | Path, what: str, *, inputs: tuple = ()) -> Pat
             if given is not None and Path(given).exists() and os.path.samefile(path, given):
                 raise RunFileError(f"{what} {str(path)!r} is the input file {str(given)!r}; writing it would "
                                    "destroy the input: give another path")
+    check_parents(path, what, RunFileError)
+    return path
+
+
+def check_parents(path: Path, what: str, error: type[Exception]) -> None:
+    """Raise `error` where the nearest existing folder above `path` is a file."""
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise RunFileError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder")
-            break
-    return path
+                raise error(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+            return
 
 
 @contextmanager
@@ -91,8 +96,7 @@ def _atomic(path: str | Path, mode: str):
                 folder.rmdir()
             except OSError:
                 break
-        raise RunFileError(f"cannot write {str(path)!r}: {err.strerror or first_line(err)}"
-                           f"{write_hint(err)}") from None
+        raise _write_error(path, err) from None
     try:
         # mkstemp creates 0600; the file gets the mode a plain open() would give it
         keep = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask()
@@ -105,12 +109,15 @@ def _atomic(path: str | Path, mode: str):
     except OSError as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise RunFileError(f"cannot write {str(path)!r}: {err.strerror or first_line(err)}"
-                           f"{write_hint(err)}") from None
+        raise _write_error(path, err) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _write_error(path: Path, err: OSError) -> RunFileError:
+    return RunFileError(f"cannot write {str(path)!r}: {err.strerror or first_line(err)}{write_hint(err)}")
 
 
 def write_hint(err: OSError) -> str:
@@ -118,7 +125,8 @@ def write_hint(err: OSError) -> str:
     import errno
 
     if err.errno == errno.ENOSPC:
-        return " (the disk is full: free space, then rerun the same command; a run resumes after its last completed round)"
+        return (" (the disk is full: free space, then rerun the same command; a run resumes after its last "
+                "completed round)")
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return " (the folder is not writable by this process: write elsewhere, or fix its permissions)"
     return ""
@@ -156,11 +164,7 @@ def atomic_save_npz(path, **arrays) -> None:
 
 
 def atomic_torch_save(path, obj) -> None:
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, _serialized(obj))
 
 
 def read_json(path):
@@ -193,9 +197,8 @@ def unseal_json(path: Path, what: str) -> dict:
     """A JSON file written by `seal_json`, its seal checked and removed."""
     value = read_json(path)
     if not isinstance(value, dict) or "sha256" not in value:
-        raise RunFileError(f"{what} {str(path)!r} has no seal: it was written by mqnet-fast before run files were "
-                           "sealed (an earlier mqnet-fast) or by hand; resume it with the version that wrote it, or start a "
-                           "new --run-dir")
+        raise RunFileError(f"{what} {str(path)!r} has no seal: it was written by hand or by a mqnet-fast from before "
+                           "run files were sealed; resume it with the version that wrote it, or start a new --run-dir")
     body = {k: v for k, v in value.items() if k != "sha256"}
     if digest_json(body) != value["sha256"]:
         raise RunFileError(f"{what} {str(path)!r} was edited or damaged: its content does not match its sha256; "
@@ -243,8 +246,8 @@ def _torch_load(source, path: Path, what: str):
 
 
 def read_seal(path: str | Path, what: str) -> dict | None:
-    """The seal of a sealed file ({"identity", "sha256", "payload" bytes}), its checksum verified; None
-    if `path` is missing."""
+    """The seal of a sealed file ({"identity", "sha256", "data": the payload's bytes}), its checksum
+    verified; None if `path` is missing."""
     import torch
 
     path = Path(path)
@@ -254,9 +257,8 @@ def read_seal(path: str | Path, what: str) -> dict | None:
         raise RunFileError(f"{what} {str(path)!r} is not a regular file")
     outer = _torch_load(path, path, what)
     if not isinstance(outer, dict) or outer.get("format") != SEAL_FORMAT:
-        raise RunFileError(f"{what} {str(path)!r} has no seal: it was written by mqnet-fast before run files were "
-                           "sealed (an earlier mqnet-fast), or by something else; delete it to rerun that part from the "
-                           "start")
+        raise RunFileError(f"{what} {str(path)!r} has no seal: it was written by something else or by a mqnet-fast "
+                           "from before run files were sealed; delete it to rerun that part from the start")
     payload = outer.get("payload")
     if not isinstance(payload, torch.Tensor) or not isinstance(outer.get("identity"), dict):
         raise RunFileError(f"{what} {str(path)!r} has a damaged seal; delete it to rerun that part from the start")
@@ -350,7 +352,8 @@ def _npz_headers(path: Path) -> dict:
                 continue
             with archive.open(member) as f:
                 version = np.lib.format.read_magic(f)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
                 shape, _, dtype = reader(f)
             headers[member[:-4]] = (shape, dtype)
     return headers

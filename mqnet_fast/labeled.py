@@ -74,8 +74,7 @@ class LabeledSet:
         """Add `rows` (row indices of the pool, none labeled already) to the labeled set, with what
         labeling said of each (`is_in`, one bool per row; required once the set keeps is_in, and
         refused once it does not). Errors name the rows `name`."""
-        rows = checks.indices(name, rows.cpu() if isinstance(rows, torch.Tensor) else rows, self.n,
-                              torch.device("cpu")).numpy()
+        rows = checks.indices(name, rows, self.n, torch.device("cpu")).numpy()
         if len(np.unique(rows)) != len(rows):
             raise ValueError(f"{name} lists a row twice")
         again = np.intersect1d(rows, self._labeled)
@@ -92,10 +91,7 @@ class LabeledSet:
         merged = np.concatenate([self._labeled, rows])
         order = np.argsort(merged, kind="stable")
         if is_in is not None:
-            flags = _array(is_in)
-            if flags.dtype != bool and not np.isin(flags, (0, 1)).all():
-                raise TypeError(f"is_in must be bool (or 0/1), got {flags.dtype}")
-            flags = flags.astype(bool).reshape(-1)
+            flags = checks.flags("is_in", torch.as_tensor(_array(is_in))).numpy().reshape(-1)
             if flags.shape != rows.shape:
                 raise ValueError(f"is_in must have one flag per labeled row ({len(rows)}), got {flags.shape[0]}")
             base = self._is_in if self._is_in is not None else np.zeros(0, bool)
@@ -122,18 +118,15 @@ class LabeledSet:
             if getattr(value, "shape", (None,))[:1] != (self.n,):
                 raise ValueError(f"{name} must have one row per row ({self.n}), got shape "
                                  f"{tuple(getattr(value, 'shape', ()))}")
-            out[name] = value[torch.as_tensor(candidates) if isinstance(value, torch.Tensor) else candidates]
-        take = lambda value: value[torch.as_tensor(labeled) if isinstance(value, torch.Tensor) else labeled]  # noqa: E731
+            out[name] = value[candidates]  # NumPy rows index tensors and arrays alike
         if arrays.get("feats") is not None:
-            out["labeled_feats"] = take(arrays["feats"])
+            out["labeled_feats"] = arrays["feats"][labeled]
             if self._is_in is not None:
                 out["labeled_is_in"] = self._is_in
         if arrays.get("probs") is not None:  # the labeled rows' softmax (SIMILAR's gradient embedding)
-            out["labeled_probs"] = take(arrays["probs"])
+            out["labeled_probs"] = arrays["probs"][labeled]
         elif arrays.get("logits") is not None:
-            logits = take(arrays["logits"])
-            logits = logits if isinstance(logits, torch.Tensor) else torch.from_numpy(np.asarray(logits))
-            out["labeled_probs"] = torch.softmax(logits.float(), 1)
+            out["labeled_probs"] = torch.softmax(torch.as_tensor(arrays["logits"][labeled]).float(), 1)
         return out
 
     def rows(self, picks) -> np.ndarray:

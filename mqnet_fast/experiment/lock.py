@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from mqnet_fast.io import RunFileError, write_hint
+
 
 class Locked(Exception):
     """A lock another process holds; str() names the holder."""
@@ -44,8 +46,6 @@ class FileLock:
             raise self._error("cannot open", err) from None
 
     def _error(self, doing: str, err: OSError) -> Exception:
-        from mqnet_fast.io import RunFileError, write_hint
-
         if err.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
             return RunFileError(f"cannot lock {str(self.path)!r}: its file system does not support flock(2) "
                                 f"({err.strerror}); give a --run-dir on a local file system")
@@ -94,7 +94,3 @@ class FileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the last descriptor releases the flock
             self.fd = None
-
-    @property
-    def held(self) -> bool:
-        return self.fd is not None

@@ -95,8 +95,9 @@ class Experiment:
                 raise ConfigError(f"budget {self.config.budget} x (rounds {self.config.rounds} + the initial set) = "
                                   f"{needed} examples, more than the pool holds ({len(split.pool)})")
             if not np.isin(self.data.test_labels, split.in_classes).any():
-                raise ConfigError(f"the test split holds no example of the IN classes {split.in_classes} (seed {seed}), "
-                                  "so no accuracy can be measured; give a test split with examples of every class")
+                raise ConfigError(f"the test split holds no example of the IN classes {split.in_classes} (seed "
+                                  f"{seed}), so no accuracy can be measured; give a test split with examples of every "
+                                  "class")
             self.splits[seed] = split
         self._check_memory()
         if isinstance(self.data, FeatureArrays):
@@ -123,7 +124,7 @@ class Experiment:
         cfg, data = self.config, self.data
         features = isinstance(data, FeatureArrays)
         train, test = (data.train_feats, data.test_feats) if features else (data.train_images, data.test_images)
-        data_bytes = (train.size + test.size) * (4 if features else train.itemsize)  # as DeviceFeatures/Images hold them
+        data_bytes = (train.size + test.size) * (4 if features else train.itemsize)  # as the device holds them
         sample = train.shape[1:] if features else (train.shape[3], train.shape[1], train.shape[2])
         train_bytes = estimate_train_bytes("head" if features else "resnet18", sample, self.num_in, cfg.width,
                                            cfg.batch_size, cfg.infer_batch)
@@ -134,9 +135,11 @@ class Experiment:
                 f"{_memory.human(train_bytes)})" + (f", in each of {copies} processes (--jobs)" if copies > 1 else ""))
         try:
             _memory.check(what, copies * (data_bytes + train_bytes), self.device)
+        except _memory.InvalidLimit as err:
+            raise ConfigError(str(err)) from None
         except _memory.MemoryLimitError as err:
             hint = "; lower --width, --batch-size or --infer-batch" + (" or --jobs" if copies > 1 else "")
-            raise ConfigError(f"{err}{hint if 'needs about' in str(err) else ''}") from None
+            raise ConfigError(f"{err}{hint}") from None
 
     @contextmanager
     def _session(self, pairs: list[tuple[str, int]]):
@@ -254,7 +257,7 @@ class Experiment:
         state = self.world.from_main(lambda: run.load(self.identity, options))  # one state for every rank
         if state is not None:  # the labeled set it continues from, checked before anything is written
             try:
-                self._labeled_set(split, state["labeled"])
+                labeled = self._labeled_set(split, state["labeled"])
             except (ValueError, TypeError, IndexError) as err:
                 raise RunFileError(f"checkpoint {str(run.checkpoint_path)!r}: its labeled set does not fit this "
                                    f"experiment's pool ({first_line(err)}); delete it to rerun this run from the "
@@ -272,10 +275,11 @@ class Experiment:
             except (KeyError, TypeError, ValueError, RuntimeError) as err:
                 raise RunFileError(f"checkpoint {str(run.checkpoint_path)!r}: the strategy's state does not load "
                                    f"({first_line(err)}); delete it to rerun this run from the start") from None
-            run.write_outputs(self.identity, state)  # the last save may have stopped between the checkpoint and its mirrors
+            run.write_outputs(self.identity, state)  # the last save may have stopped before the mirrors
         else:
             state = {"labeled": split.initial_labeled.tolist(), "records": [], "queries": [], "strategy": {},
                      "models": {}}
+            labeled = self._labeled_set(split, state["labeled"])
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
@@ -287,7 +291,6 @@ class Experiment:
                 break
             cache = self._run_cache(seed)
             cache.models.clear()  # what this round uses
-            labeled = self._labeled_set(split, state["labeled"])
             record, query = self._round(strategy, strategy_name, seed, r, labeled, run)
             state["records"].append(record)
             if query is not None:
@@ -306,10 +309,9 @@ class Experiment:
 
     @staticmethod
     def _labeled_set(split, labeled: list[int]) -> LabeledSet:
-        """The labeled set of `labeled` (global train indices) in the split's pool, with the oracle's answers."""
+        """The labeled set of `labeled` (global train indices) in the split's pool, with the oracle's
+        answers (IndexError for a row beyond the training split, ValueError for one outside the pool)."""
         rows = np.asarray(labeled, dtype=np.int64)
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(split.is_in)):
-            raise IndexError(f"labeled rows out of range [0, {len(split.is_in)})")
         return LabeledSet(len(split.is_in), rows, split.is_in[rows], pool=split.pool)
 
     def _round(self, strategy: Strategy, strategy_name: str, seed: int, r: int, labeled_set: LabeledSet, run):

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from mqnet_fast.experiment.config import ConfigError
 from mqnet_fast.experiment.lock import FileLock, Locked
-from mqnet_fast.io import (RunFileError, atomic_save_npz, atomic_write_json, atomic_write_text,
+from mqnet_fast.io import (RunFileError, atomic_save_npz, atomic_write_json, atomic_write_text, check_parents,
                            identity_differences, load_sealed, read_seal, save_sealed, seal_json, seal_payload,
                            unseal_json)
 
@@ -61,11 +61,7 @@ class RunStore:
         self._held: dict[Path, FileLock] = {}
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"run_dir {str(self.run_dir)!r} exists and is not a directory")
-        for parent in self.run_dir.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise ConfigError(f"run_dir {str(self.run_dir)!r}: {str(parent)!r} is a file, not a folder")
-                break
+        check_parents(self.run_dir, "run_dir", ConfigError)
 
     # -- the experiment -----------------------------------------------------------------------------
 
@@ -95,8 +91,8 @@ class RunStore:
         if differs and self.has_results():
             detail = ", ".join(f"{k}: {previous.get(k)!r} there, {identity[k]!r} now" for k in differs)
             only_round_zero = not any(self.run_dir.glob("*/seed*/checkpoint.pt"))
-            hint = (f"; it holds round-0 models only (no run completed a round): delete {str(self.run_dir / 'round0')!r} "
-                    "to start this experiment there" if only_round_zero else "")
+            hint = (f"; it holds round-0 models only (no run completed a round): delete "
+                    f"{str(self.run_dir / 'round0')!r} to start this experiment there" if only_round_zero else "")
             raise ConfigError(f"run directory {str(self.run_dir)!r} holds a different experiment ({detail}); "
                               f"use another --run-dir or the same options to resume it{hint}")
 
@@ -115,13 +111,21 @@ class RunStore:
                     stack.enter_context(self._lock(path, f"run {strategy} seed {seed}", wait=wait, on_wait=on_wait))
             yield
 
+    @contextmanager
+    def _mutex(self):
+        """The directory's mutex, held for a few reads and writes only (every process waits for it)."""
+        mutex = FileLock(self.run_dir / ".locks" / "mutex")
+        mutex.acquire(wait=True)
+        try:
+            yield
+        finally:
+            mutex.release()
+
     def _take_part(self, identity: dict, stack: ExitStack) -> None:
         if not self.locks:
             self._record_experiment(identity)
             return
-        mutex = FileLock(self.run_dir / ".locks" / "mutex")
-        mutex.acquire(wait=True)  # held for the few reads and writes below only
-        try:
+        with self._mutex():
             present = self.run_dir / ".locks" / "experiment"
             if present in self._held:
                 self._record_experiment(identity)
@@ -143,8 +147,6 @@ class RunStore:
             self._held[present] = part
             stack.callback(self._release, present)
             self._record_experiment(identity)
-        finally:
-            mutex.release()
 
     def _holders(self) -> str:
         """' (run X: process ..., ...)' for every run lock held now, '' if none is."""
@@ -254,14 +256,10 @@ class RunStore:
         """results.csv: the records of every run whose checkpoint verifies."""
         if not self.writes:
             return
-        mutex = FileLock(self.run_dir / ".locks" / "mutex")
-        mutex.acquire(wait=True)  # two writers of one experiment (--jobs workers too): the later snapshot lands last
-        try:
+        with self._mutex():  # two writers of one experiment (--jobs workers too): the later snapshot lands last
             runs, _ = self.verified_runs(identity)
             records = [record for run in runs for record in run["records"]]
             atomic_write_text(self.run_dir / "results.csv", records_to_csv(records))
-        finally:
-            mutex.release()
 
 
 STATE_KEYS = {"labeled": list, "records": list, "queries": list, "strategy": dict, "models": dict}

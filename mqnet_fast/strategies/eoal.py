@@ -146,7 +146,6 @@ def eoal_scores(net: EOALNet, feats: torch.Tensor, centers: torch.Tensor | None)
     """(s, H_c, H_o) of the candidates: the closed-set entropy minus the open-set one."""
     with torch.no_grad():
         p = net.heads(feats)
-    k = p.shape[2]
     closed = (-(p * torch.log(p + 1e-8)).sum(1)).mean(1) / math.log(2)
     if centers is None or centers.shape[0] < 2:
         opened = torch.zeros_like(closed)
