@@ -13,7 +13,7 @@ from mqnet_fast.experiment import ConfigError, DEFAULTS, Experiment, ExperimentC
 from mqnet_fast.models import FeatureHead, LossPredictionModule
 from mqnet_fast.strategies import STRATEGIES, strategy_class
 from mqnet_fast.training import DeviceFeatures, TrainConfig, infer, make_model, model_arch, train_model
-from mqnet_fast.training.target import head_threads
+from mqnet_fast.training.loop import head_threads
 from testing import strip_timing, tiny_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_embeddings.py"

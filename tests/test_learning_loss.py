@@ -15,7 +15,9 @@ from mqnet_fast.scores import informativeness
 from mqnet_fast.strategies import RoundView, make_strategy
 from mqnet_fast.training import DeviceImages, TrainConfig, infer, make_model, train_model
 from mqnet_fast.training.optim import set_lr, sgd
-from mqnet_fast.training.target import Inference, device_autocast, shuffled_batches, loss_prediction_loss
+from mqnet_fast.training.inference import Inference
+from mqnet_fast.training.loop import device_autocast, shuffled_batches
+from mqnet_fast.training.target import loss_prediction_loss
 
 CPU = torch.device("cpu")
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mqnet_fast.models import resnet
-from mqnet_fast.training import contrastive, target
+from mqnet_fast.training import contrastive, factory, target
 from mqnet_fast.training.images import DeviceImages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/timing.py
@@ -42,7 +42,7 @@ def main() -> None:
     data = DeviceImages(images, mean, std, torch.device("cpu"), flip=False)
     data.channels_last = not args.nchw
 
-    model = target.make_model(4, 1, torch.device("cpu"), 0, loss_module=True, width=16).to(memory_format=layout)
+    model = factory.make_model(4, 1, torch.device("cpu"), 0, loss_module=True, width=16).to(memory_format=layout)
     labels = torch.randint(0, 4, (400,), generator=torch.Generator().manual_seed(0))
     rows = torch.arange(400)
     target.train_model(model, data, rows, labels, target.TrainConfig(iterations=20, lr=0.03), 0, show_progress=False)

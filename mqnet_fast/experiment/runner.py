@@ -39,7 +39,7 @@ from mqnet_fast.strategies import Strategy, make_strategy, strategy_class
 from mqnet_fast.io import RunFileError, first_line
 from mqnet_fast.labeled import LabeledSet
 from mqnet_fast.training import DeviceFeatures, DeviceImages, TrainConfig, make_model, model_arch
-from mqnet_fast.training.target import estimate_train_bytes
+from mqnet_fast.training.factory import estimate_train_bytes
 
 
 class WorkerDied(RuntimeError):

@@ -96,7 +96,7 @@ class RoundView:
         each), computed on first use and kept in `extras["stage_features"]`."""
         if "stage_features" not in self.extras:
             self.require("model", "images", by="stage_features")
-            from mqnet_fast.training.target import infer_stages
+            from mqnet_fast.training.inference import infer_stages
 
             self.extras["stage_features"] = infer_stages(self.model, self.images, self.candidates)
         return self.extras["stage_features"]

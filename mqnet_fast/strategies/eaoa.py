@@ -205,7 +205,7 @@ class EAOA(Strategy):
 
     def select(self, view, budget):
         from mqnet_fast.training.detector import train_detector
-        from mqnet_fast.training.target import infer
+        from mqnet_fast.training.inference import infer
 
         view.require("train_config", "labeled", "labeled_labels", by="eaoa")
         precision = self._adapt(view)

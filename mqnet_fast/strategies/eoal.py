@@ -117,7 +117,7 @@ class _Loss:
         self.own = self.centers = None
 
     def refresh(self):
-        from mqnet_fast.training.target import infer
+        from mqnet_fast.training.inference import infer
 
         with torch.no_grad():
             feats = infer(self.net.backbone, self.images, self.ood_rows).feats
@@ -184,8 +184,9 @@ class EOAL(Strategy):
     inputs = None  # trains a detector on the labeled images
 
     def select(self, view, budget):
-        from mqnet_fast.training.detector import model_like
-        from mqnet_fast.training.target import infer, train_model
+        from mqnet_fast.training.factory import model_like
+        from mqnet_fast.training.inference import infer
+        from mqnet_fast.training.target import train_model
 
         view.require("train_config", "model", "images", "labeled", "labeled_labels", by="eoal")
         k = view.probs.shape[1]

@@ -71,7 +71,7 @@ class LfOSA(Strategy):
 
     def select(self, view, budget):
         from mqnet_fast.training.detector import train_detector
-        from mqnet_fast.training.target import infer
+        from mqnet_fast.training.inference import infer
 
         view.require("train_config", by="lfosa")
         t = self.options.lfosa_temperature

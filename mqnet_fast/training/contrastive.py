@@ -32,11 +32,10 @@ import torch.nn.functional as F
 
 from mqnet_fast.io import RunFileError, first_line, load_sealed, payload_digest, save_sealed
 from mqnet_fast.models.encoder import NUM_ROTATIONS, ContrastiveEncoder
-from mqnet_fast.progress import progress_bar
 from mqnet_fast.training.augment import csi_views, rotate
 from mqnet_fast.training.images import DeviceImages
-from mqnet_fast.training.optim import lars, set_lr, warmup_cosine
-from mqnet_fast.training.loop import Part0Buffers, broadcast_buffers, device_autocast, parallel_module, shuffled_batches
+from mqnet_fast.training.loop import TrainingLoop, device_autocast, shuffled_batches
+from mqnet_fast.training.optim import lars, warmup_cosine
 
 
 def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
@@ -151,7 +150,6 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
         raise ValueError("train_encoder: the pool is empty")
     device = images.images.device
     encoder = make_encoder(images.images.shape[1], config, device, seed)
-    parts = config.micro_batches
     generator = torch.Generator().manual_seed(seed)
     optimizer = lars(encoder, config.lr, config.momentum, config.weight_decay, config.trust_coefficient,
                      exclude_bias_and_norm=config.lars_exclude_bias_and_norm)
@@ -161,66 +159,21 @@ def train_encoder(images: DeviceImages, pool: np.ndarray, config: EncoderConfig,
     batches = shuffled_batches(len(index), min(config.batch_size, len(index)), generator)
     crop = (config.crop_min_scale, 1.0)
     # the loss is the whole batch's: the ranks' gradients are summed, not averaged
-    runner, parallel = parallel_module(encoder, world, parts, device, divide=False,
-                                       what=f"to train the encoder on {world.size if world else 1} ranks")
-    encoder.train()
-    bar = progress_bar(range(config.epochs), desc="csi encoder" if config.shifts > 1 else "simclr encoder",
-                       disable=not show_progress)
-    step = 0
-    for _ in bar:
-        epoch_loss = torch.zeros((), device=device)
-        for _ in range(per_epoch):
-            set_lr(optimizer, warmup_cosine(config.lr, step, total, warmup))
-            views, shift_labels = csi_views(images, index[next(batches)], generator, crop_scale=crop,
-                                            jitter=config.jitter, jitter_p=config.jitter_p, grey_p=config.grey_p,
-                                            shifts=config.shifts)
-            optimizer.zero_grad(set_to_none=True)
-            if parts == 1:
-                with device_autocast(device):
-                    _, projections, logits = encoder(views)
-                loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature, config.shifts)
-                loss.backward()
-            else:
-                loss = _step_in_parts(runner, encoder, views, shift_labels, config, world if parallel else None)
-            optimizer.step()
-            epoch_loss += loss.detach()
-            step += 1
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{float(epoch_loss) / per_epoch:.3f}")
-    if parallel:
-        broadcast_buffers(encoder, world)
+    loop = TrainingLoop(encoder, optimizer, device, parts=config.micro_batches, world=world, divide=False,
+                        what=f"to train the encoder on {world.size if world else 1} ranks")
+
+    def step(_: int) -> torch.Tensor:
+        views, shift_labels = csi_views(images, index[next(batches)], generator, crop_scale=crop,
+                                        jitter=config.jitter, jitter_p=config.jitter_p, grey_p=config.grey_p,
+                                        shifts=config.shifts)
+        return loop.joint(views.shape[0], lambda runner, part: runner(views[part])[1:],
+                          lambda projections, logits: csi_loss(projections, logits, shift_labels,
+                                                               config.temperature, config.shifts)[0])
+
+    loop.run(total, lambda i: warmup_cosine(config.lr, i, total, warmup), step,
+             desc="csi encoder" if config.shifts > 1 else "simclr encoder", show_progress=show_progress,
+             steps_per_tick=per_epoch, show_loss=True)
     return encoder.eval()
-
-
-def _step_in_parts(runner: torch.nn.Module, encoder: ContrastiveEncoder, views: torch.Tensor,
-                   shift_labels: torch.Tensor, config: EncoderConfig, world) -> torch.Tensor:
-    """One step's forward and backward in config.micro_batches parts (train_encoder); with a
-    `world`, this rank's part only. Returns the loss (over every part)."""
-    device = views.device
-    pieces = torch.tensor_split(torch.arange(views.shape[0], device=device), config.micro_batches)
-    mine = [world.rank] if world is not None else range(len(pieces))
-    part0, outputs = Part0Buffers(encoder, world is None), []
-    for k in mine:
-        with device_autocast(device):
-            _, projections, logits = runner(views[pieces[k]])
-        outputs.append((projections, logits))
-        if k == 0:
-            part0.keep()
-    if world is None:
-        projections = torch.cat([p for p, _ in outputs])
-        logits = torch.cat([l for _, l in outputs])
-    else:
-        projections, logits = (world.gather_rows(t.detach()) for t in outputs[0])
-    projections = projections.detach().requires_grad_(True)
-    logits = logits.detach().requires_grad_(True)
-    loss, _, _ = csi_loss(projections, logits, shift_labels, config.temperature, config.shifts)
-    loss.backward()
-    for k, (part_projections, part_logits) in zip(mine, outputs):
-        rows = pieces[k]
-        torch.autograd.backward([part_projections, part_logits], [projections.grad[rows].to(part_projections.dtype),
-                                                                 logits.grad[rows].to(part_logits.dtype)])
-    part0.restore()  # after the backward passes, which read the buffers' versions
-    return loss.detach()
 
 
 # Bumped whenever the trainer computes other bits from the same config, so that an encoder cached by

@@ -1,4 +1,4 @@
-"""Detectors of the open-set methods (LfOSA, EAOA; EOAL builds its own on model_like): a freshly initialized copy of the target model's
+"""Detectors of the open-set methods (LfOSA, EAOA; EOAL builds its own on factory.model_like): a freshly initialized copy of the target model's
 architecture with one more class, trained on the labeled examples, IN ones with their class and OOD
 ones as the extra class K, on the target model's recipe (TrainConfig) with a loss of the method's."""
 from __future__ import annotations
@@ -7,19 +7,8 @@ from typing import Callable
 
 import torch
 
-from mqnet_fast.models import FeatureHead
-from mqnet_fast.training.target import TrainConfig, make_model, model_arch, train_model
-
-
-def model_like(model: torch.nn.Module, num_classes: int, in_channels: int, device: torch.device, seed: int,
-               images) -> torch.nn.Module:
-    """A fresh model of `model`'s architecture and width with `num_classes` outputs (weights from `seed`)."""
-    arch = model_arch(images)
-    if isinstance(model, FeatureHead):
-        width = model.stage_channels[1] if len(model.stage_channels) > 1 else 0
-    else:
-        width = model.stage_channels[0]
-    return make_model(num_classes, in_channels, device, seed, width=width, arch=arch)
+from mqnet_fast.training.factory import model_like
+from mqnet_fast.training.target import TrainConfig, train_model
 
 
 def train_detector(view, config: TrainConfig, seed: int, loss_fn: Callable | None = None, *,

@@ -1,7 +1,9 @@
-"""Training and inference of the target model on images held on the device (DeviceImages): batches
-are gathered by index, augmented (random crop with zero padding, horizontal flip where the dataset
-allows it) and normalized on the device. On fixed embeddings (DeviceFeatures, standardized, not
-augmented) the same functions train and run a FeatureHead.
+"""The target model's recipe (TrainConfig, train_model): SGD with step decay on images held on the
+device (DeviceImages), whose batches are gathered by index, augmented (random crop with zero padding,
+horizontal flip where the dataset allows it) and normalized on the device, or on fixed embeddings
+(DeviceFeatures, standardized, not augmented) with a FeatureHead. The detectors train on it with a
+loss of their own (`loss_fn`). The model comes from training/factory.py, its outputs from
+training/inference.py, the loop from training/loop.py.
 
 A target model may carry the loss-prediction module of learning loss (Yoo & Kweon, CVPR 2019) as
 `model.loss_module` (make_model(..., loss_module=True)); the trainer then trains both on the loss of
@@ -10,20 +12,15 @@ predicted loss.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from mqnet_fast.models import FeatureHead, LossPredictionModule, ResNet18
 from mqnet_fast.training.features import DeviceFeatures
 from mqnet_fast.training.images import DeviceImages
-from mqnet_fast.training.loop import (Part0Buffers, broadcast_buffers, device_autocast, distinct_batches,
-                                     parallel_module, shuffled_batches)
-from mqnet_fast.training.optim import set_lr, sgd, step_decay
-from mqnet_fast.progress import progress_bar
+from mqnet_fast.training.loop import TrainingLoop, distinct_batches, head_threads, shuffled_batches
+from mqnet_fast.training.optim import sgd, step_decay
 
 
 BATCHING = ("fill", "distinct")
@@ -77,76 +74,6 @@ class TrainConfig:
         """The first step at which the loss module's inputs are detached from the backbone (120 of
         200; round() so that 0.6 x 200 is not cut to 119 by rounding)."""
         return round(self.loss_module_detach_fraction * self.iterations)
-
-
-ARCHS = ("resnet18", "head")
-
-
-def model_arch(images: DeviceImages | DeviceFeatures) -> str:
-    """The target model's architecture for a data holder: "head" on embeddings, else "resnet18"."""
-    return "head" if isinstance(images, DeviceFeatures) else "resnet18"
-
-
-def estimate_train_bytes(arch: str, sample_shape: tuple, num_classes: int, width: int, batch_size: int,
-                         infer_batch: int = 0) -> int:
-    """An estimate of the memory one training of the target model takes beyond its data: the
-    parameters with their gradients, momentum and one copy (16 bytes each) and the activations
-    autograd keeps for a batch of float32 examples of `sample_shape` (a ResNet-18 keeps about 25
-    tensors of width x H x W floats per example summed over its stages, each half the size of the
-    one before it), or an inference batch of `infer_batch`, whichever is more. An order of magnitude, for refusing what cannot fit before anything is
-    allocated (a width or batch size off by orders), not for planning."""
-    if arch == "resnet18":
-        height, wide = sample_shape[-2], sample_shape[-1]
-        params = 11_200_000 * (width / 64) ** 2 + 8 * width * num_classes
-        per_example = 25 * width * height * wide * (1 + 1 / 2 + 1 / 4 + 1 / 8) + 3 * sample_shape[0] * height * wide
-    else:
-        dim = sample_shape[-1]
-        hidden = width or 0
-        params = (dim * hidden + hidden * num_classes) if hidden else dim * num_classes
-        per_example = 3 * (dim + hidden + num_classes)
-    # inference (no autograd) keeps a few of a batch's activations at a time: about a tenth
-    return int(16 * params + 4 * max(batch_size * per_example, infer_batch * per_example / 10))
-
-
-def make_model(num_classes: int, in_channels: int, device: torch.device, seed: int, *,
-               loss_module: bool = False, width: int = 64, arch: str = "resnet18") -> ResNet18 | FeatureHead:
-    """A freshly initialized target model; its initial weights depend only on `seed`. arch
-    "resnet18": a ResNet-18 of `width` over `in_channels`-channel images; arch "head": a FeatureHead
-    over `in_channels`-dim embeddings with a hidden layer of `width` units (0: linear). With
-    `loss_module`, it carries a LossPredictionModule as the registered submodule `model.loss_module`
-    (so model.parameters() and the one optimizer of train_model cover both), initialized after the
-    model from the same seed: the model starts from the same weights as without it."""
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if arch == "resnet18":
-            model = ResNet18(num_classes, in_channels, width)
-        else:
-            model = FeatureHead(in_channels, num_classes, width)
-        if loss_module:
-            model.loss_module = LossPredictionModule(model.stage_channels)
-    model = model.to(device)
-    if arch == "resnet18":  # channels-last on every device (DeviceImages)
-        model = model.to(memory_format=torch.channels_last)
-    return model
-
-
-@contextmanager
-def head_threads(model: torch.nn.Module, device: torch.device):
-    """One CPU thread while a FeatureHead trains or infers: its ops ((64, d) x (d, k) products,
-    row-wise softmaxes) are too small to split, and OpenMP's fork and join per op cost more than
-    the op (1,000 steps of a linear head on 256-dim CIFAR-10 embeddings: 0.3 s on one thread,
-    1.4-24 s on two while the 2-core machine was shared). The thread setting is restored after."""
-    before = torch.get_num_threads()
-    if device.type != "cpu" or not isinstance(model, FeatureHead) or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def loss_prediction_loss(predicted: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -239,103 +166,18 @@ def _train_model(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, 
     else:
         batches = shuffled_batches(len(index), batch_size, generator)
     size = batch_size // parts
-    step_module, parallel = parallel_module(_Step(model), world, parts, device, divide=True,
-                                            what=f"to train on {world.size if world else 1} ranks (rank r computes "
-                                                 "micro-batch r)")
-    mine = [world.rank] if parallel else range(parts)
-    part0 = Part0Buffers(model, parts > 1 and not parallel)
+    loop = TrainingLoop(model, optimizer, device, parts=parts, world=world, divide=True, module=_Step(model),
+                        what=f"to train on {world.size if world else 1} ranks (rank r computes micro-batch r)")
     tail_losses = []
-    model.train()
-    for step in progress_bar(range(config.iterations), desc=desc, disable=not show_progress):
+
+    def step(i: int) -> None:
         rows = next(batches)
-        set_lr(optimizer, config.lr_at(step))
-        optimizer.zero_grad(set_to_none=True)
         batch, targets = images.augmented_batch(index[rows], generator), labels[rows.to(device)]
-        detach = step >= config.loss_module_detach_step
-        part_losses = []
-        for k in mine:
-            part = slice(k * size, (k + 1) * size)
-            with device_autocast(device):
-                loss, target_loss = _step_loss(step_module, batch[part], targets[part], config, detach, loss_fn)
-            loss.backward()
-            part_losses.append(target_loss.detach())
-            if k == 0:
-                part0.keep()
-        part0.restore()
-        if parts > 1 and not parallel:
-            for p in model.parameters():
-                if p.grad is not None:
-                    p.grad.div_(parts)
-        optimizer.step()
-        if step >= config.iterations - max(1, config.iterations // 10):
-            if parts == 1:
-                tail_losses.append(part_losses[0])
-            else:
-                mean = world.gather_rows(part_losses[0].view(1)) if parallel else torch.stack(part_losses)
-                tail_losses.append(mean.mean())
-    if parallel:
-        broadcast_buffers(model, world)
+        detach = i >= config.loss_module_detach_step
+        reported = loop.each(lambda runner, k: _step_loss(runner, batch[k * size:(k + 1) * size],
+                                                         targets[k * size:(k + 1) * size], config, detach, loss_fn))
+        if i >= config.iterations - max(1, config.iterations // 10):
+            tail_losses.append(loop.mean(reported))
+
+    loop.run(config.iterations, config.lr_at, step, desc=desc, show_progress=show_progress)
     return float(torch.stack(tail_losses).float().mean()) if tail_losses else float("nan")
-
-
-class Inference(NamedTuple):
-    logits: torch.Tensor                   # (n, K)
-    feats: torch.Tensor                    # (n, d) penultimate features
-    predicted_loss: torch.Tensor | None    # (n,) the loss module's output; None without a module
-
-
-@torch.no_grad()
-def infer(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor | None = None,
-          batch_size: int = 1024) -> Inference:
-    """Logits (n, K), penultimate features (n, d) and, if the model has a loss module, the predicted
-    loss (n,), float32 on the images' device, for the rows `index` (all rows if None), in eval mode."""
-    with head_threads(model, images.images.device):
-        return _infer(model, images, index, batch_size)
-
-
-def _infer(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor | None,
-           batch_size: int) -> Inference:
-    model.eval()
-    device = images.images.device
-    index = torch.arange(len(images)) if index is None else index
-    loss_module = getattr(model, "loss_module", None)
-    logits, feats, predicted = [], [], []
-    for start in range(0, len(index), batch_size):
-        with device_autocast(device):
-            batch = images.batch(index[start:start + batch_size])
-            if loss_module is None:
-                out, feat = model.forward_with_features(batch)
-            else:
-                stages = model.stages(batch)
-                feat = model.pool(stages[-1])
-                out = model.linear(feat)
-                predicted.append(loss_module(stages).float())
-        logits.append(out.float())
-        feats.append(feat.float())
-    if not logits:
-        return Inference(torch.zeros(0, model.linear.out_features, device=device),
-                         torch.zeros(0, model.feature_dim, device=device),
-                         None if loss_module is None else torch.zeros(0, device=device))
-    return Inference(torch.cat(logits), torch.cat(feats), None if loss_module is None else torch.cat(predicted))
-
-
-@torch.no_grad()
-def infer_stages(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
-                 batch_size: int = 1024) -> list[torch.Tensor]:
-    """The stage outputs of the rows `index` (a ResNet-18's four, a FeatureHead's one or two),
-    globally average-pooled: (n, c_s) float32 each, on the images' device, in eval mode."""
-    with head_threads(model, images.images.device):
-        return _infer_stages(model, images, index, batch_size)
-
-
-def _infer_stages(model: torch.nn.Module, images: DeviceImages | DeviceFeatures, index: torch.Tensor,
-                  batch_size: int) -> list[torch.Tensor]:
-    model.eval()
-    device = images.images.device
-    pooled = [[torch.zeros(0, c, device=device)] for c in model.stage_channels]
-    for start in range(0, len(index), batch_size):
-        with device_autocast(device):
-            stages = model.stages(images.batch(index[start:start + batch_size]))
-        for out, stage in zip(pooled, stages):
-            out.append(model.pool(stage).float())
-    return [torch.cat(out) for out in pooled]
