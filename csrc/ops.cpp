@@ -11,6 +11,11 @@ TORCH_LIBRARY(mqnet_fast, m) {
   // Best key per query. metric: "cosine" (max similarity) or "l2" (min distance).
   // queries: (N, d), keys: (M, d), same float dtype. Returns values (N,) and indices (N,) int64.
   m.def("nearest(Tensor queries, Tensor keys, str metric) -> (Tensor, Tensor)");
+  // The k best keys per query by dot product, best first, ties to the lower key index; with
+  // exclude_self (as many queries as keys) key i is skipped for query i. queries: (N, d), keys:
+  // (M, d), same float dtype; 1 <= k <= M (M - 1 with exclude_self). Returns values (N, k) and
+  // indices (N, k) int64.
+  m.def("nearest_k(Tensor queries, Tensor keys, int k, bool exclude_self) -> (Tensor, Tensor)");
   // Saturated facility-location gains: gain_j = sum_i max(min(s_ij, hi_i) - lo_i, 0), s_ij the dot of
   // ground row i and candidate row j, times the dot of ground2_i and candidates2_j when given.
   // ground: (n, d), candidates: (m, d), lo, hi: (n,), ground2: (n, e), candidates2: (m, e), one

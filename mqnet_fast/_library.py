@@ -64,6 +64,17 @@ def has_compiled() -> bool:
     return _C is not None
 
 
+def has_op(op: str) -> bool:
+    """Whether the built _C registers `op` (a build older than the op's source does not)."""
+    if _C is None:
+        return False
+    try:
+        getattr(torch.ops.mqnet_fast, op)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def compiled_backends() -> list[str]:
     """Backends compiled into _C ("cpu", and "cuda" when built with a CUDA toolkit)."""
     if _C is None:

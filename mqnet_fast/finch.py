@@ -11,23 +11,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SIM_ELEMENTS = 2**24  # similarities per block of first_neighbours (128 MB in float64)
+from mqnet_fast import ops
 
 
 def first_neighbours(x: torch.Tensor) -> np.ndarray:
     """For each row, the most similar other row by cosine (ties to the lower row); a single row is its own."""
-    n = x.shape[0]
-    if n == 1:
-        return np.zeros(1, np.int64)
-    unit = F.normalize(x.double(), dim=1)
-    out = np.empty(n, np.int64)
-    chunk = max(1, min(n, SIM_ELEMENTS // n))
-    for start in range(0, n, chunk):
-        sim = unit[start:start + chunk] @ unit.T
-        rows = torch.arange(sim.shape[0], device=sim.device)
-        sim[rows, start + rows] = float("-inf")
-        out[start:start + chunk] = sim.argmax(1).cpu().numpy()  # the first maximum
-    return out
+    if x.shape[0] <= 1:
+        return np.zeros(x.shape[0], np.int64)
+    rows = x.double()
+    return ops.nearest_k(rows, rows, 1, exclude_self=True)[1][:, 0].cpu().numpy()
 
 
 def _components(neighbours: np.ndarray) -> np.ndarray:

@@ -163,6 +163,7 @@ def _op_calls():
         "kcenter_greedy": (lambda a: ops.kcenter_greedy(a["x"], a["labeled"], 3, exclude=a["exclude"]).indices,
                            dict(x=x, labeled=torch.tensor([0, 5]), exclude=exclude)),
         "nearest": (lambda a: ops.nearest(a["queries"], a["keys"]), dict(queries=x, keys=x[:5])),
+        "nearest_k": (lambda a: ops.nearest_k(a["queries"], a["keys"], 2), dict(queries=x, keys=x[:5])),
         "badge_kmeanspp": (lambda a: ops.badge_kmeanspp(a["probs"], a["feats"], 3,
                                                         generator=torch.Generator().manual_seed(1)),
                            dict(probs=torch.softmax(torch.randn(12, 4, generator=g), 1), feats=x)),

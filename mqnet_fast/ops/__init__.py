@@ -16,7 +16,9 @@ which takes (each op's table, read by _backends.resolve):
 - on any other device "torch";
 - fl_gains has no "cuda" kernel (asked for by name it is refused);
 - nonneg_mlp_rank_train has only "torch" and "cpp": its "auto" is "cpp" whenever _C is built, CUDA
-  tensors included (copied to the CPU and back), else "torch".
+  tensors included (copied to the CPU and back), else "torch";
+- nearest_k has only "torch" and "cpp": on CUDA tensors "auto" runs the reference there, in blocks
+  of rows.
 
 Half-precision inputs (bfloat16, float16) are computed in float32. The references and the C++
 kernels widen them first. The Triton kernels read them as stored (half the bytes) and compute in
@@ -48,9 +50,10 @@ from mqnet_fast.ops.badge_kmeanspp import badge_kmeanspp
 from mqnet_fast.ops.fl_gains import fl_gains
 from mqnet_fast.ops.kcenter_greedy import KCenterResult, kcenter_greedy
 from mqnet_fast.ops.nearest import METRICS, nearest
+from mqnet_fast.ops.nearest_k import nearest_k
 from mqnet_fast.ops.nonneg_mlp_rank_train import RankTrainResult, nonneg_mlp_rank_train
 from mqnet_fast.ops.nonneg_mlp_score import nonneg_mlp_score
 from mqnet_fast.ops.top_b import top_b
 
 __all__ = ["BACKENDS", "KCenterResult", "METRICS", "RankTrainResult", "badge_kmeanspp", "fl_gains", "kcenter_greedy",
-           "nearest", "nonneg_mlp_rank_train", "nonneg_mlp_score", "top_b"]
+           "nearest", "nearest_k", "nonneg_mlp_rank_train", "nonneg_mlp_score", "top_b"]

@@ -15,7 +15,7 @@ import torch
 
 from mqnet_fast import _checks as checks
 from mqnet_fast import _triton
-from mqnet_fast._library import compiled_backends, has_compiled, require_compiled
+from mqnet_fast._library import compiled_backends, has_compiled, has_op, require_compiled
 
 BACKENDS = ("auto", "torch", "cpp", "cuda", "triton")
 # "auto" on CUDA tensors takes the Triton kernel for every op: it was faster than the CUDA kernel for
@@ -48,6 +48,9 @@ def refusal(table: Backends, backend: str, device: torch.device, dtype: torch.dt
             return f"{op}: mqnet_fast._C is not built"
         if device.type != "cpu":
             return f"{op}: backend 'cpp' runs on CPU tensors, got tensors on {device}"
+        if not has_op(op):
+            return (f"{op}: mqnet_fast._C was built before this op existed; rebuild it "
+                    "(pip install --no-build-isolation --no-deps -e .)")
     if backend == "triton":
         reason = _triton.unavailable_reason(device)
         if reason is not None:

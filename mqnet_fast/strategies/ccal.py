@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from mqnet_fast import ops
 from mqnet_fast.strategies.base import Selection, Strategy, class_quota_query, min_max, register
 
-CHUNK = 4096  # candidate rows per block of similarities
 
 
 @dataclass(frozen=True)
@@ -75,19 +74,15 @@ def distinctive_scores(candidates: torch.Tensor, references: torch.Tensor) -> to
     refs = F.normalize(references.double(), dim=2)
     u, rotations = cand.shape[0], cand.shape[1]
     total = torch.zeros(u, dtype=torch.float64, device=cand.device)
-    for r in range(rotations):
+    for r in range(rotations if u else 0):
         keys = refs[:, r]
-        pair = keys @ keys.T  # (n, n) similarities among the class's labeled examples
-        for start in range(0, u, CHUNK):
-            sim = cand[start:start + CHUNK, r] @ keys.T
-            if keys.shape[0] == 1:
-                c1 = c2 = sim[:, 0]
-                ab = torch.ones_like(c1)
-            else:
-                top = torch.sort(-sim, dim=1, stable=True).indices[:, :2]  # ties to the lower example
-                c1, c2 = sim.gather(1, top[:, :1])[:, 0], sim.gather(1, top[:, 1:])[:, 0]
-                ab = pair[top[:, 0], top[:, 1]]
-            total[start:start + CHUNK] += (c1 - c2) + ab + c1
+        values, top = ops.nearest_k(cand[:, r], keys, min(2, keys.shape[0]), metric="dot")  # ties to the lower
+        c1 = values[:, 0]
+        if keys.shape[0] == 1:
+            c2, ab = c1, torch.ones_like(c1)
+        else:
+            c2, ab = values[:, 1], (keys @ keys.T)[top[:, 0], top[:, 1]]  # cos(A, B) of the two examples
+        total += (c1 - c2) + ab + c1
     return total / rotations
 
 

@@ -56,12 +56,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mqnet_fast import ops
 from mqnet_fast.mixture import two_component_posteriors
 from mqnet_fast.strategies.base import Selection, Strategy, fill_by_score, min_max, register
 
 M_IN, M_OUT = -25.0, -7.0
 TOLERANCE = 0.05
-NEIGHBOUR_CHUNK = 256  # labeled rows per block of similarities
 COUNTS = ("raw", "frequency")
 
 
@@ -127,16 +127,9 @@ def neighbour_counts(labeled: torch.Tensor, candidates: torch.Tensor, groups: to
     counts = torch.zeros(u, num_groups, dtype=torch.float64, device=candidates.device)
     if u == 0 or labeled.shape[0] == 0:
         return counts
-    keys = F.normalize(candidates.float(), dim=1)
-    rows = F.normalize(labeled.float(), dim=1)
-    m = min(neighbours, u)
-    groups = groups.to(candidates.device)
-    for start in range(0, rows.shape[0], NEIGHBOUR_CHUNK):
-        sim = rows[start:start + NEIGHBOUR_CHUNK] @ keys.T
-        # the m largest of each row, ties to the lower column: a stable sort of the negated row
-        top = torch.sort(-sim, dim=1, stable=True).indices[:, :m]
-        flat = (top * num_groups + groups[start:start + NEIGHBOUR_CHUNK, None]).flatten()
-        counts.view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float64, device=flat.device))
+    _, top = ops.nearest_k(labeled.float(), candidates.float(), min(neighbours, u))
+    flat = (top * num_groups + groups.to(candidates.device)[:, None]).flatten()
+    counts.view(-1).index_add_(0, flat, torch.ones(flat.shape[0], dtype=torch.float64, device=flat.device))
     return counts
 
 
