@@ -145,6 +145,7 @@ def _registered_op_calls():
         "kcenter_greedy": lambda: torch.ops.mqnet_fast.kcenter_greedy(x, torch.tensor([0]), 5,
                                                                       torch.zeros(40, dtype=torch.bool)),
         "nearest": lambda: torch.ops.mqnet_fast.nearest(x, x[:7], "cosine"),
+        "nearest_k": lambda: torch.ops.mqnet_fast.nearest_k(x, x, 3, True),
         "badge_kmeanspp": lambda: torch.ops.mqnet_fast.badge_kmeanspp(probs, x, 5, torch.linspace(0, 0.9, 4).double()),
         "nonneg_mlp_score": lambda: torch.ops.mqnet_fast.nonneg_mlp_score(z, w, b, z.mean(0), z.std(0)),
         "nonneg_mlp_rank_train": lambda: torch.ops.mqnet_fast.nonneg_mlp_rank_train(

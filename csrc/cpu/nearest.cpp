@@ -32,37 +32,27 @@ std::tuple<at::Tensor, at::Tensor> nearest_kernel(const at::Tensor& queries_in,
   const T* qn = query_norm2.data_ptr<T>();
   const T inf = std::numeric_limits<T>::infinity();
 
-  at::parallel_for(0, num_chunks(n, kQueryBlock), 1, [&](int64_t b, int64_t e) {
-    at::Tensor tile = at::empty({kQueryBlock, kKeyBlock}, queries.options());
-    for (int64_t qb = b; qb < e; ++qb) {
-      const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, n - q0);
-      const at::Tensor qs = queries.narrow(0, q0, nq);
-      std::vector<ArgBest<T>> best(nq, ArgBest<T>{cosine ? -inf : inf, m});
-      for (int64_t k0 = 0; k0 < m; k0 += kKeyBlock) {
-        const int64_t nk = std::min(kKeyBlock, m - k0);
-        at::Tensor t = tile.narrow(0, 0, nq).narrow(1, 0, nk);
-        at::mm_out(t, qs, keys.narrow(0, k0, nk).t());
-        const T* tp = t.data_ptr<T>();
-        const int64_t ld = t.stride(0);
-        for (int64_t r = 0; r < nq; ++r) {
-          ArgBest<T>& bb = best[r];
-          const T* row = tp + r * ld;
-          if (cosine) {
-            for (int64_t j = 0; j < nk; ++j)
-              if (row[j] > bb.value) bb = {row[j], k0 + j};
-          } else {
-            for (int64_t j = 0; j < nk; ++j) {
-              const T v = qn[q0 + r] + kn[k0 + j] - 2 * row[j];
-              if (v < bb.value) bb = {v, k0 + j};
-            }
+  for_each_query_block<T>(queries, keys, kQueryBlock, kKeyBlock, [&](int64_t q0, int64_t nq, auto tiles) {
+    std::vector<ArgBest<T>> best(nq, ArgBest<T>{cosine ? -inf : inf, m});
+    tiles([&](int64_t k0, int64_t nk, const T* tp, int64_t ld) {
+      for (int64_t r = 0; r < nq; ++r) {
+        ArgBest<T>& bb = best[r];
+        const T* row = tp + r * ld;
+        if (cosine) {
+          for (int64_t j = 0; j < nk; ++j)
+            if (row[j] > bb.value) bb = {row[j], k0 + j};
+        } else {
+          for (int64_t j = 0; j < nk; ++j) {
+            const T v = qn[q0 + r] + kn[k0 + j] - 2 * row[j];
+            if (v < bb.value) bb = {v, k0 + j};
           }
         }
       }
-      for (int64_t r = 0; r < nq; ++r) {
-        vp[q0 + r] = cosine ? best[r].value / std::max<T>(std::sqrt(qn[q0 + r]), T(1e-12))
-                            : std::sqrt(std::max<T>(best[r].value, 0));
-        ip[q0 + r] = best[r].index;
-      }
+    });
+    for (int64_t r = 0; r < nq; ++r) {
+      vp[q0 + r] = cosine ? best[r].value / std::max<T>(std::sqrt(qn[q0 + r]), T(1e-12))
+                          : std::sqrt(std::max<T>(best[r].value, 0));
+      ip[q0 + r] = best[r].index;
     }
   });
   return {values, indices};
@@ -70,12 +60,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_kernel(const at::Tensor& queries_in,
 
 std::tuple<at::Tensor, at::Tensor> nearest_cpu(const at::Tensor& queries, const at::Tensor& keys,
                                                c10::string_view metric) {
-  check_float_matrix(queries, "queries");
-  check_float_matrix(keys, "keys");
-  TORCH_CHECK(queries.size(1) == keys.size(1), "queries and keys must have the same number of ",
-              "columns, got ", queries.size(1), " and ", keys.size(1));
-  TORCH_CHECK(queries.scalar_type() == keys.scalar_type(), "queries and keys must share a dtype, got ",
-              queries.scalar_type(), " and ", keys.scalar_type());
+  check_query_key_matrices(queries, keys);
   TORCH_CHECK(keys.size(0) > 0, "keys must hold at least one row");
   TORCH_CHECK(metric == "cosine" || metric == "l2", "metric must be 'cosine' or 'l2', got '",
               std::string(metric), "'");

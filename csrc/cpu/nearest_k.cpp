@@ -30,7 +30,7 @@ inline bool ranks_before(const Entry<T>& a, const Entry<T>& b) {
 template <typename T>
 std::tuple<at::Tensor, at::Tensor> nearest_k_kernel(const at::Tensor& queries_in, const at::Tensor& keys_in,
                                                     int64_t k, bool exclude_self) {
-  const int64_t n = queries_in.size(0), m = keys_in.size(0);
+  const int64_t n = queries_in.size(0);
   const at::Tensor queries = queries_in.contiguous();
   const at::Tensor keys = keys_in.contiguous();
   at::Tensor values = at::empty({n, k}, queries.options());
@@ -39,45 +39,34 @@ std::tuple<at::Tensor, at::Tensor> nearest_k_kernel(const at::Tensor& queries_in
   int64_t* ip = indices.data_ptr<int64_t>();
   const auto worse_on_top = [](const Entry<T>& a, const Entry<T>& b) { return ranks_before(a, b); };
 
-  at::parallel_for(0, num_chunks(n, kQueryBlock), 1, [&](int64_t b, int64_t e) {
-    at::Tensor tile = at::empty({kQueryBlock, kKeyBlock}, queries.options());
-    std::vector<std::vector<Entry<T>>> best(kQueryBlock);
+  for_each_query_block<T>(queries, keys, kQueryBlock, kKeyBlock, [&](int64_t q0, int64_t nq, auto tiles) {
+    std::vector<std::vector<Entry<T>>> best(nq);
     for (auto& heap : best) heap.reserve(k);
-    for (int64_t qb = b; qb < e; ++qb) {
-      const int64_t q0 = qb * kQueryBlock, nq = std::min(kQueryBlock, n - q0);
-      const at::Tensor qs = queries.narrow(0, q0, nq);
-      for (int64_t r = 0; r < nq; ++r) best[r].clear();
-      for (int64_t k0 = 0; k0 < m; k0 += kKeyBlock) {
-        const int64_t nk = std::min(kKeyBlock, m - k0);
-        at::Tensor t = tile.narrow(0, 0, nq).narrow(1, 0, nk);
-        at::mm_out(t, qs, keys.narrow(0, k0, nk).t());
-        const T* tp = t.data_ptr<T>();
-        const int64_t ld = t.stride(0);
-        for (int64_t r = 0; r < nq; ++r) {
-          std::vector<Entry<T>>& heap = best[r];
-          const T* row = tp + r * ld;
-          const int64_t self = exclude_self ? q0 + r : -1;
-          for (int64_t j = 0; j < nk; ++j) {
-            const int64_t index = k0 + j;
-            if (index == self) continue;
-            if (static_cast<int64_t>(heap.size()) < k) {
-              heap.push_back({row[j], index});
-              std::push_heap(heap.begin(), heap.end(), worse_on_top);
-            } else if (row[j] > heap.front().value) {
-              std::pop_heap(heap.begin(), heap.end(), worse_on_top);
-              heap.back() = {row[j], index};
-              std::push_heap(heap.begin(), heap.end(), worse_on_top);
-            }
+    tiles([&](int64_t k0, int64_t nk, const T* tp, int64_t ld) {
+      for (int64_t r = 0; r < nq; ++r) {
+        std::vector<Entry<T>>& heap = best[r];
+        const T* row = tp + r * ld;
+        const int64_t self = exclude_self ? q0 + r : -1;
+        for (int64_t j = 0; j < nk; ++j) {
+          const int64_t index = k0 + j;
+          if (index == self) continue;
+          if (static_cast<int64_t>(heap.size()) < k) {
+            heap.push_back({row[j], index});
+            std::push_heap(heap.begin(), heap.end(), worse_on_top);
+          } else if (row[j] > heap.front().value) {
+            std::pop_heap(heap.begin(), heap.end(), worse_on_top);
+            heap.back() = {row[j], index};
+            std::push_heap(heap.begin(), heap.end(), worse_on_top);
           }
         }
       }
-      for (int64_t r = 0; r < nq; ++r) {
-        std::vector<Entry<T>>& heap = best[r];
-        std::sort_heap(heap.begin(), heap.end(), worse_on_top);  // best first
-        for (int64_t c = 0; c < k; ++c) {
-          vp[(q0 + r) * k + c] = heap[c].value;
-          ip[(q0 + r) * k + c] = heap[c].index;
-        }
+    });
+    for (int64_t r = 0; r < nq; ++r) {
+      std::vector<Entry<T>>& heap = best[r];
+      std::sort_heap(heap.begin(), heap.end(), worse_on_top);  // best first
+      for (int64_t c = 0; c < k; ++c) {
+        vp[(q0 + r) * k + c] = heap[c].value;
+        ip[(q0 + r) * k + c] = heap[c].index;
       }
     }
   });
@@ -86,12 +75,7 @@ std::tuple<at::Tensor, at::Tensor> nearest_k_kernel(const at::Tensor& queries_in
 
 std::tuple<at::Tensor, at::Tensor> nearest_k_cpu(const at::Tensor& queries, const at::Tensor& keys, int64_t k,
                                                  bool exclude_self) {
-  check_float_matrix(queries, "queries");
-  check_float_matrix(keys, "keys");
-  TORCH_CHECK(queries.size(1) == keys.size(1), "queries and keys must have the same number of ",
-              "columns, got ", queries.size(1), " and ", keys.size(1));
-  TORCH_CHECK(queries.scalar_type() == keys.scalar_type(), "queries and keys must share a dtype, got ",
-              queries.scalar_type(), " and ", keys.scalar_type());
+  check_query_key_matrices(queries, keys);
   TORCH_CHECK(!exclude_self || queries.size(0) == keys.size(0), "exclude_self needs as many queries as keys ",
               "(query i is key i), got ", queries.size(0), " and ", keys.size(0));
   const int64_t available = keys.size(0) - (exclude_self ? 1 : 0);
