@@ -70,14 +70,15 @@ def test_matches_the_definition(backend, dtype, metric, n, m, d, k, exclude_self
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("exclude_self", [False, True])
-def test_exact_ties_go_to_the_lower_key(backend, dtype, exclude_self):
+@pytest.mark.parametrize("k", [1, 20])
+def test_exact_ties_go_to_the_lower_key(backend, dtype, exclude_self, k):
     """Small integer rows, many duplicates: every dot product is exact, so every backend and dtype
     gives the definition's order, ties broken to the lower key, across key tiles (600 keys)."""
     g = torch.Generator().manual_seed(7)
     keys = torch.randint(-2, 3, (600, 3), generator=g).to(dtype)
     queries = keys if exclude_self else torch.randint(-2, 3, (40, 3), generator=g).to(dtype)
-    _, want_values, want_indices = definition(queries, keys, 20, "dot", exclude_self)
-    values, indices = ops.nearest_k(queries, keys, 20, metric="dot", exclude_self=exclude_self, backend=backend)
+    _, want_values, want_indices = definition(queries, keys, k, "dot", exclude_self)
+    values, indices = ops.nearest_k(queries, keys, k, metric="dot", exclude_self=exclude_self, backend=backend)
     assert torch.equal(indices, want_indices)
     assert torch.equal(values.double(), want_values)
 

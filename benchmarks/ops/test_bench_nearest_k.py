@@ -3,8 +3,9 @@
 rows (float64, the row itself left out) and CCAL's two closest of 500 labeled examples for 40,000
 candidates (float64); d = 128.
 
-Baseline: what the strategies ran before the op, blocks of rows against every key (a matmul) and a
-stable sort of each row (ties to the lower key), the op's "torch" backend."""
+Baseline: what the strategies ran before the op, the op's "torch" backend: blocks of rows against
+every key (a matmul), then a stable sort of each row (ties to the lower key), or for k = 1 (FINCH)
+the row's first maximum."""
 import pytest
 import torch
 

@@ -7,7 +7,8 @@ kernel), "triton" (the Triton kernels in mqnet_fast/ops/<op>_triton.py: CUDA ten
 TRITON_INTERPRET=1), "cuda" (the CUDA-source kernels in csrc/cuda, compiled into _C), or "auto",
 which takes (each op's table, read by _backends.resolve):
 
-- on CPU tensors "cpp" when _C is built, else "torch";
+- on CPU tensors "cpp" when _C is built (and registers the op: a build older than the op's source
+  does not), else "torch";
 - on CUDA tensors "triton" when triton imports, except for float64 input to nearest, badge_kmeanspp,
   nonneg_mlp_score and fl_gains (their Triton kernels compute in float32), which "torch" computes
   (kcenter_greedy's Triton kernel takes float64); without triton, "torch". "auto" never takes the

@@ -60,7 +60,8 @@ def nearest_k(queries: torch.Tensor, keys: torch.Tensor, k: int, *, metric: str 
                      what=f"the {available} keys" + (" other than the query's own" if exclude_self else ""))
     dtype = torch.promote_types(checks.compute_dtype(queries), checks.compute_dtype(keys))
     chosen = resolve(TABLE, backend, device, dtype)
-    queries, keys = queries.to(dtype), keys.to(dtype)
+    queries = queries.to(dtype)
+    keys = queries if same else keys.to(dtype)
     if chosen == "torch":
         return reference.nearest_k(queries, keys, k, metric, exclude_self)
     if metric == "cosine":  # the reference's normalization, so that both backends see the same rows

@@ -9,7 +9,8 @@ SIM_ELEMENTS = 2**24  # similarities per block of rows (64 MB in float32)
 def nearest_k(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str = "cosine",
               exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best keys per query, the definition: (values (N, k), indices (N, k) int64), best first,
-    ties to the lower key index (a stable sort of each row of similarities).
+    ties to the lower key index (a stable sort of each row of similarities; for k = 1 its first
+    maximum).
 
     cosine: normalize(q) . normalize(k) (norms clamped at 1e-12, as F.normalize); dot: q . k as
     given. exclude_self: query i is key i (N == M), and key i is skipped for it. Blocks of rows
@@ -28,7 +29,10 @@ def nearest_k(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str = "
         if exclude_self:
             rows = torch.arange(sim.shape[0], device=sim.device)
             sim[rows, start + rows] = float("-inf")
-        top = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :k]
+        if k == 1:  # the first maximum (a row's first neighbour): no sort
+            top = sim.argmax(1, keepdim=True)
+        else:
+            top = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :k]
         values[start:start + chunk] = sim.gather(1, top)
         indices[start:start + chunk] = top
     return values, indices

@@ -42,7 +42,6 @@ from mqnet_fast import ops
 from mqnet_fast.strategies.base import Selection, Strategy, class_quota_query, min_max, register
 
 
-
 @dataclass(frozen=True)
 class CCALOptions:
     ccal_k: float = field(default=100.0, metadata={"help": "CCAL's semantic score steepness k"})

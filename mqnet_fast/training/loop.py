@@ -167,11 +167,13 @@ class TrainingLoop:
         """`steps` steps: step(i) computes step i's gradients (through `each` or `joint`) and returns
         its loss (or None). The bar ticks every `steps_per_tick` steps (an epoch) and, with
         `show_loss`, shows the mean loss of the tick's steps."""
+        if steps % steps_per_tick:
+            raise ValueError(f"steps ({steps}) must be a multiple of steps_per_tick ({steps_per_tick})")
         self.model.train()
         bar = progress_bar(range(steps // steps_per_tick), desc=desc, disable=not show_progress)
         i = 0
         for _ in bar:
-            tick_loss = torch.zeros((), device=self.device)
+            tick_loss = torch.zeros((), device=self.device) if show_loss else None
             for _ in range(steps_per_tick):
                 set_lr(self.optimizer, lr_at(i))
                 self.optimizer.zero_grad(set_to_none=True)
