@@ -12,8 +12,6 @@ Rerunning resumes the runs (the run directories keep them).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 
 from mqnet_fast.experiment import Experiment, ExperimentConfig
 from mqnet_fast.scores import PURITY
+from runs import by_seed, mean_std, pct, phase_table, verified, write  # the script's folder is on sys.path
 
 SETTING = dict(dataset="digits", noise=0.6, split="4:6")
 
@@ -37,32 +36,14 @@ def run(run_dir: Path, seeds: list[int]) -> None:
         print(f"{sub}: {time.perf_counter() - tick:.0f} s", flush=True)
 
 
-def load(run_dir: Path, strategy: str) -> dict[int, list[dict]]:
-    runs = {}
-    for path in sorted((run_dir / strategy).glob("seed*/metrics.json")):
-        records = json.loads(path.read_text())
-        runs[records[0]["seed"]] = records
-    return runs
-
-
-def mean_std(values) -> str:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return "-"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
-
-
-def pct(values) -> str:
-    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
-
-
 def tabulate(run_dir: Path) -> str:
-    mq, rnd, conf = (load(run_dir / "main", s) for s in ("mqnet", "random", "conf"))
-    mq_exp = load(run_dir / "exp-zscore", "mqnet")
+    mq, rnd, conf = (by_seed(run_dir / "main", s) for s in ("mqnet", "random", "conf"))
+    mq_exp = by_seed(run_dir / "exp-zscore", "mqnet")
+    options = next(run["options"] for run in verified([run_dir / "main"]) if run["strategy"] == "mqnet")
     seeds = sorted(mq)
     rounds = len(mq[seeds[0]])
     out = [f"digits, split 4:6, noise 0.6, seeds {seeds}; mean ± std over seeds "
-           f"(mqnet = {json.loads((run_dir / 'main' / 'mqnet' / f'seed{seeds[0]}' / 'config.json').read_text())['strategy_options']})", ""]
+           f"(mqnet = {options})", ""]
 
     out += ["Purity AUROC (IN vs OOD) on MQ-Net's candidates, per round:", "",
             "| round | " + " | ".join(PURITY) + " |", "|---" * (len(PURITY) + 1) + "|"]
@@ -104,16 +85,10 @@ def tabulate(run_dir: Path) -> str:
         out.append(f"| {r} | {mean_std([mq[s][r].get('meta_rank_accuracy') for s in seeds])} | "
                    f"{mean_std([mq_exp[s][r].get('meta_rank_accuracy') for s in seeds])} |")
 
-    phases = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
     out += ["", "Time per round (s), mean over rounds and seeds (mqnet's select includes the CSI encoder's "
-            "training in the first round of each seed, unless a cached encoder was reused):", "",
-            "| strategy | " + " | ".join(p[5:] for p in phases) + " |", "|---" * (len(phases) + 1) + "|"]
-    for label, runs in (("mqnet", mq), ("random", rnd), ("conf", conf)):
-        cells = []
-        for p in phases:
-            values = [rec[p] for s in seeds for rec in runs[s] if p in rec]
-            cells.append(f"{np.mean(values):.2f}" if values else "-")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+            "training in the first round of each seed, unless a cached encoder was reused):", ""]
+    out += phase_table([(label, [runs[s] for s in seeds]) for label, runs in (("mqnet", mq), ("random", rnd),
+                                                                             ("conf", conf))])
     first = [mq[s][0]["time_select"] for s in seeds]
     out.append(f"\nmqnet's first-round select (encoder training + embedding): {pct(first)} s")
     return "\n".join(out) + "\n"
@@ -129,9 +104,7 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     if not args.table_only:
         run(run_dir, [int(s) for s in args.seeds.split(",")])
-    table = tabulate(run_dir)
-    Path(args.out).write_text(table)
-    print(table)
+    write(args.out, tabulate(run_dir))
 
 
 if __name__ == "__main__":

@@ -10,18 +10,18 @@ Rerunning resumes. One thread (OMP_NUM_THREADS=1) per process is how it was meas
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from digits_strategies import paired  # the script's folder is on sys.path
 from mqnet_fast.experiment import Experiment, ExperimentConfig
+from runs import by_seed, paired, write  # the script's folder is on sys.path
 
 
 def accuracies(run_dir: Path, strategy: str, seeds) -> np.ndarray:
-    return np.array([json.loads((run_dir / strategy / f"seed{s}" / "metrics.json").read_text())[0]["test_accuracy"]
-                     for s in seeds])
+    """Round 0's test accuracy of `strategy`'s verified run on each seed."""
+    runs = by_seed(run_dir, strategy)
+    return np.array([runs[s][0]["test_accuracy"] for s in seeds])
 
 
 def main() -> None:
@@ -50,10 +50,7 @@ def main() -> None:
                    f"{paired(a['ll'], a['random'])} |")
     out += ["", f"distinct - fill, RANDOM's model: {paired(acc['distinct']['random'], acc['fill']['random'])}; "
             f"LL's model: {paired(acc['distinct']['ll'], acc['fill']['ll'])}"]
-    text = "\n".join(out) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write(args.out, "\n".join(out) + "\n")
 
 
 if __name__ == "__main__":

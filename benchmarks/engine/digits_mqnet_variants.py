@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mqnet_fast.experiment import Experiment, ExperimentConfig
+from runs import by_seed, write  # the script's folder is on sys.path
 
 VARIANTS = {
     "v1 published code": dict(meta_init="fresh", meta_optimizer="code", meta_history="last", selection="top"),
@@ -36,9 +37,8 @@ LOSS_MODULE = {"random": "auto", "v1": "auto"}
 
 
 def load(run_dir: Path, strategy: str) -> list[list[dict]]:
-    import json
-
-    return [json.loads(p.read_text()) for p in sorted((run_dir / strategy).glob("seed*/metrics.json"))]
+    """The records of `strategy`'s verified runs in `run_dir`, by seed."""
+    return [records for _, records in sorted(by_seed(run_dir, strategy).items())]
 
 
 def row(name: str, runs: list[list[dict]], rounds: int) -> str:
@@ -85,10 +85,7 @@ def main() -> None:
         runs = load(root / DIRS[name], "mqnet")
         if runs:
             out.append(row(f"{name} ({', '.join(f'{k}={v}' for k, v in options.items())})", runs, rounds))
-    text = "\n".join(out) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    write(args.out, "\n".join(out) + "\n")
 
 
 if __name__ == "__main__":

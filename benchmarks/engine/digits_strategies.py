@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -24,9 +23,9 @@ import numpy as np
 
 from mqnet_fast.experiment import Experiment, ExperimentConfig
 from mqnet_fast.strategies import STRATEGIES
+from runs import paired, pct, phase_table, verified, write  # the script's folder is on sys.path
 
 SETTING = dict(dataset="digits", noise=0.6, split="4:6")
-PHASES = ("time_train", "time_eval", "time_infer", "time_select", "time_meta")
 
 
 def run(run_dir: Path, strategies: list[str], seeds: list[int], cache_dir: str | None = None,
@@ -40,41 +39,20 @@ def run(run_dir: Path, strategies: list[str], seeds: list[int], cache_dir: str |
 
 
 def load(run_dirs: list[Path], strategies: list[str]) -> dict[str, dict[int, list[dict]]]:
-    """Every strategy's runs by seed, labeled by name and the options in which they differ from the
-    defaults (so CORESET's two centers rules, in two run directories, are two rows)."""
+    """Every strategy's verified runs by seed, labeled by name and the options in which they differ
+    from the defaults (so CORESET's two centers rules, in two run directories, are two rows)."""
     from mqnet_fast.strategies import make_options
 
     out = {}
-    for run_dir in run_dirs:
+    for run_dir in run_dirs:  # rows in the order of the directories, then of `strategies`
+        found = verified([run_dir])
         for name in strategies:
-            paths = sorted((run_dir / name).glob("seed*/metrics.json"))
-            if not paths:
-                continue
-            config = json.loads((paths[0].parent / "config.json").read_text())
             defaults = dataclasses.asdict(make_options(name))
-            changed = {k: v for k, v in config.get("strategy_options", {}).items() if defaults.get(k) != v}
-            label = name + (" (" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
-            runs = [json.loads(p.read_text()) for p in paths]
-            out.setdefault(label, {}).update({records[0]["seed"]: records for records in runs if records})
+            for run in (run for run in found if run["strategy"] == name):
+                changed = {k: v for k, v in run["options"].items() if defaults.get(k) != v}
+                label = name + (" (" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
+                out.setdefault(label, {})[run["seed"]] = run["records"]
     return out
-
-
-def pct(values) -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "-"
-    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
-
-
-def paired(a: list[float], b: list[float]) -> str:
-    """mean of a - b over seeds with its 95% t-interval, in points."""
-    from scipy import stats
-
-    d = 100 * (np.asarray(a) - np.asarray(b))
-    if len(d) < 2:
-        return f"{d.mean():+.1f}"
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return f"{d.mean():+.1f} [{d.mean() - half:+.1f}, {d.mean() + half:+.1f}]"
 
 
 OPEN_SET = ("mqnet",)  # the method under test; every other strategy is a baseline
@@ -136,14 +114,8 @@ def tabulate(run_dirs: list[Path], strategies: list[str], seeds: list[int]) -> s
                    f"{f'{np.mean(balance):.2f}' if balance else '-'} | {'+'.join(recipes)} |")
     out += ["", "Time per round (s), mean over rounds and seeds; select includes training a detector (lfosa, eoal, "
             "eaoa) and, in the first round of a seed, the encoders (mqnet, ccal: CSI; ccal: SimCLR too) unless "
-            "the cache held them:", "",
-            "| strategy | " + " | ".join(p[5:] for p in PHASES) + " |", "|---" * (len(PHASES) + 1) + "|"]
-    for n in names:
-        cells = []
-        for p in PHASES:
-            values = [rec[p] for s in seeds for rec in runs[n][s] if p in rec]
-            cells.append(f"{np.mean(values):.2f}" if values else "-")
-        out.append(f"| {n} | " + " | ".join(cells) + " |")
+            "the cache held them:", ""]
+    out += phase_table([(n, [runs[n][s] for s in seeds]) for n in names])
     return "\n".join(out) + "\n"
 
 
@@ -166,9 +138,7 @@ def main() -> None:
             raise SystemExit("--run-dir: give one directory to run in (several only with --table-only)")
         options = dict(item.split("=", 1) for item in args.options.split(",") if item)
         run(run_dirs[0], strategies, [int(s) for s in args.seeds.split(",")], args.cache_dir, options)
-    table = tabulate(run_dirs, strategies, [int(s) for s in args.seeds.split(",")])
-    Path(args.out).write_text(table)
-    print(table)
+    write(args.out, tabulate(run_dirs, strategies, [int(s) for s in args.seeds.split(",")]))
     if args.plot:
         from mqnet_fast.report import _label_runs, collect_runs, plot
 

@@ -12,11 +12,11 @@ read as one.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
+
+from runs import verified  # the script's folder is on sys.path
 
 # Table 10: last-round test accuracy (%) on CIFAR-10, by noise ratio
 TABLE10 = {0.6: {"mqnet": 89.51, "ccal": 87.49, "ll": 86.95, "badge": 86.83, "coreset": 86.50, "random": 85.64,
@@ -39,18 +39,21 @@ def _number(text: str) -> float:
 
 
 def load(run_dirs: list[Path]) -> tuple[dict, dict, dict]:
-    """(experiment identity, {strategy: {round: [accuracy per seed]}}, {strategy: {round: [%IN per seed]}})."""
-    identities = [json.loads((d / "experiment.json").read_text()) for d in run_dirs]
+    """(experiment identity, {strategy: {round: [accuracy per seed]}}, {strategy: {round: [%IN per seed]}}),
+    from the records of the verified runs (runs.verified)."""
+    found = verified(run_dirs)
+    if not found:
+        raise SystemExit(f"no verified run in {', '.join(map(str, run_dirs))}")
+    identities = [run["setting"] for run in found]
     if any(i != identities[0] for i in identities):
         raise SystemExit("the run directories hold different experiments")
     accuracy, percent_in = defaultdict(lambda: defaultdict(list)), defaultdict(lambda: defaultdict(list))
-    for run_dir in run_dirs:
-        with open(run_dir / "results.csv", newline="") as f:
-            for row in csv.DictReader(f):
-                r = int(row["round"])
-                accuracy[row["strategy"]][r].append(100.0 * _number(row["test_accuracy"]))
-                if row.get("query_in_percent"):
-                    percent_in[row["strategy"]][r].append(_number(row["query_in_percent"]))
+    for run in found:
+        for record in run["records"]:
+            r = int(record["round"])
+            accuracy[run["strategy"]][r].append(100.0 * _number(record["test_accuracy"]))
+            if record.get("query_in_percent") is not None:  # the last round has no query
+                percent_in[run["strategy"]][r].append(_number(record["query_in_percent"]))
     return identities[0], accuracy, percent_in
 
 
