@@ -83,19 +83,23 @@ class LabeledSet:
         outside = np.setdiff1d(rows, self.pool)
         if len(outside):
             raise ValueError(f"{name}: rows {outside[:5].tolist()} are not in the pool")
+        if is_in is not None:
+            flags = _array(is_in)
+            flags = checks.flags("is_in", torch.as_tensor(flags if flags.size else flags.astype(bool)))
+            flags = flags.numpy().reshape(-1)
+            if flags.shape != rows.shape:
+                raise ValueError(f"is_in must have one flag per labeled row ({len(rows)}), got {flags.shape[0]}")
+        if not len(rows):
+            return
         if is_in is not None and self._is_in is None and len(self._labeled) == 0:
             self._is_in = np.zeros(0, bool)
-        if (is_in is None) != (self._is_in is None) and len(rows):
+        if (is_in is None) != (self._is_in is None):
             raise ValueError(f"is_in must be given for every labeled row, or for none (the set "
                              f"{'keeps' if self._is_in is not None else 'does not keep'} it)")
         merged = np.concatenate([self._labeled, rows])
         order = np.argsort(merged, kind="stable")
         if is_in is not None:
-            flags = checks.flags("is_in", torch.as_tensor(_array(is_in))).numpy().reshape(-1)
-            if flags.shape != rows.shape:
-                raise ValueError(f"is_in must have one flag per labeled row ({len(rows)}), got {flags.shape[0]}")
-            base = self._is_in if self._is_in is not None else np.zeros(0, bool)
-            self._is_in = np.concatenate([base, flags])[order]
+            self._is_in = np.concatenate([self._is_in, flags])[order]
         self._labeled = merged[order].astype(np.int64)
 
     def check_budget(self, budget, *, name: str = "budget") -> int:

@@ -21,6 +21,17 @@ def test_rows_answers_and_candidates_by_hand():
     assert pool.check_budget(4) == 4
 
 
+@pytest.mark.parametrize("rows, is_in", [([], None), ([], []), (np.zeros(0, np.int64), np.zeros(0, bool))])
+@pytest.mark.parametrize("keeps", [False, True])
+def test_labeling_no_rows_changes_nothing(rows, is_in, keeps):
+    """An empty query (a list, or arrays of 0 rows) is a no-op, with or without answers, whether the
+    set keeps them or not (an empty answer list on a set without answers raised IndexError)."""
+    pool = LabeledSet(6, [1, 4], is_in=[True, False] if keeps else None)
+    pool.label(rows, is_in=is_in)
+    assert pool.labeled.tolist() == [1, 4]
+    assert (pool.is_in.tolist() == [True, False]) if keeps else pool.is_in is None
+
+
 def test_a_pool_inside_a_larger_set_of_rows():
     pool = LabeledSet(10, [2], is_in=[True], pool=[1, 2, 4, 8])
     assert pool.unlabeled.tolist() == [1, 4, 8] and pool.check_budget(3) == 3
