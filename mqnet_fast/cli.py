@@ -158,12 +158,13 @@ def _select(args) -> None:
 
     from mqnet_fast.api import select
     from mqnet_fast.io import atomic_write_text, check_output_path, read_npz
+    from mqnet_fast.labeled import PER_ROW, LabeledSet
 
     path = args.embeddings
     # before the work, as every check of the options ("-": standard output)
     out = None if args.out == "-" else check_output_path(args.out, "--out", inputs=(path,))
     arrays = read_npz(path, f"--embeddings {path!r}", error=ConfigError)
-    known = {"feats", "probs", "logits", "labeled", "labeled_is_in", "purity", "informativeness"}
+    known = {*PER_ROW, "labeled", "labeled_is_in"}
     unknown = sorted(set(arrays) - known)
     if unknown:
         raise ConfigError(f"--embeddings {path!r}: unknown array(s) {', '.join(unknown)}; expected "
@@ -176,19 +177,16 @@ def _select(args) -> None:
                               f" got shape {arrays[name].shape}")
     n = arrays["feats"].shape[0]
     for name, array in arrays.items():
-        rows_expected = name in ("feats", "probs", "logits", "purity", "informativeness")
+        rows_expected = name in PER_ROW
         if rows_expected and (array.ndim == 0 or array.shape[0] != n):
             raise ConfigError(f"--embeddings: {name!r} must have one row per row of 'feats' ({n}), got shape "
                               f"{array.shape}")
-    from mqnet_fast.labeled import LabeledSet
-
     try:  # the pool, its labeled rows and the candidates (the unlabeled rows)
         pool = LabeledSet(n, arrays.pop("labeled", np.zeros(0, np.int64)), arrays.pop("labeled_is_in", None),
                           name="'labeled'")
     except (TypeError, ValueError, IndexError) as err:
         raise ConfigError(f"--embeddings: {err}") from None
-    inputs = pool.inputs(**{k: v for k, v in arrays.items() if k in ("feats", "probs", "logits", "purity",
-                                                                       "informativeness")})
+    inputs = pool.inputs(**{k: v for k, v in arrays.items() if k in PER_ROW})
     if not 0 <= args.seed < 2**63:
         raise ConfigError(f"--seed must be in [0, 2**63), got {args.seed}")
     try:
